@@ -1,0 +1,69 @@
+-- moonfork: what scripts require: listen(), http.createServer(), timers and sleep.
+local core = require "moonfork.core"
+
+local type, select, unpack, error = type, select, unpack, error
+
+local _M = { _VERSION = "0.1.0" }
+
+local master = core.role == "master"
+
+_M.http = require "moonfork.http"
+
+-- listen(options, server) -> nodes. In the master this is where evaluation stops: the master only
+-- needs the options (see server/script.c). In a worker it registers the server's handler.
+function _M.listen(opts, server)
+  if opts ~= nil and type(opts) ~= "table" then error("moonfork.listen(options, server): options must be a table", 2) end
+  if type(server) == "function" then server = _M.http.createServer(server) end
+  if type(server) ~= "table" or type(server.handler) ~= "function" then
+    error("moonfork.listen(options, server): server must come from moonfork.http.createServer(handler)", 2)
+  end
+  if master then core.probe_listen(opts) end -- does not return
+  local http = _M.http
+  core.serve(http.dispatcher(server), http.on_conn_closed)
+  local nodes = { id = core.id, count = core.workers }
+  _M.nodes = nodes
+  return nodes
+end
+
+if master then
+  -- The master never runs timers or handlers: loading a script there must not start any.
+  _M.setTimeout = function() return false end
+  _M.setInterval = _M.setTimeout
+  _M.clearTimer = function() end
+  _M.sleep = function() error("moonfork.sleep() can only be called from a request handler or a timer callback", 2) end
+  return _M
+end
+
+local sched = require "moonfork.sched"
+local timer, timer_stop, spawn = core.timer, core.timer_stop, sched.spawn
+
+_M.id = core.id
+_M.pid = core.pid
+_M.sleep = sched.sleep
+_M.now = core.now
+
+local function check(ms, fn, name)
+  if type(ms) ~= "number" or ms < 0 then error("moonfork." .. name .. "(ms, fn): ms must be a number >= 0", 3) end
+  if type(fn) ~= "function" then error("moonfork." .. name .. "(ms, fn): fn must be a function", 3) end
+end
+
+-- Runs fn(...) once after ms milliseconds, in its own coroutine (so it may sleep).
+function _M.setTimeout(ms, fn, ...)
+  check(ms, fn, "setTimeout")
+  local n, args = select("#", ...), { ... }
+  return timer(ms, 0, function() spawn(fn, nil, unpack(args, 1, n)) end)
+end
+
+-- Runs fn(...) every ms milliseconds (at least 1), each time in its own coroutine.
+function _M.setInterval(ms, fn, ...)
+  check(ms, fn, "setInterval")
+  if ms < 1 then ms = 1 end
+  local n, args = select("#", ...), { ... }
+  return timer(ms, ms, function() spawn(fn, nil, unpack(args, 1, n)) end)
+end
+
+function _M.clearTimer(t)
+  if t then timer_stop(t) end
+end
+
+return _M

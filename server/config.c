@@ -1,0 +1,218 @@
+/* config.c -- the server's settings: defaults, the command line, listen() options, and the worker's argv.
+ *
+ * One table describes every option once: its command-line name, its listen() name, its kind and where it
+ * lives in mf_config_t. The master merges the script's listen() options under the command line's and
+ * hands the result to each worker as explicit --name=value arguments, so workers never re-derive them. */
+#include "config.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum opt_kind { OPT_HOST, OPT_INT, OPT_SECONDS, OPT_SIZE };
+
+typedef struct {
+  const char *name;   /* command line, without "--" */
+  const char *lua;    /* listen() option name, NULL when the script may not set it */
+  const char *lua2;   /* an alias */
+  enum opt_kind kind;
+  size_t offset;
+  long min, max;
+  const char *help;
+} opt_t;
+
+#define OFF(f) offsetof(mf_config_t, f)
+
+static const opt_t opts[] = {
+    {"host", "host", NULL, OPT_HOST, OFF(host), 0, 0, "address to listen on (default 127.0.0.1)"},
+    {"port", "port", NULL, OPT_INT, OFF(port), 0, 65535, "TCP port, 0 for any free one (default 8080)"},
+    {"workers", "nodes", "workers", OPT_INT, OFF(workers), 1, 1024,
+     "worker processes (default: online CPUs)"},
+    {"grace", "grace", NULL, OPT_SECONDS, OFF(grace_ms), 0, 0,
+     "seconds in-flight requests get to finish at shutdown (default 10)"},
+    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 0,
+     "bytes of request line and headers, else 431 (default 16k)"},
+    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 0,
+     "bytes of request body, else 413 (default 1m)"},
+    {"header-timeout", "headerTimeout", NULL, OPT_SECONDS, OFF(header_timeout_ms), 0, 0,
+     "seconds to receive a request's headers, else 408 (default 10)"},
+    {"keepalive-timeout", "keepaliveTimeout", NULL, OPT_SECONDS, OFF(keepalive_timeout_ms), 0, 0,
+     "seconds an idle keep-alive connection stays open (default 5)"},
+    {"request-timeout", "requestTimeout", NULL, OPT_SECONDS, OFF(request_timeout_ms), 0, 0,
+     "seconds a handler has to start its response, else 503 (default 60)"},
+    {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000,
+     "open connections per worker before it stops accepting (default 10000)"},
+    /* Hidden: what the master tells each worker. */
+    {"worker-id", NULL, NULL, OPT_INT, OFF(worker_id), 1, 1024, NULL},
+    {"master-pid", NULL, NULL, OPT_INT, OFF(master_pid), 1, 0x7fffffff, NULL},
+};
+
+void mf_config_defaults(mf_config_t *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  strcpy(cfg->host, "127.0.0.1");
+  cfg->port = 8080;
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  cfg->workers = n > 0 ? n : 1;
+  cfg->grace_ms = 10000;
+  cfg->max_header_size = 16 * 1024;
+  cfg->max_body = 1024 * 1024;
+  cfg->header_timeout_ms = 10000;
+  cfg->keepalive_timeout_ms = 5000;
+  cfg->request_timeout_ms = 60000;
+  cfg->max_connections = 10000;
+}
+
+/* Stores `value` into the option; 0 or -1 with a reason. */
+static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *err, size_t errlen) {
+  void *field = (char *)cfg + o->offset;
+  long l;
+  uint64_t u;
+  switch (o->kind) {
+    case OPT_HOST:
+      if (value[0] == '\0' || strlen(value) >= sizeof cfg->host) break;
+      strcpy(field, value);
+      return 0;
+    case OPT_INT:
+      if (mf_parse_int(value, o->min, o->max, &l) != 0) {
+        snprintf(err, errlen, "bad value for %s: '%s' (a whole number from %ld to %ld)", o->name, value,
+                 o->min, o->max);
+        return -1;
+      }
+      *(long *)field = l;
+      return 0;
+    case OPT_SECONDS:
+      if (mf_parse_seconds(value, &u) != 0) {
+        snprintf(err, errlen, "bad value for %s: '%s' (seconds, e.g. 10 or 0.5)", o->name, value);
+        return -1;
+      }
+      *(uint64_t *)field = u;
+      return 0;
+    case OPT_SIZE:
+      if (mf_parse_size(value, &u) != 0 || u < (uint64_t)o->min) {
+        snprintf(err, errlen, "bad value for %s: '%s' (bytes, e.g. 65536, 64k or 1m%s)", o->name, value,
+                 o->min ? ", at least 256" : "");
+        return -1;
+      }
+      *(uint64_t *)field = u;
+      return 0;
+  }
+  snprintf(err, errlen, "bad value for %s: '%s'", o->name, value);
+  return -1;
+}
+
+int mf_config_parse_args(mf_config_t *cfg, int argc, char **argv, char *err, size_t errlen) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      cfg->want_help = 1;
+      continue;
+    }
+    if (strcmp(a, "--version") == 0 || strcmp(a, "-v") == 0) {
+      cfg->want_version = 1;
+      continue;
+    }
+    if (strcmp(a, "--") == 0) {
+      if (i + 1 < argc) cfg->script = argv[++i];
+      if (i + 1 < argc) goto extra;
+      break;
+    }
+    if (a[0] == '-' && a[1] != '\0') {
+      if (a[1] != '-') {
+        snprintf(err, errlen, "unknown option '%s' (try --help)", a);
+        return -1;
+      }
+      const char *name = a + 2, *eq = strchr(name, '=');
+      size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+      const opt_t *o = NULL;
+      for (size_t k = 0; k < MF_ARRAY_SIZE(opts); k++)
+        if (strlen(opts[k].name) == nlen && strncmp(opts[k].name, name, nlen) == 0) o = &opts[k];
+      if (o == NULL) {
+        snprintf(err, errlen, "unknown option '--%.*s' (try --help)", (int)nlen, name);
+        return -1;
+      }
+      const char *value = eq ? eq + 1 : NULL;
+      if (value == NULL) {
+        if (i + 1 >= argc) {
+          snprintf(err, errlen, "option --%s needs a value", o->name);
+          return -1;
+        }
+        value = argv[++i];
+      }
+      if (opt_set(cfg, o, value, err, errlen) != 0) return -1;
+      cfg->from_cli |= 1u << (o - opts);
+      continue;
+    }
+    if (cfg->script != NULL) goto extra;
+    cfg->script = a;
+  }
+  return 0;
+extra:
+  snprintf(err, errlen, "only one script may be given ('%s' and '%s')", cfg->script, argv[argc - 1]);
+  return -1;
+}
+
+int mf_config_set_from_script(mf_config_t *cfg, const char *key, const char *value, char *err,
+                              size_t errlen) {
+  for (size_t k = 0; k < MF_ARRAY_SIZE(opts); k++) {
+    const opt_t *o = &opts[k];
+    if (o->lua == NULL || (strcmp(o->lua, key) != 0 && (o->lua2 == NULL || strcmp(o->lua2, key) != 0)))
+      continue;
+    if (cfg->from_cli & (1u << k)) return 0;
+    char why[256];
+    if (opt_set(cfg, o, value, why, sizeof why) != 0) {
+      snprintf(err, errlen, "listen(): option %s: %s", key, why);
+      return -1;
+    }
+    return 0;
+  }
+  return 1;
+}
+
+int mf_config_to_args(const mf_config_t *cfg, char **argv, int max) {
+  int n = 0;
+  for (size_t k = 0; k < MF_ARRAY_SIZE(opts) && n < max; k++) {
+    const opt_t *o = &opts[k];
+    const void *field = (const char *)cfg + o->offset;
+    char buf[512];
+    if (o->lua == NULL) continue; /* the hidden ones are the master's to add */
+    switch (o->kind) {
+      case OPT_HOST: snprintf(buf, sizeof buf, "--%s=%s", o->name, (const char *)field); break;
+      case OPT_INT: snprintf(buf, sizeof buf, "--%s=%ld", o->name, *(const long *)field); break;
+      case OPT_SECONDS:
+        snprintf(buf, sizeof buf, "--%s=%.3f", o->name, (double)*(const uint64_t *)field / 1000.0);
+        break;
+      case OPT_SIZE:
+        snprintf(buf, sizeof buf, "--%s=%llu", o->name, (unsigned long long)*(const uint64_t *)field);
+        break;
+    }
+    argv[n++] = strdup(buf);
+  }
+  return n;
+}
+
+void mf_config_usage(FILE *out) {
+  fprintf(out,
+          "usage: moonfork [options] SCRIPT.lua\n"
+          "\n"
+          "Starts a master that binds one socket and N worker processes that serve it, each running\n"
+          "SCRIPT.lua's handler. Options override what the script passes to moonfork.listen().\n"
+          "\n"
+          "options:\n");
+  for (size_t k = 0; k < MF_ARRAY_SIZE(opts); k++) {
+    if (opts[k].help == NULL) continue;
+    const char *arg = opts[k].kind == OPT_HOST      ? "HOST"
+                      : opts[k].kind == OPT_SECONDS ? "SECONDS"
+                      : opts[k].kind == OPT_SIZE    ? "BYTES"
+                                                    : "N";
+    char left[64];
+    snprintf(left, sizeof left, "--%s %s", opts[k].name, arg);
+    fprintf(out, "  %-28s %s\n", left, opts[k].help);
+  }
+  fprintf(out,
+          "  %-28s %s\n  %-28s %s\n"
+          "\n"
+          "signals to the master: TERM or INT = graceful stop (a second INT or TERM stops at once)\n",
+          "--help", "this text", "--version", "print the version");
+}

@@ -1,0 +1,49 @@
+/* config.h -- the server's settings: defaults, the command line, listen() options, and the worker's argv. */
+#ifndef MOONFORK_CONFIG_H
+#define MOONFORK_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifndef MOONFORK_VERSION
+#define MOONFORK_VERSION "0.1.0"
+#endif
+
+typedef struct {
+  char host[256];
+  long port;
+  long workers;
+  uint64_t grace_ms;
+  uint64_t max_header_size;
+  uint64_t max_body;
+  uint64_t header_timeout_ms;
+  uint64_t keepalive_timeout_ms;
+  uint64_t request_timeout_ms;
+  long max_connections;
+  const char *script; /* points into argv */
+  /* Bit i set: option i of the table was given on the command line (it beats listen()). */
+  uint32_t from_cli;
+  /* Worker only: set by the hidden --worker-id / --master-pid options the master passes. */
+  long worker_id;
+  long master_pid;
+  int want_help, want_version;
+} mf_config_t;
+
+void mf_config_defaults(mf_config_t *cfg);
+
+/* Parses argv into cfg. Returns 0, or -1 with a one-line reason in err. */
+int mf_config_parse_args(mf_config_t *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Sets one option by its listen() name (e.g. "maxBody", "nodes") unless the command line already set it.
+ * Returns 0, 1 when the name is unknown, or -1 with a reason in err when the value is bad. */
+int mf_config_set_from_script(mf_config_t *cfg, const char *key, const char *value, char *err,
+                              size_t errlen);
+
+/* Writes the options a worker needs as "--name=value" strings into argv (caller frees each string).
+ * Returns how many were written (at most max). */
+int mf_config_to_args(const mf_config_t *cfg, char **argv, int max);
+
+void mf_config_usage(FILE *out);
+
+#endif

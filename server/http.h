@@ -1,0 +1,69 @@
+/* http.h -- HTTP/1.1 connections in a worker: accept, parse, limits, timeouts, pipelining, responses. */
+#ifndef MOONFORK_HTTP_H
+#define MOONFORK_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+
+typedef struct http_server_s http_server_t;
+typedef struct http_conn_s http_conn_t;
+
+/* One parsed request, as handed to the request handler. Every pointer is valid only during that call. */
+typedef struct {
+  const char *method;
+  const char *url;
+  size_t url_len;
+  int http_major, http_minor;
+  size_t nheaders;
+  const char *const *names; /* names[i], values[i] and their lengths, in arrival order */
+  const size_t *name_lens;
+  const char *const *values;
+  const size_t *value_lens;
+  const char *body;
+  size_t body_len;
+  const char *remote;
+} http_request_t;
+
+/* What the server calls; `data` is the pointer given to http_server_new. */
+typedef struct {
+  /* A request is complete; the handler answers later through http_conn_respond with this gen. Returns 0,
+   * or -1 when it could not even start (the server then answers 500). */
+  int (*on_request)(void *data, http_conn_t *conn, uint32_t gen, const http_request_t *req);
+  /* The connection is gone (called once, only for connections that carried a request). */
+  void (*on_conn_closed)(void *data, http_conn_t *conn);
+  /* Draining finished: no connection is left. */
+  void (*on_drained)(void *data);
+} http_callbacks_t;
+
+/* Creates a server that will accept on the listening socket `fd` (already bound and listening).
+ * Returns NULL with a reason in err on failure. The caller owns the result until exit. */
+http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, const http_callbacks_t *cb,
+                               void *data, char *err, size_t errlen);
+/* Starts accepting. 0 or a negative UV_E* code. */
+int http_server_start(http_server_t *srv);
+/* Stops accepting, closes idle connections, lets in-flight requests finish with "Connection: close".
+ * on_drained fires once no connection is left. */
+void http_server_drain(http_server_t *srv);
+/* Closes every connection now (the grace period is over). */
+void http_server_close_all(http_server_t *srv);
+size_t http_server_conn_count(const http_server_t *srv);
+uint64_t http_server_requests(const http_server_t *srv);
+
+/* Flags for http_conn_respond. */
+#define HTTP_RESP_CLOSE 1 /* the handler asked for "Connection: close" */
+
+/* Writes part or all of the response to request `gen`. `head` holds the handler's header lines
+ * ("Name: value\r\n" each), used on the first call only; `clen` is the Content-Length the handler set, or -1.
+ * The bytes are copied or written before it returns. Returns 1 when written, 0 when written but the
+ * connection's send queue is over its high-water mark, -1 when the request is gone (client closed, timed out). */
+int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head, size_t head_len,
+                      const char *body, size_t body_len, int final, int64_t clen, int flags);
+/* Drops the connection of request `gen` (a handler failed after its headers went out). */
+void http_conn_abort(http_conn_t *c, uint32_t gen);
+/* The connection's slot for its owner's use (the Lua binding keeps a registry ref there). */
+int *http_conn_user_ref(http_conn_t *c);
+
+#endif

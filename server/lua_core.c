@@ -1,0 +1,103 @@
+/* lua_core.c -- the worker's `moonfork.core` module: timers, logging, process facts.
+ *
+ * Timers follow luv's handle pattern: the uv_timer_t lives in the userdata, which is pinned in the
+ * registry while the timer is open, so a script may drop its handle to an interval and the interval
+ * goes on; clearing or firing a one-shot closes the handle and unpins it in the close callback. */
+#include "lua_core.h"
+
+#include <lauxlib.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "lua_env.h"
+
+#define TIMER_MT "moonfork.timer"
+
+typedef struct {
+  uv_timer_t timer;
+  lua_State *L;
+  int fn_ref;
+  int self_ref;
+  int closing;
+} ltimer_t;
+
+static uv_loop_t *core_loop;
+
+static void timer_closed(uv_handle_t *h) {
+  ltimer_t *t = h->data;
+  lua_State *L = t->L;
+  luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
+  t->fn_ref = LUA_NOREF;
+  int self = t->self_ref;
+  t->self_ref = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, self); /* t may be collected from here on */
+}
+
+static void timer_close(ltimer_t *t) {
+  if (t->closing) return;
+  t->closing = 1;
+  uv_close((uv_handle_t *)&t->timer, timer_closed);
+}
+
+static void on_timer(uv_timer_t *h) {
+  ltimer_t *t = h->data;
+  lua_State *L = t->L;
+  int repeating = uv_timer_get_repeat(h) > 0;
+  if (!repeating) timer_close(t);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+  mf_lua_pcall(L, 0, 0, "error in timer callback");
+}
+
+/* core.timer(ms, repeat_ms, fn) -> timer */
+static int core_timer(lua_State *L) {
+  lua_Number ms = luaL_checknumber(L, 1);
+  lua_Number rep = luaL_optnumber(L, 2, 0);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (ms < 0) ms = 0;
+  if (rep < 0) rep = 0;
+  ltimer_t *t = lua_newuserdata(L, sizeof *t);
+  t->L = L;
+  t->closing = 0;
+  uv_timer_init(core_loop, &t->timer);
+  t->timer.data = t;
+  luaL_getmetatable(L, TIMER_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 3);
+  t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, -1);
+  t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_timer_start(&t->timer, on_timer, (uint64_t)ms, (uint64_t)rep);
+  return 1;
+}
+
+/* core.timer_stop(timer): stopping twice, or a fired one-shot, is fine. */
+static int core_timer_stop(lua_State *L) {
+  ltimer_t *t = luaL_checkudata(L, 1, TIMER_MT);
+  timer_close(t);
+  return 0;
+}
+
+static int core_log(lua_State *L) {
+  mf_log_block(luaL_checkstring(L, 1));
+  return 0;
+}
+
+static int core_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_now(core_loop));
+  return 1;
+}
+
+void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
+  static const luaL_Reg fns[] = {
+      {"timer", core_timer}, {"timer_stop", core_timer_stop}, {"log", core_log}, {"now", core_now}, {NULL, NULL}};
+  core_loop = loop;
+  luaL_newmetatable(L, TIMER_MT);
+  lua_pop(L, 1);
+  luaL_register(L, NULL, fns);
+  lua_pushinteger(L, (lua_Integer)cfg->worker_id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, (lua_Integer)getpid());
+  lua_setfield(L, -2, "pid");
+  lua_pushinteger(L, (lua_Integer)cfg->workers);
+  lua_setfield(L, -2, "workers");
+}

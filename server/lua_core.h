@@ -1,0 +1,13 @@
+/* lua_core.h -- the worker's `moonfork.core` module: timers, logging, process facts. */
+#ifndef MOONFORK_LUA_CORE_H
+#define MOONFORK_LUA_CORE_H
+
+#include <lua.h>
+#include <uv.h>
+
+#include "config.h"
+
+/* Adds the worker's functions to the core table on the stack top (left there). */
+void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg);
+
+#endif

@@ -1,0 +1,21 @@
+/* lua_env.h -- creating a Lua state for a script: module paths, the core module slot, error tracebacks. */
+#ifndef MOONFORK_LUA_ENV_H
+#define MOONFORK_LUA_ENV_H
+
+#include <lua.h>
+
+/* A new state with the standard libraries, package.path set to the script's directory and moonfork's
+ * Lua modules, and package.loaded["moonfork.core"] = an empty table with role = `role`, which is left on
+ * the stack top. NULL when out of memory. */
+lua_State *mf_lua_new(const char *script, const char *role);
+
+/* Message handler for lua_pcall: the error with a stack traceback. */
+int mf_lua_traceback(lua_State *L);
+
+/* lua_pcall with mf_lua_traceback; on error logs "`what`: error+traceback", pops it and returns -1. */
+int mf_lua_pcall(lua_State *L, int nargs, int nresults, const char *what);
+
+/* The directory holding moonfork/init.lua (see the search order in lua_env.c). */
+const char *mf_lua_dir(void);
+
+#endif

@@ -1,0 +1,154 @@
+/* lua_http.c -- requests into Lua and responses out of it: the bridge between http.c and moonfork.http.
+ *
+ * Lua sees a connection as a userdata holding a pointer to the C connection; the pointer is cleared
+ * when the connection closes, so a handler that answers late finds it gone instead of touching freed
+ * memory. Each request carries a generation number: a response can only reach the request it was made
+ * for. The Lua half (lua/moonfork/http.lua) builds req/res and runs the handler in a coroutine. */
+#include "lua_http.h"
+
+#include <ctype.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua_env.h"
+
+#define CONN_MT "moonfork.conn"
+
+typedef struct {
+  http_conn_t *c;
+} lconn_t;
+
+static int dispatch_ref = LUA_NOREF, closed_ref = LUA_NOREF;
+
+int lua_http_serving(void) { return dispatch_ref != LUA_NOREF; }
+
+/* core.serve(dispatch, on_close) */
+static int core_serve(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (dispatch_ref != LUA_NOREF) return luaL_error(L, "moonfork.listen() was already called");
+  lua_pushvalue(L, 1);
+  dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 2);
+  closed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+static http_conn_t *check_conn(lua_State *L) {
+  lconn_t *u = luaL_checkudata(L, 1, CONN_MT);
+  return u->c;
+}
+
+/* core.send(conn, gen, status, head, body, final, clen, flags) -> true | false (slow down) | nil (gone) */
+static int core_send(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
+  int status = (int)luaL_checkinteger(L, 3);
+  size_t hlen = 0, blen = 0;
+  const char *head = luaL_optlstring(L, 4, "", &hlen);
+  const char *body = luaL_optlstring(L, 5, "", &blen);
+  int final = lua_toboolean(L, 6);
+  int64_t clen = (int64_t)luaL_optnumber(L, 7, -1);
+  int flags = (int)luaL_optinteger(L, 8, 0);
+  if (c == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  int r = http_conn_respond(c, gen, status, head, hlen, body, blen, final, clen, flags);
+  if (r < 0)
+    lua_pushnil(L);
+  else
+    lua_pushboolean(L, r);
+  return 1;
+}
+
+/* core.abort(conn, gen): a 500 if nothing was sent yet, else the connection is dropped. */
+static int core_abort(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
+  if (c != NULL) http_conn_abort(c, gen);
+  return 0;
+}
+
+void lua_http_open(lua_State *L) {
+  static const luaL_Reg fns[] = {{"serve", core_serve}, {"send", core_send}, {"abort", core_abort}, {NULL, NULL}};
+  luaL_newmetatable(L, CONN_MT);
+  lua_pop(L, 1);
+  luaL_register(L, NULL, fns);
+}
+
+/* Pushes the connection's userdata, making it on first use. */
+static void push_conn(lua_State *L, http_conn_t *c) {
+  int *ref = http_conn_user_ref(c);
+  if (*ref != 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+    return;
+  }
+  lconn_t *u = lua_newuserdata(L, sizeof *u);
+  u->c = c;
+  luaL_getmetatable(L, CONN_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* headers[name] = value, or an array of values once a name repeats. */
+static void push_headers(lua_State *L, const http_request_t *req) {
+  char small[64];
+  lua_createtable(L, 0, (int)req->nheaders);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    size_t n = req->name_lens[i];
+    char *name = n <= sizeof small ? small : malloc(n);
+    if (name == NULL) continue;
+    for (size_t k = 0; k < n; k++) name[k] = (char)tolower((unsigned char)req->names[i][k]);
+    lua_pushlstring(L, name, n);
+    if (name != small) free(name);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    int t = lua_type(L, -1);
+    if (t == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, req->values[i], req->value_lens[i]);
+      lua_rawset(L, -3);
+    } else if (t == LUA_TSTRING) {
+      lua_createtable(L, 2, 0);
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, 1);
+      lua_pushlstring(L, req->values[i], req->value_lens[i]);
+      lua_rawseti(L, -2, 2);
+      lua_rawset(L, -3);
+    } else {
+      lua_pushlstring(L, req->values[i], req->value_lens[i]);
+      lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+      lua_pop(L, 2);
+    }
+  }
+}
+
+int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req) {
+  lua_State *L = data;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, dispatch_ref);
+  push_conn(L, c);
+  lua_pushnumber(L, gen);
+  lua_pushstring(L, req->method);
+  lua_pushlstring(L, req->url, req->url_len);
+  lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
+  push_headers(L, req);
+  lua_pushlstring(L, req->body, req->body_len);
+  lua_pushstring(L, req->remote);
+  return mf_lua_pcall(L, 8, 0, "internal error dispatching a request");
+}
+
+void lua_http_on_conn_closed(void *data, http_conn_t *c) {
+  lua_State *L = data;
+  int *ref = http_conn_user_ref(c);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+  lconn_t *u = lua_touserdata(L, -1);
+  if (u != NULL) u->c = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, closed_ref);
+  lua_insert(L, -2);
+  mf_lua_pcall(L, 1, 0, "error in close handler");
+}

@@ -1,0 +1,17 @@
+/* lua_http.h -- requests into Lua and responses out of it: the bridge between http.c and moonfork.http. */
+#ifndef MOONFORK_LUA_HTTP_H
+#define MOONFORK_LUA_HTTP_H
+
+#include <lua.h>
+
+#include "http.h"
+
+/* Adds core.serve, core.send and core.abort to the core table on the stack top. */
+void lua_http_open(lua_State *L);
+/* Has the script called core.serve (through moonfork.listen)? */
+int lua_http_serving(void);
+/* The http_callbacks_t functions; their `data` is the lua_State. */
+int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req);
+void lua_http_on_conn_closed(void *data, http_conn_t *c);
+
+#endif

@@ -1,0 +1,164 @@
+/* worker.c -- a worker process: its event loop, the Lua state running the script, the master link.
+ *
+ * A worker inherits the listening socket (fd 3) and one end of a socketpair to the master (fd 4, the
+ * control channel). It runs the whole script, and only once moonfork.listen() was reached and the
+ * script returned does it start accepting and tell the master "ready". It stops on "stop" from the
+ * master, on SIGTERM, or when the control channel closes (the master died; PR_SET_PDEATHSIG is the
+ * backstop): it stops accepting, lets in-flight requests finish for up to --grace, and exits. Timers
+ * and other Lua handles never keep a draining worker alive: it exits when its connections are gone. */
+#include "worker.h"
+
+#include <lauxlib.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "http.h"
+#include "log.h"
+#include "lua_core.h"
+#include "lua_env.h"
+#include "lua_http.h"
+#include "script.h"
+
+typedef struct {
+  uv_loop_t *loop;
+  mf_config_t *cfg;
+  lua_State *L;
+  http_server_t *srv;
+  uv_pipe_t control;
+  uv_signal_t sigterm;
+  uv_timer_t grace;
+  int draining;
+  char ctl_line[256];
+  size_t ctl_len;
+} worker_t;
+
+static worker_t W;
+
+static void worker_exit(int status) {
+  fflush(NULL);
+  exit(status);
+}
+
+static void on_drained(void *data) {
+  (void)data;
+  mf_log("drained; exiting");
+  worker_exit(0);
+}
+
+static void on_grace(uv_timer_t *t) {
+  (void)t;
+  mf_log("grace period over: closing %zu connection(s) and exiting", http_server_conn_count(W.srv));
+  worker_exit(0);
+}
+
+static void worker_drain(const char *why) {
+  if (W.draining) return;
+  W.draining = 1;
+  mf_log("stopping (%s): %zu connection(s) open", why, W.srv ? http_server_conn_count(W.srv) : (size_t)0);
+  uv_timer_init(W.loop, &W.grace);
+  uv_timer_start(&W.grace, on_grace, W.cfg->grace_ms, 0);
+  uv_unref((uv_handle_t *)&W.grace);
+  if (W.srv) http_server_drain(W.srv);
+}
+
+static void on_control_line(const char *line) {
+  if (strcmp(line, "stop") == 0)
+    worker_drain("asked by the master");
+  else
+    mf_log("unknown control message '%s' ignored", line);
+}
+
+static void on_ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  static char b[1024];
+  (void)h, (void)suggested;
+  *buf = uv_buf_init(b, sizeof b);
+}
+
+static void on_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  if (n < 0) {
+    uv_close((uv_handle_t *)s, NULL);
+    worker_drain("the master is gone");
+    return;
+  }
+  for (ssize_t i = 0; i < n; i++) {
+    char ch = buf->base[i];
+    if (ch == '\n') {
+      W.ctl_line[W.ctl_len] = '\0';
+      on_control_line(W.ctl_line);
+      W.ctl_len = 0;
+    } else if (W.ctl_len < sizeof W.ctl_line - 1) {
+      W.ctl_line[W.ctl_len++] = ch;
+    }
+  }
+}
+
+static void on_sigterm(uv_signal_t *s, int signum) {
+  (void)s, (void)signum;
+  worker_drain("SIGTERM");
+}
+
+static void control_send(const char *msg) {
+  uv_buf_t b = uv_buf_init((char *)msg, (unsigned)strlen(msg));
+  if (uv_try_write((uv_stream_t *)&W.control, &b, 1) != (int)b.len) mf_log("cannot tell the master '%s'", msg);
+}
+
+int worker_run(mf_config_t *cfg) {
+  char err[2048];
+  mf_log_set_role((int)cfg->worker_id);
+  /* Die with the master: the control channel closing is the main signal, this is the backstop. */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (cfg->master_pid > 0 && getppid() != (pid_t)cfg->master_pid) return 1;
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGINT, SIG_IGN); /* Ctrl-C reaches the whole process group: the master decides what happens */
+  signal(SIGHUP, SIG_IGN);
+
+  W.cfg = cfg;
+  W.loop = uv_default_loop();
+  uv_pipe_init(W.loop, &W.control, 1);
+  if (uv_pipe_open(&W.control, MF_FD_CONTROL) != 0) {
+    mf_log("no control channel on fd %d: a worker is started by the master, not by hand", MF_FD_CONTROL);
+    return 1;
+  }
+  uv_read_start((uv_stream_t *)&W.control, on_ctl_alloc, on_ctl_read);
+  uv_signal_init(W.loop, &W.sigterm);
+  uv_signal_start(&W.sigterm, on_sigterm, SIGTERM);
+
+  http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, on_drained};
+  W.L = mf_lua_new(cfg->script, "worker");
+  if (W.L == NULL) {
+    mf_log("out of memory");
+    return 1;
+  }
+  W.srv = http_server_new(W.loop, cfg, MF_FD_LISTEN, &cb, W.L, err, sizeof err);
+  if (W.srv == NULL) {
+    mf_log("%s", err);
+    return 1;
+  }
+  lua_core_open(W.L, W.loop, cfg);
+  lua_http_open(W.L);
+  lua_pop(W.L, 1);
+  if (mf_script_run(W.L, cfg->script, err, sizeof err) != 0) {
+    mf_log_block(err);
+    return 1;
+  }
+  if (!lua_http_serving()) {
+    mf_log("%s never called moonfork.listen(): nothing to serve", cfg->script);
+    return 1;
+  }
+  if (W.draining) { /* told to stop while the script was loading */
+    worker_exit(0);
+  }
+  int r = http_server_start(W.srv);
+  if (r != 0) {
+    mf_log("cannot accept on the listening socket: %s", uv_strerror(r));
+    return 1;
+  }
+  control_send("ready\n");
+  uv_run(W.loop, UV_RUN_DEFAULT);
+  return 0;
+}
