@@ -22,6 +22,8 @@ typedef struct {
 } ltimer_t;
 
 static uv_loop_t *core_loop;
+/* The main thread: callbacks must never run on the coroutine that happened to create the timer. */
+static lua_State *core_L;
 
 static void timer_closed(uv_handle_t *h) {
   ltimer_t *t = h->data;
@@ -56,7 +58,7 @@ static int core_timer(lua_State *L) {
   if (ms < 0) ms = 0;
   if (rep < 0) rep = 0;
   ltimer_t *t = lua_newuserdata(L, sizeof *t);
-  t->L = L;
+  t->L = core_L;
   t->closing = 0;
   uv_timer_init(core_loop, &t->timer);
   t->timer.data = t;
@@ -91,6 +93,7 @@ void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const luaL_Reg fns[] = {
       {"timer", core_timer}, {"timer_stop", core_timer_stop}, {"log", core_log}, {"now", core_now}, {NULL, NULL}};
   core_loop = loop;
+  core_L = L;
   luaL_newmetatable(L, TIMER_MT);
   lua_pop(L, 1);
   luaL_register(L, NULL, fns);

@@ -1,0 +1,62 @@
+/* test_config.c -- unit tests for server/config.c: command line, listen() options, worker argv. */
+#include <stdlib.h>
+
+#include "../server/config.h"
+#include "test.h"
+
+static int parse(mf_config_t *cfg, char **argv, int argc, char *err) {
+  mf_config_defaults(cfg);
+  return mf_config_parse_args(cfg, argc, argv, err, 256);
+}
+
+int main(void) {
+  mf_config_t cfg;
+  char err[256];
+
+  char *a1[] = {"moonfork", "--port", "9000", "--workers=3", "--grace", "0.25", "--max-body", "2k", "app.lua"};
+  CHECK(parse(&cfg, a1, 9, err) == 0);
+  CHECK(cfg.port == 9000 && cfg.workers == 3 && cfg.grace_ms == 250 && cfg.max_body == 2048);
+  CHECK_STR(cfg.script, "app.lua");
+  CHECK_STR(cfg.host, "127.0.0.1");
+
+  /* listen() options fill in only what the command line left alone */
+  CHECK(mf_config_set_from_script(&cfg, "port", "7000", err, sizeof err) == 0);
+  CHECK(cfg.port == 9000);
+  CHECK(mf_config_set_from_script(&cfg, "host", "0.0.0.0", err, sizeof err) == 0);
+  CHECK_STR(cfg.host, "0.0.0.0");
+  CHECK(mf_config_set_from_script(&cfg, "nodes", "5", err, sizeof err) == 0);
+  CHECK(cfg.workers == 3);
+  CHECK(mf_config_set_from_script(&cfg, "keepaliveTimeout", "2", err, sizeof err) == 0);
+  CHECK(cfg.keepalive_timeout_ms == 2000);
+  CHECK(mf_config_set_from_script(&cfg, "noSuchOption", "1", err, sizeof err) == 1);
+  CHECK(mf_config_set_from_script(&cfg, "maxConnections", "lots", err, sizeof err) == -1);
+  CHECK(strstr(err, "maxConnections") != NULL);
+
+  /* what a worker gets round-trips to the same settings */
+  char *wargv[40];
+  wargv[0] = "moonfork";
+  int n = mf_config_to_args(&cfg, wargv + 1, 38);
+  wargv[n + 1] = "app.lua";
+  mf_config_t w;
+  CHECK(parse(&w, wargv, n + 2, err) == 0);
+  CHECK(w.port == cfg.port && w.workers == cfg.workers && w.grace_ms == cfg.grace_ms);
+  CHECK(w.max_body == cfg.max_body && w.keepalive_timeout_ms == cfg.keepalive_timeout_ms);
+  CHECK_STR(w.host, cfg.host);
+  for (int i = 1; i <= n; i++) free(wargv[i]);
+
+  char *bad1[] = {"moonfork", "--workers", "abc", "app.lua"};
+  CHECK(parse(&cfg, bad1, 4, err) == -1 && strstr(err, "workers") != NULL);
+  char *bad2[] = {"moonfork", "--port", "70000", "app.lua"};
+  CHECK(parse(&cfg, bad2, 4, err) == -1 && strstr(err, "port") != NULL);
+  char *bad3[] = {"moonfork", "--frobnicate", "app.lua"};
+  CHECK(parse(&cfg, bad3, 3, err) == -1 && strstr(err, "unknown option") != NULL);
+  char *bad4[] = {"moonfork", "--port"};
+  CHECK(parse(&cfg, bad4, 2, err) == -1 && strstr(err, "needs a value") != NULL);
+  char *bad5[] = {"moonfork", "a.lua", "b.lua"};
+  CHECK(parse(&cfg, bad5, 3, err) == -1);
+  char *bad6[] = {"moonfork", "-x", "a.lua"};
+  CHECK(parse(&cfg, bad6, 3, err) == -1);
+  char *help[] = {"moonfork", "--help"};
+  CHECK(parse(&cfg, help, 2, err) == 0 && cfg.want_help);
+  TEST_DONE();
+}
