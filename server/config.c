@@ -47,6 +47,7 @@ static const opt_t opts[] = {
     /* Hidden: what the master tells each worker. */
     {"worker-id", NULL, NULL, OPT_INT, OFF(worker_id), 1, 1024, NULL},
     {"master-pid", NULL, NULL, OPT_INT, OFF(master_pid), 1, 0x7fffffff, NULL},
+    {"serial", NULL, NULL, OPT_INT, OFF(serial), 1, 0x7fffffff, NULL},
 };
 
 void mf_config_defaults(mf_config_t *cfg) {

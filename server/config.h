@@ -27,6 +27,7 @@ typedef struct {
   /* Worker only: set by the hidden --worker-id / --master-pid options the master passes. */
   long worker_id;
   long master_pid;
+  long serial; /* the master's spawn count: a later worker has a higher one */
   int want_help, want_version;
 } mf_config_t;
 

@@ -103,4 +103,6 @@ void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   lua_setfield(L, -2, "pid");
   lua_pushinteger(L, (lua_Integer)cfg->workers);
   lua_setfield(L, -2, "workers");
+  lua_pushnumber(L, (lua_Number)cfg->serial);
+  lua_setfield(L, -2, "serial");
 }

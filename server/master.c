@@ -35,6 +35,7 @@ typedef struct {
   uv_pipe_t ctl;
   uv_timer_t respawn;
   int running, proc_open, ctl_open, ready;
+  long serial;
   uint64_t started_ms, backoff_ms;
   int pid;
   char line[128];
@@ -52,6 +53,7 @@ static struct {
   slot_t **slots;
   int nslots;
   int announced, shutting_down, killing;
+  long serial; /* spawns so far */
   uv_signal_t sigterm, sigint;
   uv_timer_t deadline;
 } M;
@@ -136,10 +138,63 @@ static void maybe_announce(void) {
   M.announced = 1;
 }
 
+typedef struct {
+  uv_write_t req;
+  uv_pipe_t handle;
+  char msg[64];
+} peer_send_t;
+
+static void on_peer_handle_closed(uv_handle_t *h) { free(mf_container_of(h, peer_send_t, handle)); }
+
+static void on_peer_sent(uv_write_t *req, int status) {
+  peer_send_t *ps = mf_container_of(req, peer_send_t, req);
+  (void)status; /* a failed send means that worker is gone: its exit is handled elsewhere */
+  uv_close((uv_handle_t *)&ps->handle, on_peer_handle_closed);
+}
+
+/* Sends "peer ID SERIAL" with `fd` attached to slot s; the fd is ours to close either way. */
+static int send_peer(slot_t *s, const slot_t *peer, int fd) {
+  peer_send_t *ps = malloc(sizeof *ps);
+  if (ps == NULL) {
+    close(fd);
+    return -1;
+  }
+  uv_pipe_init(M.loop, &ps->handle, 0);
+  if (uv_pipe_open(&ps->handle, fd) != 0) {
+    close(fd);
+    uv_close((uv_handle_t *)&ps->handle, on_peer_handle_closed);
+    return -1;
+  }
+  int n = snprintf(ps->msg, sizeof ps->msg, "peer %d %ld\n", peer->id, peer->serial);
+  uv_buf_t b = uv_buf_init(ps->msg, (unsigned)n);
+  if (uv_write2(&ps->req, (uv_stream_t *)&s->ctl, &b, 1, (uv_stream_t *)&ps->handle, on_peer_sent) != 0) {
+    uv_close((uv_handle_t *)&ps->handle, on_peer_handle_closed);
+    return -1;
+  }
+  return 0;
+}
+
+/* A worker is ready: join it to every other ready worker with a socketpair, one end each. Each pair
+ * is made once, when the later of its two workers becomes ready. */
+static void mesh_join(slot_t *s) {
+  for (int i = 0; i < M.nslots; i++) {
+    slot_t *o = M.slots[i];
+    if (o == s || !o->ready || !o->running || o->ctl_open != 1) continue;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      mf_log("mesh: socketpair for workers %d and %d: %s", s->id, o->id, strerror(errno));
+      continue;
+    }
+    send_peer(s, o, sv[0]);
+    send_peer(o, s, sv[1]);
+  }
+}
+
 static void on_ctl_line(slot_t *s, const char *line) {
   if (strcmp(line, "ready") == 0) {
     s->ready = 1;
     mf_log("worker %d (pid %d) ready", s->id, s->pid);
+    mesh_join(s);
     maybe_announce();
   } else {
     mf_log("worker %d (pid %d) sent an unknown control message '%s'", s->id, s->pid, line);
@@ -229,7 +284,7 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
 
 static void slot_spawn(slot_t *s) {
   int sv[2];
-  char idarg[32], pidarg[32];
+  char idarg[32], pidarg[32], serialarg[32];
   char *argv[80];
   int n = 0;
   s->started_ms = uv_now(M.loop);
@@ -244,6 +299,9 @@ static void slot_spawn(slot_t *s) {
   argv[n++] = M.exe;
   argv[n++] = idarg;
   argv[n++] = pidarg;
+  s->serial = ++M.serial;
+  snprintf(serialarg, sizeof serialarg, "--serial=%ld", s->serial);
+  argv[n++] = serialarg;
   for (int i = 0; i < M.nargs; i++) argv[n++] = M.args[i];
   argv[n++] = "--";
   argv[n++] = (char *)M.cfg->script;

@@ -5,7 +5,10 @@
  * script returned does it start accepting and tell the master "ready". It stops on "stop" from the
  * master, on SIGTERM, or when the control channel closes (the master died; PR_SET_PDEATHSIG is the
  * backstop): it stops accepting, lets in-flight requests finish for up to --grace, and exits. Timers
- * and other Lua handles never keep a draining worker alive: it exits when its connections are gone. */
+ * and other Lua handles never keep a draining worker alive: it exits when its connections are gone.
+ *
+ * The master also sends "peer ID SERIAL" lines, each with one end of a socketpair attached: the
+ * worker's stream to that peer in the mesh (mesh.c). */
 #include "worker.h"
 
 #include <lauxlib.h>
@@ -22,6 +25,8 @@
 #include "lua_core.h"
 #include "lua_env.h"
 #include "lua_http.h"
+#include "lua_mesh.h"
+#include "mesh.h"
 #include "script.h"
 
 typedef struct {
@@ -66,9 +71,30 @@ static void worker_drain(const char *why) {
   if (W.srv) http_server_drain(W.srv);
 }
 
+/* "peer ID SERIAL": the socket that came with the line is our stream to worker ID. */
+static void on_peer_line(const char *line) {
+  int id;
+  long serial;
+  if (sscanf(line, "peer %d %ld", &id, &serial) != 2 || uv_pipe_pending_count(&W.control) < 1) {
+    mf_log("bad control message '%s' ignored", line);
+    return;
+  }
+  uv_pipe_t *p = malloc(sizeof *p);
+  if (p == NULL) return;
+  uv_pipe_init(W.loop, p, 0);
+  if (uv_accept((uv_stream_t *)&W.control, (uv_stream_t *)p) != 0) {
+    mf_log("cannot take the mesh socket for worker %d", id);
+    uv_close((uv_handle_t *)p, (uv_close_cb)free);
+    return;
+  }
+  mesh_add_peer(p, id, serial);
+}
+
 static void on_control_line(const char *line) {
   if (strcmp(line, "stop") == 0)
     worker_drain("asked by the master");
+  else if (strncmp(line, "peer ", 5) == 0)
+    on_peer_line(line);
   else
     mf_log("unknown control message '%s' ignored", line);
 }
@@ -141,6 +167,8 @@ int worker_run(mf_config_t *cfg) {
   }
   lua_core_open(W.L, W.loop, cfg);
   lua_http_open(W.L);
+  lua_mesh_open(W.L);
+  mesh_init(W.loop, &lua_mesh_callbacks, W.L);
   lua_pop(W.L, 1);
   if (mf_script_run(W.L, cfg->script, err, sizeof err) != 0) {
     mf_log_block(err);

@@ -20,7 +20,7 @@ function _M.listen(opts, server)
   if master then core.probe_listen(opts) end -- does not return
   local http = _M.http
   core.serve(http.dispatcher(server), http.on_conn_closed)
-  local nodes = { id = core.id, count = core.workers }
+  local nodes = require("moonfork.mesh").nodes
   _M.nodes = nodes
   return nodes
 end
