@@ -1,0 +1,33 @@
+# Makefile -- thin wrapper around tools/ and cmake; the real build is CMakeLists.txt.
+#   make build              configure (RelWithDebInfo) and compile build/moonfork
+#   make run [APP=x.lua]    install missing packages, build, run APP (default examples/hello.lua)
+#   make test               install missing packages, build, run every suite (tools/run-tests)
+#   make clean              remove build/
+
+BUILD_DIR  ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS       ?= 2
+APP        ?= examples/hello.lua
+ARGS       ?=
+
+MAKEFLAGS  += --no-print-directory
+
+.PHONY: all build run test deps clean
+
+all: build
+
+deps:
+	tools/setup-deps
+
+build:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+run: deps build
+	exec $(BUILD_DIR)/moonfork $(ARGS) $(APP)
+
+test: deps build
+	@BUILD_DIR=$(BUILD_DIR) tools/run-tests
+
+clean:
+	rm -rf $(BUILD_DIR)

@@ -1,0 +1,634 @@
+-- spec/helpers.lua: starts the real moonfork binary, watches its log, and talks raw HTTP/1.1 to it.
+--
+-- Processes: every server is started through a small sh wrapper
+--   ( "$BIN" ARGS <dev/null >OUT 2>>LOG & echo $! >PIDFILE; wait $!; echo $? >STATUS )
+-- so the master's pid is known at once (even when the binary dies before it logs anything) and its
+-- exit status is recorded. The listening port and the worker pids come from the master's log line
+-- "listening on http://127.0.0.1:PORT with N workers (pids W1, W2)". Nothing here sleeps a fixed time:
+-- every wait polls (socket.sleep(0.02)) until a condition holds or a generous deadline expires.
+local socket = require "socket"
+local cjson = require "cjson"
+
+local M = {}
+
+M.DEADLINE = tonumber(os.getenv("MOONFORK_SPEC_DEADLINE") or "") or 30 -- seconds; only reached on failure
+M.POLL = 0.02
+
+-- repository root: the parent of the directory holding this file
+local function repo_root()
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  local dir = src:match("^(.*)/spec/helpers%.lua$") or src:match("^(.*)/[^/]*/[^/]*$") or "."
+  if dir == "" then dir = "." end
+  if dir:sub(1, 1) ~= "/" then
+    local pwd = os.getenv("PWD") or io.popen("pwd"):read("*l")
+    dir = (dir == ".") and pwd or (pwd .. "/" .. dir:gsub("^%./", ""))
+  end
+  return dir
+end
+
+M.ROOT = repo_root()
+M.FIXTURES = M.ROOT .. "/spec/fixtures"
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  return M.ROOT .. "/" .. path
+end
+
+M.BIN = absolute(os.getenv("MOONFORK_BIN") or "build/moonfork")
+
+---------------------------------------------------------------------------------------------------
+-- small utilities
+
+function M.now() return socket.gettime() end
+
+function M.shell_quote(s)
+  s = tostring(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+local function sh(cmd)
+  local ok, how, code = os.execute(cmd)
+  if type(ok) == "number" then return ok == 0 end -- Lua 5.1
+  return ok == true and how == "exit" and code == 0
+end
+
+-- Polls fn() every M.POLL seconds until it returns a truthy value (returned) or `timeout` seconds pass
+-- (returns nil). Waiting long is harmless: only a feature that is broken reaches the deadline.
+function M.wait_for(fn, timeout)
+  local deadline = M.now() + (timeout or M.DEADLINE)
+  while true do
+    local a, b, c = fn()
+    if a then return a, b, c end
+    if M.now() > deadline then return nil end
+    socket.sleep(M.POLL)
+  end
+end
+
+function M.mktempdir()
+  local name = os.tmpname()
+  os.remove(name)
+  assert(sh("mkdir -p " .. M.shell_quote(name)), "mkdir " .. name)
+  return name
+end
+
+function M.json_decode(s)
+  local ok, v = pcall(cjson.decode, s)
+  if not ok then error("not JSON: " .. tostring(s) .. " (" .. tostring(v) .. ")", 2) end
+  return v
+end
+
+-- Lua pattern that matches the literal string s
+function M.escape_pattern(s)
+  return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+---------------------------------------------------------------------------------------------------
+-- processes (/proc)
+
+-- Returns state letter, ppid of a process, or nil when there is no such process.
+function M.proc_stat(pid)
+  local s = M.read_file("/proc/" .. tostring(pid) .. "/stat")
+  if not s then return nil end
+  -- pid (comm) state ppid ... ; comm may contain spaces and parentheses: take the last ')'
+  local rest = s:match("^.*%)%s+(.*)$")
+  if not rest then return nil end
+  local state, ppid = rest:match("^(%S+)%s+(%d+)")
+  return state, tonumber(ppid)
+end
+
+-- A pid is alive when it exists and is not a zombie (an orphan reparented to an init that does not
+-- reap stays a zombie; it no longer runs, listens or serves).
+function M.alive(pid)
+  local state = M.proc_stat(pid)
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+
+function M.all_pids()
+  local p = io.popen("ls /proc")
+  local out = {}
+  for name in p:lines() do
+    if name:match("^%d+$") then out[#out + 1] = tonumber(name) end
+  end
+  p:close()
+  return out
+end
+
+-- children of pid: { {pid=, state=} ... }
+function M.children(pid)
+  local out = {}
+  for _, p in ipairs(M.all_pids()) do
+    local state, ppid = M.proc_stat(p)
+    if ppid == pid then out[#out + 1] = { pid = p, state = state } end
+  end
+  return out
+end
+
+function M.kill(pid, sig)
+  return sh("kill -" .. (sig or "TERM") .. " " .. tonumber(pid) .. " 2>/dev/null")
+end
+
+-- True when the process looks like ours (guards against killing a recycled pid).
+local function is_moonfork(pid)
+  local cmd = (M.read_file("/proc/" .. pid .. "/cmdline") or ""):gsub("%z", " ")
+  local comm = M.read_file("/proc/" .. pid .. "/comm") or ""
+  local base = M.BIN:match("([^/]+)$")
+  return cmd:find(base, 1, true) ~= nil or comm:find(base:sub(1, 15), 1, true) ~= nil
+    or cmd:find("moonfork", 1, true) ~= nil or comm:find("moonfork", 1, true) ~= nil
+end
+
+---------------------------------------------------------------------------------------------------
+-- the server under test
+
+local Server = {}
+Server.__index = Server
+
+local running = {}   -- servers started and not yet stopped
+local open_conns = {} -- client connections, closed by stop_all
+
+-- Spawns BIN with args (a list) in the background. Returns a Server whose pid is the master's pid.
+-- Does not wait for anything but the pid file.
+function M.spawn(args)
+  local dir = M.mktempdir()
+  local self = setmetatable({
+    dir = dir, log = dir .. "/log", out = dir .. "/stdout",
+    pidfile = dir .. "/pid", statusfile = dir .. "/status",
+    args = args, workers = {}, known = {},
+  }, Server)
+  local argv = { M.shell_quote(M.BIN) }
+  for _, a in ipairs(args) do argv[#argv + 1] = M.shell_quote(a) end
+  write_file(self.log, "")
+  local inner = table.concat(argv, " ") .. " </dev/null >" .. M.shell_quote(self.out)
+    .. " 2>>" .. M.shell_quote(self.log) .. " & echo $! >" .. M.shell_quote(self.pidfile .. ".tmp")
+    .. "; mv " .. M.shell_quote(self.pidfile .. ".tmp") .. " " .. M.shell_quote(self.pidfile)
+    .. "; wait $!; echo $? >" .. M.shell_quote(self.statusfile .. ".tmp")
+    .. "; mv " .. M.shell_quote(self.statusfile .. ".tmp") .. " " .. M.shell_quote(self.statusfile)
+  assert(sh("( " .. inner .. " ) >/dev/null 2>&1 &"), "could not run sh")
+  running[self] = true
+  local pid = M.wait_for(function()
+    local s = M.read_file(self.pidfile)
+    return s and tonumber(s:match("%d+"))
+  end)
+  if not pid then
+    running[self] = nil
+    error("the wrapper shell never reported the pid of " .. M.BIN)
+  end
+  self.pid = pid
+  self.known[pid] = true
+  return self
+end
+
+-- Resolves a fixture name ("app" or "app.lua") to its path; paths with a "/" are kept.
+function M.fixture(name)
+  if name:find("/", 1, true) then return name end
+  if not name:match("%.lua$") then name = name .. ".lua" end
+  return M.FIXTURES .. "/" .. name
+end
+
+-- start(script, args[, opts]): runs `moonfork --port 0 ARGS FIXTURE` and, unless opts.wait == false,
+-- waits for the "listening on" line and fills server.port and server.workers (list of pids, in the
+-- order logged). On failure the process is killed and an error carrying the log is raised.
+function M.start(script, args, opts)
+  opts = opts or {}
+  local argv = { "--port", "0" }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  argv[#argv + 1] = M.fixture(script)
+  local self = M.spawn(argv)
+  if opts.wait == false then return self end
+  local ok, err = pcall(self.wait_listening, self, opts.timeout)
+  if not ok then
+    self:kill_all()
+    error(err, 2)
+  end
+  return self
+end
+
+M.LISTENING = "listening on http://[^:%s]+:(%d+) with (%d+) workers? %(pids? ([%d, ]+)%)"
+
+function Server:wait_listening(timeout)
+  local text = self:wait_log(M.LISTENING, 1, timeout)
+  local port, n, pids = text:match(M.LISTENING)
+  self.port = tonumber(port)
+  self.nworkers = tonumber(n)
+  self.workers = {}
+  for w in pids:gmatch("%d+") do
+    self.workers[#self.workers + 1] = tonumber(w)
+    self.known[tonumber(w)] = true
+  end
+  return self
+end
+
+function Server:log_text()
+  return M.read_file(self.log) or ""
+end
+
+function Server:stdout_text()
+  return M.read_file(self.out) or ""
+end
+
+-- Lines of the log that match a Lua pattern.
+function Server:log_lines(pattern)
+  local out = {}
+  for line in self:log_text():gmatch("[^\n]+") do
+    if not pattern or line:find(pattern) then out[#out + 1] = line end
+  end
+  return out
+end
+
+function Server:count_log(pattern)
+  return #self:log_lines(pattern)
+end
+
+-- Waits until at least `count` (default 1) log lines match the Lua pattern; returns the count-th
+-- matching line. Fails with the log text when the deadline passes, or at once if the master has
+-- exited and the line is not there.
+function Server:wait_log(pattern, count, timeout)
+  count = count or 1
+  local deadline = M.now() + (timeout or M.DEADLINE)
+  while true do
+    local exited = self:exited()
+    local lines = self:log_lines(pattern)
+    if #lines >= count then return lines[count] end
+    if exited or M.now() > deadline then
+      error(string.format("%s: log line /%s/ x%d not seen (got %d) within %ss; log:\n%s",
+        exited and "master exited" or "timeout", pattern, count, #lines,
+        tostring(timeout or M.DEADLINE), self:log_text()), 2)
+    end
+    socket.sleep(M.POLL)
+  end
+end
+
+-- Pids mentioned in the log: "(pid N)", "pids A, B" and "[worker ID PID]".
+function Server:logged_pids()
+  local out = {}
+  local text = self:log_text()
+  for p in text:gmatch("%(pid (%d+)%)") do out[tonumber(p)] = true end
+  for list in text:gmatch("%(pids ([%d, ]+)%)") do
+    for p in list:gmatch("%d+") do out[tonumber(p)] = true end
+  end
+  for p in text:gmatch("%[worker %d+ (%d+)%]") do out[tonumber(p)] = true end
+  for p in text:gmatch("%[master (%d+)%]") do out[tonumber(p)] = true end
+  return out
+end
+
+-- Everything this server ever was: master, logged workers, current children of the master.
+function Server:all_known_pids()
+  for p in pairs(self:logged_pids()) do self.known[p] = true end
+  if self.pid and not self:exited() then
+    for _, c in ipairs(M.children(self.pid)) do self.known[c.pid] = true end
+  end
+  local list = {}
+  for p in pairs(self.known) do list[#list + 1] = p end
+  table.sort(list)
+  return list
+end
+
+-- Exit status of the master (number; 128+N when killed by signal N), or nil while it runs.
+function Server:exited()
+  local s = M.read_file(self.statusfile)
+  return s and tonumber(s:match("%d+"))
+end
+
+-- Waits for the master to exit; returns its status, or nil (after `timeout`) when it still runs.
+function Server:exit_status(timeout)
+  return M.wait_for(function() return self:exited() end, timeout)
+end
+
+function Server:signal(sig)
+  return M.kill(self.pid, sig)
+end
+
+-- Waits until none of the pids is alive; returns true, or false and the survivors.
+function M.wait_gone(pids, timeout)
+  local ok = M.wait_for(function()
+    for _, p in ipairs(pids) do if M.alive(p) then return false end end
+    return true
+  end, timeout)
+  if ok then return true end
+  local left = {}
+  for _, p in ipairs(pids) do if M.alive(p) then left[#left + 1] = p end end
+  return false, left
+end
+
+-- Stops master and workers: `sig` (default TERM) to the master, wait for it, then SIGKILL whatever
+-- of master and workers is still alive. Always leaves nothing behind.
+function Server:stop(sig, timeout)
+  if not running[self] then return end
+  local pids = self:all_known_pids()
+  if not self:exited() then
+    self:signal(sig or "TERM")
+    self:exit_status(timeout or 5)
+  end
+  self:kill_all(pids)
+end
+
+-- SIGKILL to master and every known worker, then waits until they are gone.
+function Server:kill_all(pids)
+  pids = pids or self:all_known_pids()
+  if not self:exited() then M.kill(self.pid, "KILL") end
+  for _, p in ipairs(pids) do
+    if p ~= self.pid and M.alive(p) and is_moonfork(p) then M.kill(p, "KILL") end
+  end
+  self:exit_status(10)
+  M.wait_gone(pids, 10)
+  running[self] = nil
+  if not os.getenv("MOONFORK_SPEC_KEEP") then sh("rm -rf " .. M.shell_quote(self.dir)) end
+end
+
+-- Closes every client connection and stops every server still running. Used in after_each.
+function M.stop_all()
+  for c in pairs(open_conns) do c:close() end
+  for s in pairs(running) do s:stop() end
+end
+
+---------------------------------------------------------------------------------------------------
+-- one-shot command runs (CLI specs)
+
+-- Runs BIN with args, waits for it to exit by itself. Returns status, stdout, stderr.
+-- When it does not exit within the deadline it is killed and an error is raised.
+function M.run(args, timeout)
+  local s = M.spawn(args)
+  local status = s:exit_status(timeout or M.DEADLINE)
+  local out, err = s:stdout_text(), s:log_text()
+  if not status then
+    s:kill_all()
+    error("moonfork " .. table.concat(args, " ") .. " did not exit by itself; stderr:\n" .. err, 2)
+  end
+  s:kill_all() -- nothing should be left, but workers could be: make sure
+  return status, out, err
+end
+
+---------------------------------------------------------------------------------------------------
+-- raw HTTP client
+
+local Conn = {}
+Conn.__index = Conn
+M.Conn = Conn
+
+-- connect(port[, host]) -> Conn, or nil, err
+function M.connect(port, host)
+  local sock = assert(socket.tcp())
+  sock:settimeout(M.DEADLINE)
+  local ok, err = sock:connect(host or "127.0.0.1", port)
+  if not ok then
+    sock:close()
+    return nil, err
+  end
+  sock:setoption("tcp-nodelay", true)
+  local c = setmetatable({ sock = sock, buf = "", eof = false }, Conn)
+  open_conns[c] = true
+  return c
+end
+
+function Server:connect()
+  assert(self.port, "server has no port (not listening?)")
+  return assert(M.connect(self.port))
+end
+
+function Conn:close()
+  if self.sock then
+    self.sock:close()
+    self.sock = nil
+  end
+  open_conns[self] = nil
+end
+
+-- Sends raw bytes. Returns true, or nil and the error (the peer may have closed).
+function Conn:send(data)
+  if not self.sock then return nil, "closed" end
+  self.sock:settimeout(M.DEADLINE)
+  local i = 1
+  while i <= #data do
+    local n, err, last = self.sock:send(data, i)
+    if not n then return nil, err end
+    i = n + 1
+  end
+  return true
+end
+
+-- Reads whatever arrives before `deadline` (absolute). Returns true when bytes were added,
+-- false, "timeout" | "closed" otherwise.
+function Conn:fill(deadline)
+  if self.eof then return false, "closed" end
+  if not self.sock then return false, "closed" end
+  while true do
+    local remaining = deadline - M.now()
+    if not self.sock:dirty() then
+      local r = socket.select({ self.sock }, nil, remaining > 0 and remaining or 0)
+      if (not r or #r == 0) and M.now() >= deadline then return false, "timeout" end
+    end
+    self.sock:settimeout(0)
+    local data, err, partial = self.sock:receive(65536)
+    data = data or partial
+    if data and #data > 0 then
+      self.buf = self.buf .. data
+      if err and err ~= "timeout" then self.eof, self.eof_err = true, err end
+      return true
+    end
+    if err and err ~= "timeout" then
+      self.eof, self.eof_err = true, err
+      return false, "closed"
+    end
+  end
+end
+
+local function deadline_of(timeout) return M.now() + (timeout or M.DEADLINE) end
+
+-- Reads a CRLF- (or LF-) terminated line, without the terminator.
+function Conn:read_line(deadline)
+  while true do
+    local i = self.buf:find("\n", 1, true)
+    if i then
+      local line = self.buf:sub(1, i - 1):gsub("\r$", "")
+      self.buf = self.buf:sub(i + 1)
+      return line
+    end
+    local ok, err = self:fill(deadline)
+    if not ok then return nil, err end
+  end
+end
+
+function Conn:read_n(n, deadline)
+  while #self.buf < n do
+    local ok, err = self:fill(deadline)
+    if not ok then return nil, err end
+  end
+  local s = self.buf:sub(1, n)
+  self.buf = self.buf:sub(n + 1)
+  return s
+end
+
+-- Reads until the peer closes. Returns all bytes read (with what was buffered), or nil, "timeout", bytes.
+function Conn:read_until_close(timeout)
+  local deadline = deadline_of(timeout)
+  while true do
+    local ok, err = self:fill(deadline)
+    if not ok and err == "closed" then
+      local s = self.buf
+      self.buf = ""
+      return s
+    elseif not ok then
+      return nil, err, self.buf
+    end
+  end
+end
+
+-- True when the connection is closed by the peer within `timeout` seconds and nothing else arrives
+-- (buffered bytes count as "something else": returns false, "data", bytes).
+function Conn:closed_by_peer(timeout)
+  local rest, err = self:read_until_close(timeout)
+  if not rest then return false, err end
+  if #rest > 0 then return false, "data", rest end
+  return true
+end
+
+-- Nothing has arrived yet (checked with a short wait of `timeout`, default 0.3 s) and the connection
+-- is still open. A short wait is safe here: it can only make a test pass that should fail, never the
+-- reverse, when the thing checked for is "nothing happened".
+function Conn:quiet(timeout)
+  if #self.buf > 0 then return false end
+  local ok = self:fill(M.now() + (timeout or 0.3))
+  return not ok and not self.eof
+end
+
+-- Parses one HTTP/1.x response from the connection.
+-- opts.method: the request method (HEAD: no body); opts.timeout: seconds (default M.DEADLINE).
+-- 1xx interim responses are returned as responses of their own (read again for the final one).
+-- Returns resp = { version, status, reason, headers (lower-case name -> value, repeated ones joined
+-- with ", "), header_list = {{name, value}}, body, chunked (bool), chunks (sizes), trailers }
+-- or nil, err ("closed" when the peer closed before a whole response, "timeout", "bad response ...").
+function Conn:receive(opts)
+  opts = opts or {}
+  local deadline = deadline_of(opts.timeout)
+  local line, err = self:read_line(deadline)
+  if not line then return nil, err end
+  local version, status, reason = line:match("^HTTP/(%d%.%d) (%d%d%d) ?(.*)$")
+  if not version then return nil, "bad status line: " .. line end
+  local resp = { version = version, status = tonumber(status), reason = reason, headers = {},
+    header_list = {}, body = "", chunked = false, chunks = {} }
+  while true do
+    local h, herr = self:read_line(deadline)
+    if not h then return nil, herr end
+    if h == "" then break end
+    local name, value = h:match("^([^:%s]+):%s*(.-)%s*$")
+    if not name then return nil, "bad header line: " .. h end
+    resp.header_list[#resp.header_list + 1] = { name, value }
+    local l = name:lower()
+    resp.headers[l] = resp.headers[l] and (resp.headers[l] .. ", " .. value) or value
+  end
+  local st = resp.status
+  if (st >= 100 and st < 200) or st == 204 or st == 304 or opts.method == "HEAD" then
+    return resp
+  end
+  local te = resp.headers["transfer-encoding"]
+  if te and te:lower():find("chunked", 1, true) then
+    resp.chunked = true
+    local parts = {}
+    while true do
+      local sizeline, serr = self:read_line(deadline)
+      if not sizeline then return nil, serr, resp end
+      local hex = sizeline:match("^(%x+)")
+      if not hex then return nil, "bad chunk size line: " .. sizeline, resp end
+      local size = tonumber(hex, 16)
+      resp.chunks[#resp.chunks + 1] = size
+      if size == 0 then break end
+      local data, derr = self:read_n(size, deadline)
+      if not data then return nil, derr, resp end
+      parts[#parts + 1] = data
+      local crlf = self:read_line(deadline)
+      if crlf ~= "" then return nil, "missing CRLF after chunk", resp end
+    end
+    resp.trailers = {}
+    while true do
+      local t, terr = self:read_line(deadline)
+      if not t then return nil, terr, resp end
+      if t == "" then break end
+      resp.trailers[#resp.trailers + 1] = t
+    end
+    resp.body = table.concat(parts)
+  elseif resp.headers["content-length"] then
+    local n = tonumber(resp.headers["content-length"])
+    if not n then return nil, "bad content-length", resp end
+    local data, derr = self:read_n(n, deadline)
+    if not data then return nil, derr, resp end
+    resp.body = data
+  else
+    local data, derr = self:read_until_close(opts.timeout)
+    if not data then return nil, derr, resp end
+    resp.body = data
+    resp.until_close = true
+  end
+  return resp
+end
+
+-- Builds the bytes of a request. headers: list of {name, value} (kept in order, repeats allowed)
+-- or a map. Adds "Host: 127.0.0.1" unless given; adds Content-Length for a body unless a
+-- Content-Length or Transfer-Encoding is given. opts.version: "1.1" (default) or "1.0".
+function M.build_request(method, path, headers, body, opts)
+  opts = opts or {}
+  local list = {}
+  if headers then
+    if headers[1] then
+      for _, h in ipairs(headers) do list[#list + 1] = h end
+    else
+      local names = {}
+      for k in pairs(headers) do names[#names + 1] = k end
+      table.sort(names)
+      for _, k in ipairs(names) do list[#list + 1] = { k, headers[k] } end
+    end
+  end
+  local has = {}
+  for _, h in ipairs(list) do has[h[1]:lower()] = true end
+  if not has.host then table.insert(list, 1, { "Host", "127.0.0.1" }) end
+  if body and not has["content-length"] and not has["transfer-encoding"] then
+    list[#list + 1] = { "Content-Length", tostring(#body) }
+  end
+  local out = { string.format("%s %s HTTP/%s\r\n", method, path, opts.version or "1.1") }
+  for _, h in ipairs(list) do out[#out + 1] = h[1] .. ": " .. h[2] .. "\r\n" end
+  out[#out + 1] = "\r\n"
+  out[#out + 1] = body or ""
+  return table.concat(out)
+end
+
+-- Sends a request on this connection and reads its response (see Conn:receive).
+function Conn:request(method, path, headers, body, opts)
+  opts = opts or {}
+  local ok, err = self:send(M.build_request(method, path, headers, body, opts))
+  if not ok then return nil, err end
+  return self:receive({ method = method, timeout = opts.timeout })
+end
+
+-- One request on a new connection, which is then closed. Returns the response or nil, err.
+function Server:request(method, path, headers, body, opts)
+  local c = self:connect()
+  local resp, err = c:request(method, path, headers, body, opts)
+  c:close()
+  return resp, err
+end
+
+function Server:get(path, headers)
+  return self:request("GET", path, headers)
+end
+
+-- Encodes a body as chunked transfer coding, one chunk per element of `parts`.
+function M.chunked(parts)
+  local out = {}
+  for _, p in ipairs(parts) do out[#out + 1] = string.format("%x\r\n%s\r\n", #p, p) end
+  out[#out + 1] = "0\r\n\r\n"
+  return table.concat(out)
+end
+
+return M
