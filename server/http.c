@@ -56,6 +56,7 @@ struct http_conn_s {
   unsigned http11 : 1;
   unsigned upgrade : 1;
   unsigned in_value : 1;     /* llhttp is inside a header value (the entry is open) */
+  unsigned want_drain : 1;   /* respond() said "slow down": tell the handler when the queue empties */
   int err_status;            /* set by a callback that refused the request (413, 431) */
   int handles_open;
   uint32_t gen;
@@ -156,7 +157,15 @@ static void on_write(uv_write_t *req, int status) {
   write_req_t *w = mf_container_of(req, write_req_t, req);
   http_conn_t *c = req->handle->data;
   free(w);
-  if (status < 0 && status != UV_ECANCELED) conn_close(c);
+  if (status < 0) {
+    if (status != UV_ECANCELED) conn_close(c);
+    return;
+  }
+  if (c->want_drain && !c->closing &&
+      uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) <= HTTP_HIGH_WATER / 2) {
+    c->want_drain = 0;
+    if (c->state == S_HANDLING && c->srv->cb.on_drain) c->srv->cb.on_drain(c->srv->data, c);
+  }
 }
 
 /* Sends bufs: straight to the socket when nothing is queued, the rest copied and queued.
@@ -345,7 +354,11 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
     request_done(c);
     return 1;
   }
-  return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > HTTP_HIGH_WATER ? 0 : 1;
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > HTTP_HIGH_WATER) {
+    c->want_drain = 1;
+    return 0;
+  }
+  return 1;
 }
 
 void http_conn_abort(http_conn_t *c, uint32_t gen) {
@@ -401,6 +414,7 @@ static void conn_dispatch(http_conn_t *c) {
   };
   c->state = S_HANDLING;
   c->head_sent = 0;
+  c->want_drain = 0;
   c->gen++;
   conn_timer(c, srv->cfg->request_timeout_ms);
   int r = srv->cb.on_request(srv->data, c, c->gen, &req);

@@ -34,6 +34,8 @@ typedef struct {
   int (*on_request)(void *data, http_conn_t *conn, uint32_t gen, const http_request_t *req);
   /* The connection is gone (called once, only for connections that carried a request). */
   void (*on_conn_closed)(void *data, http_conn_t *conn);
+  /* A response that was told to slow down (respond returned 0) may write again. */
+  void (*on_drain)(void *data, http_conn_t *conn);
   /* Draining finished: no connection is left. */
   void (*on_drained)(void *data);
 } http_callbacks_t;

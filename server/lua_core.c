@@ -6,6 +6,7 @@
 #include "lua_core.h"
 
 #include <lauxlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -79,6 +80,45 @@ static int core_timer_stop(lua_State *L) {
   return 0;
 }
 
+/* core.fs_stat(path) -> { size, mtime, type = "file"|"dir"|"other" } | nil, "ENOENT: ..." (blocking) */
+static int core_fs_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  int r = uv_fs_stat(NULL, &req, path, NULL);
+  if (r < 0) {
+    uv_fs_req_cleanup(&req);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", uv_err_name(r), uv_strerror(r));
+    return 2;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushnumber(L, (lua_Number)req.statbuf.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushnumber(L, (lua_Number)req.statbuf.st_mtim.tv_sec);
+  lua_setfield(L, -2, "mtime");
+  uint64_t fmt = req.statbuf.st_mode & S_IFMT;
+  lua_pushstring(L, fmt == S_IFREG ? "file" : fmt == S_IFDIR ? "dir" : "other");
+  lua_setfield(L, -2, "type");
+  uv_fs_req_cleanup(&req);
+  return 1;
+}
+
+/* core.fs_realpath(path) -> the canonical path, symlinks resolved | nil, err (blocking) */
+static int core_fs_realpath(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  int r = uv_fs_realpath(NULL, &req, path, NULL);
+  if (r < 0) {
+    uv_fs_req_cleanup(&req);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", uv_err_name(r), uv_strerror(r));
+    return 2;
+  }
+  lua_pushstring(L, req.ptr);
+  uv_fs_req_cleanup(&req);
+  return 1;
+}
+
 static int core_log(lua_State *L) {
   mf_log_block(luaL_checkstring(L, 1));
   return 0;
@@ -91,7 +131,8 @@ static int core_now(lua_State *L) {
 
 void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const luaL_Reg fns[] = {
-      {"timer", core_timer}, {"timer_stop", core_timer_stop}, {"log", core_log}, {"now", core_now}, {NULL, NULL}};
+      {"timer", core_timer}, {"timer_stop", core_timer_stop}, {"log", core_log}, {"now", core_now},
+      {"fs_stat", core_fs_stat}, {"fs_realpath", core_fs_realpath}, {NULL, NULL}};
   core_loop = loop;
   core_L = L;
   luaL_newmetatable(L, TIMER_MT);
@@ -103,6 +144,8 @@ void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   lua_setfield(L, -2, "pid");
   lua_pushinteger(L, (lua_Integer)cfg->workers);
   lua_setfield(L, -2, "workers");
+  lua_pushstring(L, cfg->script);
+  lua_setfield(L, -2, "script");
   lua_pushnumber(L, (lua_Number)cfg->serial);
   lua_setfield(L, -2, "serial");
 }

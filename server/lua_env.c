@@ -23,7 +23,7 @@
 #endif
 
 static int has_init(const char *dir) {
-  char path[PATH_MAX];
+  char path[PATH_MAX + 32];
   snprintf(path, sizeof path, "%s/moonfork/init.lua", dir);
   return access(path, R_OK) == 0;
 }

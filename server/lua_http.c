@@ -19,19 +19,22 @@ typedef struct {
   http_conn_t *c;
 } lconn_t;
 
-static int dispatch_ref = LUA_NOREF, closed_ref = LUA_NOREF;
+static int dispatch_ref = LUA_NOREF, closed_ref = LUA_NOREF, drain_ref = LUA_NOREF;
 
 int lua_http_serving(void) { return dispatch_ref != LUA_NOREF; }
 
-/* core.serve(dispatch, on_close) */
+/* core.serve(dispatch, on_close, on_drain) */
 static int core_serve(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
   if (dispatch_ref != LUA_NOREF) return luaL_error(L, "moonfork.listen() was already called");
   lua_pushvalue(L, 1);
   dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 2);
   closed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 3);
+  drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -151,4 +154,13 @@ void lua_http_on_conn_closed(void *data, http_conn_t *c) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, closed_ref);
   lua_insert(L, -2);
   mf_lua_pcall(L, 1, 0, "error in close handler");
+}
+
+void lua_http_on_drain(void *data, http_conn_t *c) {
+  lua_State *L = data;
+  int *ref = http_conn_user_ref(c);
+  if (*ref == 0) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, drain_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+  mf_lua_pcall(L, 1, 0, "error in drain handler");
 }

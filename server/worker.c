@@ -154,7 +154,7 @@ int worker_run(mf_config_t *cfg) {
   uv_signal_init(W.loop, &W.sigterm);
   uv_signal_start(&W.sigterm, on_sigterm, SIGTERM);
 
-  http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, on_drained};
+  http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, lua_http_on_drain, on_drained};
   W.L = mf_lua_new(cfg->script, "worker");
   if (W.L == NULL) {
     mf_log("out of memory");

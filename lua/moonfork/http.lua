@@ -70,7 +70,7 @@ local active = setmetatable({}, { __mode = "k" }) -- connection -> the response 
 local function emit(res, event, ...)
   local list = res._on and res._on[event]
   if not list then return end
-  res._on[event] = nil
+  if event == "close" then res._on[event] = nil end -- it happens once
   for _, fn in ipairs(list) do
     local ok, err = pcall(fn, ...)
     if not ok then log("error in res:on('" .. event .. "') callback: " .. tostring(err)) end
@@ -267,6 +267,12 @@ function _M.dispatcher(server)
       end
     end, handler, req, res)
   end
+end
+
+-- The C core calls this when a response that was told to slow down may write again.
+function _M.on_conn_drain(conn)
+  local res = active[conn]
+  if res then emit(res, "drain") end
 end
 
 -- The C core calls this when a connection that carried requests is gone.

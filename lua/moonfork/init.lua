@@ -19,7 +19,7 @@ function _M.listen(opts, server)
   end
   if master then core.probe_listen(opts) end -- does not return
   local http = _M.http
-  core.serve(http.dispatcher(server), http.on_conn_closed)
+  core.serve(http.dispatcher(server), http.on_conn_closed, http.on_conn_drain)
   local nodes = require("moonfork.mesh").nodes
   _M.nodes = nodes
   return nodes
@@ -31,6 +31,7 @@ if master then
   _M.setInterval = _M.setTimeout
   _M.clearTimer = function() end
   _M.sleep = function() error("moonfork.sleep() can only be called from a request handler or a timer callback", 2) end
+  _M.static = function() return function() return false end end
   return _M
 end
 
@@ -41,6 +42,7 @@ _M.id = core.id
 _M.pid = core.pid
 _M.sleep = sched.sleep
 _M.now = core.now
+_M.static = require "moonfork.static"
 
 local function check(ms, fn, name)
   if type(ms) ~= "number" or ms < 0 then error("moonfork." .. name .. "(ms, fn): ms must be a number >= 0", 3) end
