@@ -1,13 +1,13 @@
 # Makefile -- thin wrapper around tools/ and cmake; the real build is CMakeLists.txt.
 #   make build              configure (RelWithDebInfo) and compile build/moonfork
-#   make run [APP=x.lua]    install missing packages, build, run APP (default examples/hello.lua)
+#   make run [APP=x.lua]    install missing packages, build, run APP (default: the chat demo)
 #   make test               install missing packages, build, run every suite (tools/run-tests)
 #   make clean              remove build/
 
 BUILD_DIR  ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS       ?= 2
-APP        ?= examples/hello.lua
+APP        ?= examples/chat/server.lua
 ARGS       ?=
 
 MAKEFLAGS  += --no-print-directory

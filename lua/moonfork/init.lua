@@ -32,6 +32,7 @@ if master then
   _M.clearTimer = function() end
   _M.sleep = function() error("moonfork.sleep() can only be called from a request handler or a timer callback", 2) end
   _M.static = function() return function() return false end end
+  _M.log = function() end
   return _M
 end
 
@@ -39,9 +40,11 @@ local sched = require "moonfork.sched"
 local timer, timer_stop, spawn = core.timer, core.timer_stop, sched.spawn
 
 _M.id = core.id
+_M.workers = core.workers
 _M.pid = core.pid
 _M.sleep = sched.sleep
 _M.now = core.now
+_M.log = core.log
 _M.static = require "moonfork.static"
 
 local function check(ms, fn, name)

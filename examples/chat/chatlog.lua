@@ -1,0 +1,283 @@
+-- chatlog: the chat's replicated message log, kept by every worker, in one global order.
+--
+-- Ordering: one worker, the sequencer, gives every message its id. The sequencer is the mesh leader,
+-- the oldest live worker (nodes:leader()): every worker computes the same answer from what the master
+-- told it, so no election messages are needed, and a restarted worker is always the youngest, so it
+-- never takes over with an empty log.
+--
+--   post  A worker that receives POST /messages sends {t="post", k=KEY, user, text} to the leader.
+--         KEY (the poster's id, spawn serial and a counter) is unique, so a post resent after the
+--         leader died is recognised and not numbered twice.
+--   msg   The leader numbers it (last id + 1), keeps it, and sends {t="msg", m=...} to every peer.
+--         Messages from one worker to another arrive in the order written, so every worker sees the
+--         leader's messages in id order; a worker extends its log only with the next id (anything
+--         early waits in `early`), so clients only ever see a gap-free prefix.
+--   hello {t="hello", last=N} asks a peer for what it has after N; it answers
+--         {t="state", last=..., synced=..., msgs=[...]}. A worker sends it to each peer that appears.
+--
+-- When the leader dies the next oldest takes over. Before numbering anything it asks every peer for
+-- its state (some may have received a message from the old leader that others had not), merges,
+-- sends each peer what it lacks, and only then numbers the posts that queued up meanwhile. Posters
+-- whose posts were not answered resend them to the new leader; KEY makes that exactly-once.
+--
+-- A worker started after the others (a respawn) is not "synced": it holds polls and streams until
+-- a synced peer has sent it the log. The first generation of workers (spawn serial <= the worker
+-- count) starts synced with an empty log. If every worker dies at once the log is lost: it lives in
+-- memory only (scale-out with Redis is a later step).
+local cjson = require "cjson"
+local moonfork = require "moonfork"
+
+local encode, decode = cjson.encode, cjson.decode
+local pairs, ipairs, pcall, type, tostring, tonumber = pairs, ipairs, pcall, type, tostring, tonumber
+local time, remove, concat = os.time, table.remove, table.concat
+
+local _M = {}
+
+-- Creates the log for this worker. opts: keep (messages kept, default 500), workers (initial count).
+function _M.new(nodes, opts)
+  opts = opts or {}
+  local self = {
+    nodes = nodes,
+    keep = opts.keep or 500,
+    log = {},          -- kept messages, ascending ids
+    last = 0,          -- id of the newest message in log
+    early = {},        -- id -> message that arrived before its predecessor
+    seen = {},         -- post key -> id, for the kept messages
+    pending = {},      -- key -> function(id) for posts made here, not yet numbered
+    pending_post = {}, -- key -> the post message, to resend to a new leader
+    counter = 0,
+    waiters = {},      -- function() -> called after the log grew
+    synced = nodes.serial <= (opts.workers or 1),
+    leader = nodes.id,
+    syncing = nil,     -- while taking over: peer id -> true for each peer that has not answered
+    queued = {},       -- posts received while syncing
+    peers = {},        -- id -> stream
+  }
+  return setmetatable(self, { __index = _M })
+end
+
+local function client_json(m)
+  return encode({ id = m.id, user = m.user, text = m.text, time = m.time })
+end
+
+-- Appends m when it is the next id; returns true if the log grew. `base` allows an empty log to
+-- start anywhere: only a peer's state may set where a joining worker's log begins (a live message
+-- must not, or the history before it would be skipped).
+local function append(self, m, base)
+  if m.id <= self.last then return false end
+  if m.id ~= self.last + 1 and not (base and self.last == 0) then
+    self.early[m.id] = m
+    return false
+  end
+  m.json = client_json(m)
+  local log = self.log
+  log[#log + 1] = m
+  self.last = m.id
+  if m.k then self.seen[m.k] = m.id end
+  if #log > self.keep then
+    local old = remove(log, 1)
+    if old.k then self.seen[old.k] = nil end
+  end
+  local nxt = self.early[self.last + 1]
+  while nxt do
+    self.early[nxt.id] = nil
+    append(self, nxt, false)
+    nxt = self.early[self.last + 1]
+  end
+  return true
+end
+
+local function notify(self)
+  local list = self.waiters
+  self.waiters = {}
+  for fn in pairs(list) do fn() end
+end
+
+local send
+
+-- Merges messages (from the leader, or a peer's state when `base`) and wakes whoever waits.
+function _M:merge(msgs, base)
+  local grew, gap = false, false
+  for _, m in ipairs(msgs) do
+    if append(self, m, base) then grew = true end
+    if self.early[m.id] then gap = true end
+    if m.k and self.pending_post[m.k] then
+      local done = self.pending[m.k]
+      self.pending[m.k] = nil
+      self.pending_post[m.k] = nil
+      if done then done(m.id) end
+    end
+  end
+  if gap and self.leader ~= self.nodes.id then -- something is missing before these: ask for it
+    send(self.peers[self.leader], { t = "hello", last = self.last })
+  end
+  if grew and self.synced then notify(self) end
+end
+
+function send(stream, t)
+  if stream then stream:write(encode(t)) end
+end
+
+-- The messages after id n (the whole kept log when n is older than it).
+function _M:after(n)
+  local out, log = {}, self.log
+  local i = #log
+  while i >= 1 and log[i].id > n do i = i - 1 end
+  for j = i + 1, #log do out[#out + 1] = log[j] end
+  return out
+end
+
+local function wire(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = { id = m.id, user = m.user, text = m.text, time = m.time, k = m.k } end
+  return out
+end
+
+-- Leader: number a post and send it to everyone.
+local function sequence(self, p)
+  local id = self.seen[p.k]
+  if id then -- a resend of a post already numbered: answer the poster with the message again
+    for _, m in ipairs(self.log) do
+      if m.id == id then
+        local origin = self.peers[tonumber(p.k:match("^(%d+):"))]
+        if origin then send(origin, { t = "msg", m = wire({ m })[1] }) else self:merge({ m }) end
+        return
+      end
+    end
+  end
+  local m = { id = self.last + 1, user = p.user, text = p.text, time = time(), k = p.k }
+  local payload = encode({ t = "msg", m = m })
+  for _, s in pairs(self.peers) do s:write(payload) end
+  self:merge({ m })
+end
+
+local function handle_post(self, p)
+  if self.leader ~= self.nodes.id then
+    send(self.peers[self.leader], p) -- not ours to number: pass it on
+  elseif self.syncing then
+    self.queued[#self.queued + 1] = p
+  else
+    sequence(self, p)
+  end
+end
+
+local function finish_sync(self)
+  self.syncing = nil
+  self.synced = true
+  notify(self)
+  local q = self.queued
+  self.queued = {}
+  for _, p in ipairs(q) do handle_post(self, p) end
+end
+
+-- Who leads changed (a peer came or went): take over, or resend our posts to the new leader.
+local function leader_check(self)
+  local leader = self.nodes:leader()
+  if leader == self.leader then return end
+  self.leader = leader
+  if leader == self.nodes.id then
+    self.syncing = {}
+    local any = false
+    for id, s in pairs(self.peers) do
+      self.syncing[id] = true
+      any = true
+      send(s, { t = "hello", last = self.last })
+    end
+    if not any then finish_sync(self) end
+  else
+    if self.syncing then
+      self.syncing = nil
+      local q = self.queued
+      self.queued = {}
+      for _, p in ipairs(q) do send(self.peers[leader], p) end
+    end
+    for _, p in pairs(self.pending_post) do send(self.peers[leader], p) end
+  end
+end
+
+local function on_message(self, stream, raw)
+  local ok, t = pcall(decode, raw)
+  if not ok or type(t) ~= "table" then
+    moonfork.log("chat: bad mesh message from worker " .. stream.id .. " ignored")
+    return
+  end
+  if t.t == "msg" then
+    self:merge({ t.m })
+  elseif t.t == "msgs" then
+    self:merge(t.msgs)
+  elseif t.t == "post" then
+    handle_post(self, t)
+  elseif t.t == "hello" then
+    send(stream, { t = "state", last = self.last, synced = self.synced, msgs = wire(self:after(tonumber(t.last) or 0)) })
+  elseif t.t == "state" then
+    self:merge(t.msgs or {}, true)
+    if not self.synced and t.synced then
+      self.synced = true
+      notify(self)
+    end
+    if self.syncing and self.syncing[stream.id] then
+      if (tonumber(t.last) or 0) < self.last then
+        send(stream, { t = "msgs", msgs = wire(self:after(tonumber(t.last) or 0)) })
+      end
+      self.syncing[stream.id] = nil
+      if next(self.syncing) == nil then finish_sync(self) end
+    end
+  end
+end
+
+-- Wires the log to the mesh. Call once, after listen().
+function _M:attach()
+  local nodes = self.nodes
+  nodes:on("node", function(stream)
+    self.peers[stream.id] = stream
+    stream:on("data", function(raw) on_message(self, stream, raw) end)
+    stream:on("close", function()
+      if self.peers[stream.id] == stream then self.peers[stream.id] = nil end
+      if self.syncing and self.syncing[stream.id] then
+        self.syncing[stream.id] = nil
+        if next(self.syncing) == nil then finish_sync(self) end
+      end
+      leader_check(self)
+    end)
+    send(stream, { t = "hello", last = self.last })
+    leader_check(self)
+  end)
+  if not self.synced then
+    -- alone after a restart (no peer came): nothing to learn, start over
+    moonfork.setTimeout(3000, function()
+      if not self.synced and next(self.peers) == nil then
+        moonfork.log("chat: no peer to sync from; starting with an empty log")
+        self.synced = true
+        notify(self)
+      end
+    end)
+  end
+end
+
+-- Posts a message; done(id) runs once it has its global id.
+function _M:post(user, text, done)
+  self.counter = self.counter + 1
+  local key = self.nodes.id .. ":" .. self.nodes.serial .. ":" .. self.counter
+  local p = { t = "post", k = key, user = user, text = text }
+  self.pending[key] = done
+  self.pending_post[key] = p
+  handle_post(self, p)
+  return key
+end
+
+-- Drops a post's callback (its client left); the post itself still goes through.
+function _M:forget(key)
+  self.pending[key] = nil
+end
+
+-- Calls fn() once the log grows (and this worker is synced); returns a handle for unwait.
+function _M:wait(fn)
+  self.waiters[fn] = true
+  return fn
+end
+
+function _M:unwait(fn)
+  self.waiters[fn] = nil
+end
+
+return _M

@@ -1,0 +1,164 @@
+-- examples/chat/server.lua: the comet chat. Every worker serves the page, takes posts and holds
+-- clients open (long polls and Server-Sent Events); chatlog.lua keeps all workers' logs in one order.
+--
+--   moonfork examples/chat/server.lua        then open http://127.0.0.1:8080
+local moonfork = require "moonfork"
+local cjson = require "cjson"
+local chatlog = require "chatlog"
+
+local encode, decode = cjson.encode, cjson.decode
+local tonumber, type, pairs, ipairs, pcall, concat = tonumber, type, pairs, ipairs, pcall, table.concat
+local find, gsub, len = string.find, string.gsub, string.len
+
+local POLL_MS = (tonumber(os.getenv("CHAT_POLL_SECONDS")) or 25) * 1000
+local PING_MS = (tonumber(os.getenv("CHAT_PING_SECONDS")) or 15) * 1000
+local MAX_TEXT, MAX_USER = 2000, 64
+
+local serve_static = moonfork.static("public")
+local log -- the chatlog, made once listen() gave us the mesh
+
+-- Characters, not bytes: UTF-8 continuation bytes don't count.
+local function chars(s)
+  local _, cont = gsub(s, "[\128-\191]", "")
+  return len(s) - cont
+end
+
+local function bad(res, why)
+  res:json({ error = why }, 400)
+end
+
+local function since_of(req)
+  local v = req.query.since
+  if type(v) == "table" then v = v[1] end
+  local n = tonumber(v or 0)
+  if not n or n < 0 then return nil end
+  return n - n % 1
+end
+
+local function list_json(msgs)
+  local parts = {}
+  for i, m in ipairs(msgs) do parts[i] = m.json end
+  return '{"messages":[' .. concat(parts, ",") .. "]}"
+end
+
+local function send_list(res, msgs)
+  res:writeHead(200, { ["Content-Type"] = "application/json", ["Cache-Control"] = "no-store" })
+  res:finish(list_json(msgs))
+end
+
+-- Runs fn() now if this worker's log is complete, else once it is.
+local function when_synced(res, fn)
+  if log.synced then return fn() end
+  local waiter
+  waiter = log:wait(function()
+    if res.finished then return end
+    if log.synced then fn() else log:wait(waiter) end
+  end)
+  res:on("close", function() log:unwait(waiter) end)
+end
+
+local function post_message(req, res)
+  local ok, body = pcall(decode, req.body)
+  if not ok or type(body) ~= "table" then return bad(res, "the body must be a JSON object") end
+  local user, text = body.user, body.text
+  if type(user) ~= "string" or not find(user, "%S") then return bad(res, "user is missing or empty") end
+  if type(text) ~= "string" or not find(text, "%S") then return bad(res, "text is missing or empty") end
+  if chars(user) > MAX_USER then return bad(res, "user is over " .. MAX_USER .. " characters") end
+  if chars(text) > MAX_TEXT then return bad(res, "text is over " .. MAX_TEXT .. " characters") end
+  local key
+  key = log:post(user, text, function(id)
+    if not res.finished then res:json({ id = id }, 201) end
+  end)
+  res:on("close", function() log:forget(key) end)
+end
+
+local function poll(req, res)
+  local since = since_of(req)
+  if not since then return bad(res, "since must be a whole number") end
+  when_synced(res, function()
+    local msgs = log:after(since)
+    if #msgs > 0 then return send_list(res, msgs) end
+    local waiter, timer
+    waiter = log:wait(function()
+      local m = log:after(since)
+      if #m == 0 then return log:wait(waiter) end
+      moonfork.clearTimer(timer)
+      send_list(res, m)
+    end)
+    timer = moonfork.setTimeout(POLL_MS, function()
+      log:unwait(waiter)
+      if not res.finished then send_list(res, {}) end
+    end)
+    res:on("close", function()
+      log:unwait(waiter)
+      moonfork.clearTimer(timer)
+    end)
+  end)
+end
+
+-- Server-Sent Events: every message after Last-Event-ID (or ?since), then each new one as it comes.
+local streams = {} -- res -> last id sent
+local function events(req, res)
+  local last = tonumber(req.headers["last-event-id"] or "") or since_of(req)
+  if not last then return bad(res, "since must be a whole number") end
+  res:writeHead(200, {
+    ["Content-Type"] = "text/event-stream",
+    ["Cache-Control"] = "no-store",
+    ["X-Accel-Buffering"] = "no",
+  })
+  res:write("retry: 2000\n\n")
+  local function push()
+    if res.finished then return end
+    local msgs = log:after(last)
+    if #msgs > 0 then
+      local parts = {}
+      for i, m in ipairs(msgs) do
+        m.sse = m.sse or ("id: " .. m.id .. "\ndata: " .. m.json .. "\n\n")
+        parts[i] = m.sse
+      end
+      last = msgs[#msgs].id
+      streams[res] = last
+      if res:write(concat(parts)) == false then
+        -- A client this slow would make us hold its backlog: end the stream, and it reconnects
+        -- with Last-Event-ID for what it missed.
+        res:finish()
+        return
+      end
+    end
+    log:wait(push)
+  end
+  streams[res] = last
+  res:on("close", function()
+    streams[res] = nil
+    log:unwait(push)
+  end)
+  when_synced(res, push)
+end
+
+local server = moonfork.http.createServer(function(req, res)
+  local path, method = req.path, req.method
+  if path == "/messages" and method == "POST" then return post_message(req, res) end
+  if path == "/messages" and method == "GET" then
+    local since = since_of(req)
+    if not since then return bad(res, "since must be a whole number") end
+    return when_synced(res, function() send_list(res, log:after(since)) end)
+  end
+  if path == "/poll" and method == "GET" then return poll(req, res) end
+  if path == "/events" and method == "GET" then return events(req, res) end
+  if serve_static(req, res) then return end
+  if path == "/messages" or path == "/poll" or path == "/events" then
+    res:setHeader("Allow", path == "/messages" and "GET, POST" or "GET")
+    return res:json({ error = "method not allowed" }, 405)
+  end
+  res:json({ error = "not found" }, 404)
+end)
+
+local nodes = moonfork.listen({ port = 8080 }, server)
+
+log = chatlog.new(nodes, { keep = 500, workers = moonfork.workers })
+log:attach()
+
+-- A comment line keeps proxies from closing quiet streams.
+moonfork.setInterval(PING_MS, function()
+  for res in pairs(streams) do res:write(": ping\n\n") end
+end)
