@@ -1,6 +1,6 @@
 -- rockspec/moonfork-scm-1.rockspec: build and install moonfork with LuaRocks, from a checkout:
---   luarocks make rockspec/moonfork-scm-1.rockspec                  (system tree, as root)
---   luarocks make --tree ~/.luarocks rockspec/moonfork-scm-1.rockspec
+--   luarocks --lua-version=5.1 make rockspec/moonfork-scm-1.rockspec               (system tree, as root)
+--   luarocks --lua-version=5.1 make --tree ~/.luarocks rockspec/moonfork-scm-1.rockspec
 -- CMake does the work: it installs bin/moonfork and share/moonfork/lua/ under the rock's own
 -- directory, and the binary has that lua directory compiled in (MOONFORK_LUA_DIR_DEFAULT);
 -- LuaRocks then copies bin/moonfork into the tree's bin/.
