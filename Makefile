@@ -12,12 +12,16 @@ ARGS       ?=
 
 MAKEFLAGS  += --no-print-directory
 
-.PHONY: all build run test deps clean
+.PHONY: all build run test deps deps-test clean
 
 all: build
 
 deps:
 	tools/setup-deps
+
+# the tests also need chromium and Node.js for the browser test
+deps-test:
+	tools/setup-deps --browser
 
 build:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
@@ -26,7 +30,7 @@ build:
 run: deps build
 	exec $(BUILD_DIR)/moonfork $(ARGS) $(APP)
 
-test: deps build
+test: deps-test build
 	@BUILD_DIR=$(BUILD_DIR) tools/run-tests
 
 clean:

@@ -11,7 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
-enum opt_kind { OPT_HOST, OPT_INT, OPT_SECONDS, OPT_SIZE };
+enum opt_kind { OPT_HOST, OPT_INT, OPT_SECONDS, OPT_SIZE, OPT_STRING, OPT_FLAG };
+
+/* Who may set an option, and who gets it. */
+#define F_WORKER 1 /* passed on to each worker */
+#define F_HIDDEN 2 /* the master's to the worker; not in --help */
 
 typedef struct {
   const char *name;   /* command line, without "--" */
@@ -20,34 +24,51 @@ typedef struct {
   enum opt_kind kind;
   size_t offset;
   long min, max;
+  int flags;
   const char *help;
 } opt_t;
 
 #define OFF(f) offsetof(mf_config_t, f)
 
 static const opt_t opts[] = {
-    {"host", "host", NULL, OPT_HOST, OFF(host), 0, 0, "address to listen on (default 127.0.0.1)"},
-    {"port", "port", NULL, OPT_INT, OFF(port), 0, 65535, "TCP port, 0 for any free one (default 8080)"},
-    {"workers", "nodes", "workers", OPT_INT, OFF(workers), 1, 1024,
+    {"host", "host", NULL, OPT_HOST, OFF(host), 0, 0, F_WORKER, "address to listen on (default 127.0.0.1)"},
+    {"port", "port", NULL, OPT_INT, OFF(port), 0, 65535, F_WORKER, "TCP port, 0 for any free one (default 8080)"},
+    {"workers", "nodes", "workers", OPT_INT, OFF(workers), 1, 1024, F_WORKER,
      "worker processes (default: online CPUs)"},
-    {"grace", "grace", NULL, OPT_SECONDS, OFF(grace_ms), 0, 0,
+    {"grace", "grace", NULL, OPT_SECONDS, OFF(grace_ms), 0, 0, F_WORKER,
      "seconds in-flight requests get to finish at shutdown (default 10)"},
-    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 0,
+    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 0, F_WORKER,
      "bytes of request line and headers, else 431 (default 16k)"},
-    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 0,
+    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 0, F_WORKER,
      "bytes of request body, else 413 (default 1m)"},
-    {"header-timeout", "headerTimeout", NULL, OPT_SECONDS, OFF(header_timeout_ms), 0, 0,
+    {"header-timeout", "headerTimeout", NULL, OPT_SECONDS, OFF(header_timeout_ms), 0, 0, F_WORKER,
      "seconds to receive a request's headers, else 408 (default 10)"},
-    {"keepalive-timeout", "keepaliveTimeout", NULL, OPT_SECONDS, OFF(keepalive_timeout_ms), 0, 0,
+    {"keepalive-timeout", "keepaliveTimeout", NULL, OPT_SECONDS, OFF(keepalive_timeout_ms), 0, 0, F_WORKER,
      "seconds an idle keep-alive connection stays open (default 5)"},
-    {"request-timeout", "requestTimeout", NULL, OPT_SECONDS, OFF(request_timeout_ms), 0, 0,
+    {"request-timeout", "requestTimeout", NULL, OPT_SECONDS, OFF(request_timeout_ms), 0, 0, F_WORKER,
      "seconds a handler has to start its response, else 503 (default 60)"},
-    {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000,
+    {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000, F_WORKER,
      "open connections per worker before it stops accepting (default 10000)"},
+    {"access-log", "accessLog", NULL, OPT_STRING, OFF(access_log), 0, 0, F_WORKER,
+     "append a combined-format line per response to FILE"},
+    {"error-log", "errorLog", NULL, OPT_STRING, OFF(error_log), 0, 0, F_WORKER,
+     "write the log to FILE instead of stderr"},
+    {"watchdog", "watchdog", NULL, OPT_SECONDS, OFF(watchdog_ms), 0, 0, 0,
+     "kill a worker whose loop is stuck this long, 0 = off (default 30)"},
+    {"max-requests", "maxRequests", NULL, OPT_INT, OFF(max_requests), 0, 0x7fffffff, 0,
+     "replace a worker after about N requests (with jitter), 0 = never"},
+    {"max-memory", "maxMemory", NULL, OPT_INT, OFF(max_memory_mb), 0, 1 << 20, 0,
+     "replace a worker whose RSS is over MB, 0 = never"},
+    {"control", "control", NULL, OPT_STRING, OFF(control), 0, 0, 0,
+     "control socket path (default: see the README)"},
+    {"pid-file", "pidFile", NULL, OPT_STRING, OFF(pid_file), 0, 0, 0, "write the master's pid to FILE"},
+    {"watch", "watch", NULL, OPT_FLAG, OFF(watch), 0, 0, 0, "reload when a .lua file of the app changes"},
+    {"user", "user", NULL, OPT_STRING, OFF(user), 0, 0, 0, "run the workers as USER (after binding)"},
+    {"group", "group", NULL, OPT_STRING, OFF(group), 0, 0, 0, "run the workers as GROUP"},
     /* Hidden: what the master tells each worker. */
-    {"worker-id", NULL, NULL, OPT_INT, OFF(worker_id), 1, 1024, NULL},
-    {"master-pid", NULL, NULL, OPT_INT, OFF(master_pid), 1, 0x7fffffff, NULL},
-    {"serial", NULL, NULL, OPT_INT, OFF(serial), 1, 0x7fffffff, NULL},
+    {"worker-id", NULL, NULL, OPT_INT, OFF(worker_id), 1, 1024, F_HIDDEN, NULL},
+    {"master-pid", NULL, NULL, OPT_INT, OFF(master_pid), 1, 0x7fffffff, F_HIDDEN, NULL},
+    {"serial", NULL, NULL, OPT_INT, OFF(serial), 1, 0x7fffffff, F_HIDDEN, NULL},
 };
 
 void mf_config_defaults(mf_config_t *cfg) {
@@ -63,6 +84,7 @@ void mf_config_defaults(mf_config_t *cfg) {
   cfg->keepalive_timeout_ms = 5000;
   cfg->request_timeout_ms = 60000;
   cfg->max_connections = 10000;
+  cfg->watchdog_ms = 30000;
 }
 
 /* Stores `value` into the option; 0 or -1 with a reason. */
@@ -89,6 +111,15 @@ static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *er
         return -1;
       }
       *(uint64_t *)field = u;
+      return 0;
+    case OPT_STRING:
+      if (value[0] == '\0') break;
+      *(char **)field = strdup(value);
+      return 0;
+    case OPT_FLAG:
+      if (strcmp(value, "true") == 0 || strcmp(value, "1") == 0) *(long *)field = 1;
+      else if (strcmp(value, "false") == 0 || strcmp(value, "0") == 0) *(long *)field = 0;
+      else break;
       return 0;
     case OPT_SIZE:
       if (mf_parse_size(value, &u) != 0 || u < (uint64_t)o->min) {
@@ -134,6 +165,7 @@ int mf_config_parse_args(mf_config_t *cfg, int argc, char **argv, char *err, siz
         return -1;
       }
       const char *value = eq ? eq + 1 : NULL;
+      if (value == NULL && o->kind == OPT_FLAG) value = "true";
       if (value == NULL) {
         if (i + 1 >= argc) {
           snprintf(err, errlen, "option --%s needs a value", o->name);
@@ -177,8 +209,13 @@ int mf_config_to_args(const mf_config_t *cfg, char **argv, int max) {
     const opt_t *o = &opts[k];
     const void *field = (const char *)cfg + o->offset;
     char buf[512];
-    if (o->lua == NULL) continue; /* the hidden ones are the master's to add */
+    if (!(o->flags & F_WORKER)) continue; /* the hidden ones are the master's to add */
     switch (o->kind) {
+      case OPT_STRING:
+        if (*(char *const *)field == NULL) continue;
+        snprintf(buf, sizeof buf, "--%s=%s", o->name, *(char *const *)field);
+        break;
+      case OPT_FLAG: snprintf(buf, sizeof buf, "--%s=%s", o->name, *(const long *)field ? "true" : "false"); break;
       case OPT_HOST: snprintf(buf, sizeof buf, "--%s=%s", o->name, (const char *)field); break;
       case OPT_INT: snprintf(buf, sizeof buf, "--%s=%ld", o->name, *(const long *)field); break;
       case OPT_SECONDS:
@@ -206,6 +243,8 @@ void mf_config_usage(FILE *out) {
     const char *arg = opts[k].kind == OPT_HOST      ? "HOST"
                       : opts[k].kind == OPT_SECONDS ? "SECONDS"
                       : opts[k].kind == OPT_SIZE    ? "BYTES"
+                      : opts[k].kind == OPT_STRING  ? "VALUE"
+                      : opts[k].kind == OPT_FLAG    ? ""
                                                     : "N";
     char left[64];
     snprintf(left, sizeof left, "--%s %s", opts[k].name, arg);
@@ -214,6 +253,25 @@ void mf_config_usage(FILE *out) {
   fprintf(out,
           "  %-28s %s\n  %-28s %s\n"
           "\n"
-          "signals to the master: TERM or INT = graceful stop (a second INT or TERM stops at once)\n",
+          "usage: moonfork status|reload|stop [--json] [--control PATH | --port PORT]\n"
+          "       moonfork scale N [--control PATH | --port PORT]\n"
+          "  talk to a running master through its control socket.\n"
+          "\n"
+          "signals to the master: TERM or INT = graceful stop (a second one stops at once), HUP = reload,\n"
+          "TTIN / TTOU = one worker more / less, USR1 = reopen the log files\n",
           "--help", "this text", "--version", "print the version");
+}
+
+void mf_config_control_path(const mf_config_t *cfg, char *buf, size_t len) {
+  if (cfg->control) {
+    snprintf(buf, len, "%s", cfg->control);
+    return;
+  }
+  const char *run = getenv("XDG_RUNTIME_DIR");
+  if (run && *run)
+    snprintf(buf, len, "%s/moonfork-%ld.sock", run, cfg->port);
+  else if (geteuid() == 0)
+    snprintf(buf, len, "/run/moonfork-%ld.sock", cfg->port);
+  else
+    snprintf(buf, len, "/tmp/moonfork-%d-%ld.sock", (int)geteuid(), cfg->port);
 }

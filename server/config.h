@@ -21,6 +21,15 @@ typedef struct {
   uint64_t keepalive_timeout_ms;
   uint64_t request_timeout_ms;
   long max_connections;
+  char *control;      /* control socket path (NULL: the default for the port) */
+  char *pid_file;
+  char *access_log;
+  char *error_log;
+  char *user, *group; /* workers run as these */
+  long watch;         /* reload when the script's .lua files change */
+  uint64_t watchdog_ms;
+  long max_requests;
+  long max_memory_mb;
   const char *script; /* points into argv */
   /* Bit i set: option i of the table was given on the command line (it beats listen()). */
   uint32_t from_cli;
@@ -46,5 +55,8 @@ int mf_config_set_from_script(mf_config_t *cfg, const char *key, const char *val
 int mf_config_to_args(const mf_config_t *cfg, char **argv, int max);
 
 void mf_config_usage(FILE *out);
+
+/* The control socket path to use for cfg (its --control, or the default for its port) into buf. */
+void mf_config_control_path(const mf_config_t *cfg, char *buf, size_t len);
 
 #endif

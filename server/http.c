@@ -15,8 +15,10 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "scoreboard.h"
 #include "util.h"
 
 #define HTTP_READ_BUF (64 * 1024)
@@ -57,6 +59,9 @@ struct http_conn_s {
   unsigned upgrade : 1;
   unsigned in_value : 1;     /* llhttp is inside a header value (the entry is open) */
   unsigned want_drain : 1;   /* respond() said "slow down": tell the handler when the queue empties */
+  int status;                /* of the response, for the access log */
+  uint64_t bytes_out;        /* body bytes of the response */
+  mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
   int err_status;            /* set by a callback that refused the request (413, 431) */
   int handles_open;
   uint32_t gen;
@@ -85,6 +90,12 @@ struct http_server_s {
   uint64_t requests;
   int started, listener_closed, accept_paused, draining, drained_fired;
   mf_buf_t out;              /* response head being assembled (reused) */
+  mf_scoreboard_t *sb;       /* where the master sees what this worker runs (may be NULL) */
+  int access_fd;
+  mf_buf_t access;           /* access log lines, written once per loop turn */
+  uv_prepare_t flush;
+  time_t alog_at;
+  char alog_time[40];
   time_t date_at;
   char date[48];             /* "Date: ...\r\n" for date_at */
   size_t date_len;
@@ -103,6 +114,9 @@ static void conn_fail(http_conn_t *c, int status);
 static void server_accept(http_server_t *srv);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static const hdr_t *find_header(http_conn_t *c, const char *name);
+static void alog_request(http_conn_t *c, const char *method, const hdr_t *referer, const hdr_t *agent);
+static void alog_response(http_conn_t *c);
 
 /* ---- small pieces ---------------------------------------------------------------------------- */
 
@@ -251,6 +265,11 @@ static void conn_fail(http_conn_t *c, int status) {
   uv_buf_t b = uv_buf_init(srv->out.data, (unsigned)srv->out.len);
   c->gen++; /* the handler, if any, no longer owns this connection */
   c->head_sent = 1;
+  c->status = status;
+  c->bytes_out = strlen(reason) + 1;
+  srv->requests++;
+  if (c->alog.len == 0 && srv->access_fd >= 0) alog_request(c, llhttp_method_name(c->parser.method), NULL, NULL);
+  alog_response(c);
   if (conn_write(c, &b, 1) == 0) conn_end(c);
 }
 
@@ -281,10 +300,78 @@ static void conn_queue_resume(http_conn_t *c) {
   uv_idle_start(&c->srv->idle, on_idle);
 }
 
+/* ---- the access log ------------------------------------------------------------------------- */
+
+static void on_flush(uv_prepare_t *p) {
+  http_server_t *srv = mf_container_of(p, http_server_t, flush);
+  if (srv->access.len == 0) return;
+  /* One write of whole lines: with O_APPEND, lines from several workers never interleave. */
+  ssize_t n = write(srv->access_fd, srv->access.data, srv->access.len);
+  (void)n; /* a full disk loses log lines, not requests */
+  mf_buf_reset(&srv->access, 64 * 1024);
+}
+
+void http_server_set_scoreboard(http_server_t *srv, mf_scoreboard_t *sb) { srv->sb = sb; }
+
+void http_server_set_access_log(http_server_t *srv, int fd) {
+  srv->access_fd = fd;
+  if (fd >= 0 && !uv_is_active((uv_handle_t *)&srv->flush)) uv_prepare_start(&srv->flush, on_flush);
+}
+
+/* Appends s with quotes, backslashes and control bytes escaped (as nginx does). */
+static void alog_escape(mf_buf_t *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f)
+      mf_buf_appendf(b, "\\x%02X", ch);
+    else
+      mf_buf_append(b, s + i, 1);
+  }
+}
+
+/* At dispatch: keeps what the log line needs from the request, which is freed before the response. */
+static void alog_request(http_conn_t *c, const char *method, const hdr_t *referer, const hdr_t *agent) {
+  mf_buf_t *b = &c->alog;
+  b->len = 0;
+  alog_escape(b, method, strlen(method));
+  mf_buf_append(b, " ", 1);
+  alog_escape(b, c->head.data ? c->head.data : "", c->url_len);
+  mf_buf_appendf(b, " HTTP/%d.%d", c->parser.http_major, c->parser.http_minor);
+  mf_buf_append(b, "", 1);
+  if (referer) alog_escape(b, c->head.data + referer->value_off, referer->value_len);
+  else mf_buf_append(b, "-", 1);
+  mf_buf_append(b, "", 1);
+  if (agent) alog_escape(b, c->head.data + agent->value_off, agent->value_len);
+  else mf_buf_append(b, "-", 1);
+  mf_buf_append(b, "", 1);
+}
+
+/* Combined log format: host - - [time] "request" status bytes "referer" "user agent" */
+static void alog_response(http_conn_t *c) {
+  http_server_t *srv = c->srv;
+  if (srv->access_fd < 0 || c->alog.len == 0) return;
+  time_t now = time(NULL);
+  if (now != srv->alog_at) {
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(srv->alog_time, sizeof srv->alog_time, "%d/%b/%Y:%H:%M:%S %z", &tm);
+    srv->alog_at = now;
+  }
+  const char *req = c->alog.data;
+  const char *ref = req + strlen(req) + 1;
+  const char *ua = ref + strlen(ref) + 1;
+  char bytes[24] = "-";
+  if (c->bytes_out > 0) snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)c->bytes_out);
+  mf_buf_appendf(&srv->access, "%s - - [%s] \"%s\" %d %s \"%s\" \"%s\"\n", c->remote, srv->alog_time, req,
+                 c->status, bytes, ref, ua);
+  c->alog.len = 0;
+}
+
 /* The response is finished: get ready for the next request on this connection, or end it. */
 static void request_done(http_conn_t *c) {
   http_server_t *srv = c->srv;
   srv->requests++;
+  alog_response(c);
   if (!c->keep_alive || c->upgrade) {
     conn_end(c);
     return;
@@ -333,8 +420,11 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
       mf_buf_append(&srv->out, "Connection: keep-alive\r\n", 24);
     mf_buf_append(&srv->out, "\r\n", 2);
     c->head_sent = 1;
+    c->status = status;
+    c->bytes_out = 0;
     conn_timer(c, 0); /* the request timeout covers only the wait for a response to start */
   }
+  if (send_body) c->bytes_out += body_len;
   if (send_body && c->chunked) {
     if (body_len > 0) mf_buf_appendf(&srv->out, "%zx\r\n", body_len);
     if (srv->out.len > 0) bufs[n++] = uv_buf_init(srv->out.data, (unsigned)srv->out.len);
@@ -412,6 +502,8 @@ static void conn_dispatch(http_conn_t *c) {
       .body_len = c->body.len,
       .remote = c->remote,
   };
+  if (srv->access_fd >= 0) alog_request(c, req.method, find_header(c, "referer"), find_header(c, "user-agent"));
+  mf_scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
   c->state = S_HANDLING;
   c->head_sent = 0;
   c->want_drain = 0;
@@ -637,6 +729,7 @@ static void conn_free(http_conn_t *c) {
   mf_buf_free(&c->head);
   mf_buf_free(&c->body);
   mf_buf_free(&c->pending);
+  mf_buf_free(&c->alog);
   free(c->hdrs);
   free(c);
   if (srv->accept_paused && !srv->draining) {
@@ -755,6 +848,9 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
   srv->settings.on_body = on_body;
   srv->settings.on_message_complete = on_message_complete;
   uv_idle_init(loop, &srv->idle);
+  uv_prepare_init(loop, &srv->flush);
+  uv_unref((uv_handle_t *)&srv->flush);
+  srv->access_fd = -1;
   uv_tcp_init(loop, &srv->listener);
   srv->listener.data = srv;
   int r = uv_tcp_open(&srv->listener, fd);
@@ -771,8 +867,7 @@ int http_server_start(http_server_t *srv) {
   return r;
 }
 
-void http_server_drain(http_server_t *srv) {
-  if (srv->draining) return;
+void http_server_drain(http_server_t *srv, int close_idle) {
   srv->draining = 1;
   if (!srv->listener_closed) {
     srv->listener_closed = 1;
@@ -780,7 +875,7 @@ void http_server_drain(http_server_t *srv) {
   }
   for (http_conn_t *c = srv->conns, *next; c != NULL; c = next) {
     next = c->next;
-    if (c->state == S_IDLE && c->pending.len == 0 && !c->queued) conn_end(c); /* flush, then FIN */
+    if (close_idle && c->state == S_IDLE && c->pending.len == 0 && !c->queued) conn_end(c); /* flush, then FIN */
   }
   if (srv->nconns == 0 && !srv->drained_fired) {
     srv->drained_fired = 1;

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "scoreboard.h"
 
 typedef struct http_server_s http_server_t;
 typedef struct http_conn_s http_conn_t;
@@ -28,6 +29,7 @@ typedef struct {
 } http_request_t;
 
 /* What the server calls; `data` is the pointer given to http_server_new. */
+
 typedef struct {
   /* A request is complete; the handler answers later through http_conn_respond with this gen. Returns 0,
    * or -1 when it could not even start (the server then answers 500). */
@@ -46,9 +48,15 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
                                void *data, char *err, size_t errlen);
 /* Starts accepting. 0 or a negative UV_E* code. */
 int http_server_start(http_server_t *srv);
-/* Stops accepting, closes idle connections, lets in-flight requests finish with "Connection: close".
- * on_drained fires once no connection is left. */
-void http_server_drain(http_server_t *srv);
+/* Stops accepting and lets in-flight requests finish with "Connection: close"; on_drained fires once
+ * no connection is left. close_idle: close idle keep-alive connections now (a shutdown); otherwise
+ * (a reload) each is closed after its next request or when its keep-alive timeout ends, so a client
+ * that sends just as the drain begins is still answered. Calling again with close_idle = 1 upgrades. */
+void http_server_drain(http_server_t *srv, int close_idle);
+/* Where the dispatch of each request is recorded for the master (may be NULL). */
+void http_server_set_scoreboard(http_server_t *srv, mf_scoreboard_t *sb);
+/* Appends a combined-format line per response to fd (-1: none). The fd is the caller's. */
+void http_server_set_access_log(http_server_t *srv, int fd);
 /* Closes every connection now (the grace period is over). */
 void http_server_close_all(http_server_t *srv);
 size_t http_server_conn_count(const http_server_t *srv);

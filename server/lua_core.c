@@ -119,6 +119,24 @@ static int core_fs_realpath(lua_State *L) {
   return 1;
 }
 
+static int events_ref = LUA_NOREF;
+
+/* core.events(fn): fn(name) is called for "drain" and "exit". */
+static int core_events(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, events_ref);
+  lua_pushvalue(L, 1);
+  events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+void lua_core_emit(lua_State *L, const char *name) {
+  if (events_ref == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, events_ref);
+  lua_pushstring(L, name);
+  mf_lua_pcall(L, 1, 0, "error in moonfork.on() listener");
+}
+
 static int core_log(lua_State *L) {
   mf_log_block(luaL_checkstring(L, 1));
   return 0;
@@ -132,7 +150,7 @@ static int core_now(lua_State *L) {
 void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const luaL_Reg fns[] = {
       {"timer", core_timer}, {"timer_stop", core_timer_stop}, {"log", core_log}, {"now", core_now},
-      {"fs_stat", core_fs_stat}, {"fs_realpath", core_fs_realpath}, {NULL, NULL}};
+      {"fs_stat", core_fs_stat}, {"events", core_events}, {"fs_realpath", core_fs_realpath}, {NULL, NULL}};
   core_loop = loop;
   core_L = L;
   luaL_newmetatable(L, TIMER_MT);

@@ -9,5 +9,7 @@
 
 /* Adds the worker's functions to the core table on the stack top (left there). */
 void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg);
+/* Tells the script's moonfork.on(name) listeners (errors are logged). */
+void lua_core_emit(lua_State *L, const char *name);
 
 #endif

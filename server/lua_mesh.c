@@ -15,12 +15,13 @@ typedef struct {
   mesh_peer_t *p;
 } lstream_t;
 
-static int h_peer = LUA_NOREF, h_data = LUA_NOREF, h_drain = LUA_NOREF, h_close = LUA_NOREF;
+static int h_peer = LUA_NOREF, h_data = LUA_NOREF, h_drain = LUA_NOREF, h_close = LUA_NOREF,
+           h_leader = LUA_NOREF;
 
-/* core.mesh_handlers(on_peer, on_data, on_drain, on_close) */
+/* core.mesh_handlers(on_peer, on_data, on_drain, on_close, on_leader) */
 static int core_mesh_handlers(lua_State *L) {
-  int *refs[] = {&h_peer, &h_data, &h_drain, &h_close};
-  for (int i = 0; i < 4; i++) {
+  int *refs[] = {&h_peer, &h_data, &h_drain, &h_close, &h_leader};
+  for (int i = 0; i < 5; i++) {
     luaL_checktype(L, i + 1, LUA_TFUNCTION);
     luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
     lua_pushvalue(L, i + 1);
@@ -106,6 +107,15 @@ static void on_closed(void *data, mesh_peer_t *p) {
   if (push_handler(L, h_close, p)) mf_lua_pcall(L, 1, 0, "error in mesh 'close' handler");
   luaL_unref(L, LUA_REGISTRYINDEX, *ref);
   *ref = LUA_NOREF;
+}
+
+void lua_mesh_leader(lua_State *L, int id, long serial, long epoch) {
+  if (h_leader == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h_leader);
+  lua_pushinteger(L, id);
+  lua_pushnumber(L, (lua_Number)serial);
+  lua_pushnumber(L, (lua_Number)epoch);
+  mf_lua_pcall(L, 3, 0, "error in mesh 'leader' handler");
 }
 
 const mesh_callbacks_t lua_mesh_callbacks = {on_peer, on_message, on_drain, on_closed};

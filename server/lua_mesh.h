@@ -10,5 +10,7 @@
 void lua_mesh_open(lua_State *L);
 /* The mesh_callbacks_t for mesh_init; their `data` is the lua_State. */
 extern const mesh_callbacks_t lua_mesh_callbacks;
+/* The master named worker `id` the leader (see master.c). */
+void lua_mesh_leader(lua_State *L, int id, long serial, long epoch);
 
 #endif

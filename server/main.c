@@ -1,13 +1,136 @@
-/* main.c -- the command line: one binary is the master, or (when the master execs it) a worker. */
+/* main.c -- the command line: the master, a worker (when the master execs it), or a control command. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "config.h"
+#include "control.h"
 #include "master.h"
+#include "util.h"
 #include "worker.h"
+
+static const char *const commands[] = {"status", "reload", "scale", "stop"};
+
+/* Prints a status reply as a table (the reply is JSON; --json prints it as it came). */
+static void print_status(const char *json) {
+  /* A small scan for the fields we print: the reply's shape is ours (master.c status_json). */
+  const char *p = strstr(json, "\"master\":{");
+  int pid = 0, workers = 0;
+  double up = 0;
+  unsigned long long restarts = 0;
+  char url[300] = "";
+  if (p) {
+    sscanf(strstr(p, "\"pid\":") ? strstr(p, "\"pid\":") : "", "\"pid\":%d", &pid);
+    sscanf(strstr(p, "\"uptime\":") ? strstr(p, "\"uptime\":") : "", "\"uptime\":%lf", &up);
+    sscanf(strstr(p, "\"url\":\"") ? strstr(p, "\"url\":\"") : "", "\"url\":\"%299[^\"]", url);
+    sscanf(strstr(p, "\"workers\":") ? strstr(p, "\"workers\":") : "", "\"workers\":%d", &workers);
+    sscanf(strstr(p, "\"restarts\":") ? strstr(p, "\"restarts\":") : "", "\"restarts\":%llu", &restarts);
+  }
+  printf("master  pid %d, up %.0f s, %s, %d workers, %llu restarts%s\n", pid, up, url, workers, restarts,
+         strstr(json, "\"reloading\":true") ? ", reloading" : "");
+  printf("%4s %8s %7s %-9s %9s %10s %7s %9s\n", "id", "pid", "serial", "state", "uptime", "requests", "conns",
+         "rss");
+  const char *w = strstr(json, "\"workers\":[");
+  while (w && (w = strstr(w, "{\"id\":")) != NULL) {
+    int id, wpid;
+    long serial;
+    char state[16];
+    double wup;
+    unsigned long long req, conns, rss;
+    if (sscanf(w, "{\"id\":%d,\"pid\":%d,\"serial\":%ld,\"state\":\"%15[^\"]\",\"uptime\":%lf,\"requests\":%llu,"
+                  "\"connections\":%llu,\"rss_kb\":%llu",
+               &id, &wpid, &serial, state, &wup, &req, &conns, &rss) == 8)
+      printf("%4d %8d %7ld %-9s %8.0fs %10llu %7llu %7.1fMB\n", id, wpid, serial, state, wup, req, conns,
+             (double)rss / 1024.0);
+    w++;
+  }
+}
+
+/* moonfork status|reload|scale N|stop [--json] [--control PATH] [--port PORT] */
+static int run_command(int argc, char **argv) {
+  const char *cmd = argv[1];
+  char request[64];
+  int json = 0;
+  mf_config_t cfg;
+  char err[512];
+  mf_config_defaults(&cfg);
+  /* the command's own arguments: N for scale, --json; the rest are ordinary options (--control, --port) */
+  char **rest = malloc((size_t)argc * sizeof *rest);
+  int nrest = 0;
+  if (rest == NULL) return 1;
+  rest[nrest++] = argv[0];
+  snprintf(request, sizeof request, "%s", cmd);
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0) {
+      json = 1;
+    } else if (strcmp(cmd, "scale") == 0 && argv[i][0] != '-' && strcmp(request, "scale") == 0) {
+      long n;
+      if (mf_parse_int(argv[i], 1, 1024, &n) != 0) {
+        fprintf(stderr, "moonfork: scale needs a worker count from 1 to 1024, not '%s'\n", argv[i]);
+        free(rest);
+        return 2;
+      }
+      snprintf(request, sizeof request, "scale %ld", n);
+    } else {
+      rest[nrest++] = argv[i];
+    }
+  }
+  if (strcmp(cmd, "scale") == 0 && strcmp(request, "scale") == 0) {
+    fprintf(stderr, "moonfork: usage: moonfork scale N [--control PATH | --port PORT]\n");
+    free(rest);
+    return 2;
+  }
+  int r = mf_config_parse_args(&cfg, nrest, rest, err, sizeof err);
+  free(rest);
+  if (r != 0 || cfg.script != NULL) {
+    fprintf(stderr, "moonfork: %s\n", r != 0 ? err : "a control command takes no script");
+    return 2;
+  }
+  char path[512];
+  mf_config_control_path(&cfg, path, sizeof path);
+  /* a reload waits for every worker to be replaced: allow for slow starts */
+  char *reply = control_request(path, request, strcmp(cmd, "reload") == 0 ? 600000 : 30000, err, sizeof err);
+  if (reply == NULL) {
+    fprintf(stderr, "moonfork: %s\n", err);
+    return 1;
+  }
+  int ok = strstr(reply, "\"ok\":true") != NULL;
+  if (json || !ok) {
+    if (!ok) {
+      const char *e = strstr(reply, "\"error\":\"");
+      if (e) {
+        e += 9;
+        const char *end = strstr(e, "\"}");
+        fprintf(stderr, "moonfork: %s failed: %.*s\n", cmd, end ? (int)(end - e) : (int)strlen(e), e);
+      } else {
+        fprintf(stderr, "moonfork: %s failed: %s", cmd, reply);
+      }
+    }
+    if (json) fputs(reply, stdout);
+  } else if (strcmp(cmd, "status") == 0) {
+    print_status(reply);
+  } else {
+    const char *m = strstr(reply, "\"message\":\"");
+    if (m) {
+      m += 11;
+      const char *end = strchr(m, '"');
+      printf("%s: %.*s\n", cmd, end ? (int)(end - m) : (int)strlen(m), m);
+    } else if (strcmp(cmd, "reload") == 0) {
+      printf("reload: done\n");
+    } else {
+      fputs(reply, stdout);
+    }
+  }
+  free(reply);
+  return ok ? 0 : 1;
+}
 
 int main(int argc, char **argv) {
   mf_config_t cfg;
   char err[512];
+  if (argc > 1)
+    for (size_t i = 0; i < MF_ARRAY_SIZE(commands); i++)
+      if (strcmp(argv[1], commands[i]) == 0) return run_command(argc, argv);
   mf_config_defaults(&cfg);
   if (mf_config_parse_args(&cfg, argc, argv, err, sizeof err) != 0) {
     fprintf(stderr, "moonfork: %s\n", err);

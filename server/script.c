@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "lua_env.h"
 
 #define MF_PROBE_SECONDS 30
@@ -35,14 +36,16 @@ static int core_probe_listen(lua_State *L) {
         lua_pushvalue(L, -1);
         val = lua_tostring(L, -1);
         lua_pop(L, 1);
-      } else if (lua_type(L, -1) != LUA_TTABLE && lua_type(L, -1) != LUA_TFUNCTION &&
-                 lua_type(L, -1) != LUA_TBOOLEAN) {
-        return luaL_error(L, "listen(): option %s must be a number or a string", key);
+      } else if (lua_type(L, -1) == LUA_TBOOLEAN) {
+        val = lua_toboolean(L, -1) ? "true" : "false";
+      } else if (lua_type(L, -1) != LUA_TTABLE && lua_type(L, -1) != LUA_TFUNCTION) {
+        return luaL_error(L, "listen(): option %s must be a number, a string or a boolean", key);
       }
       if (val != NULL) {
         char why[512];
         int r = mf_config_set_from_script(probe_cfg, key, val, why, sizeof why);
         if (r < 0) return luaL_error(L, "%s", why);
+        if (r > 0) mf_log("warning: listen(): unknown option '%s' ignored", key);
       }
       lua_pop(L, 1);
     }

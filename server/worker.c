@@ -8,7 +8,15 @@
  * and other Lua handles never keep a draining worker alive: it exits when its connections are gone.
  *
  * The master also sends "peer ID SERIAL" lines, each with one end of a socketpair attached: the
- * worker's stream to that peer in the mesh (mesh.c). */
+ * worker's stream to that peer in the mesh (mesh.c).
+ *
+ * "retire" (a reload or recycling) drains more gently than "stop": idle keep-alive connections stay
+ * open until their next request (answered with "Connection: close") or their keep-alive timeout, so
+ * a client that sends just as the drain begins is not cut off. Scripts hear moonfork.on("drain") when
+ * a drain begins (to end long polls and streams) and moonfork.on("exit") just before the exit.
+ *
+ * A timer writes a heartbeat and the counters to the scoreboard (fd 5) twice a second; the master's
+ * watchdog reads it, and a loop stuck in a handler stops it. */
 #include "worker.h"
 
 #include <lauxlib.h>
@@ -27,6 +35,9 @@
 #include "lua_http.h"
 #include "lua_mesh.h"
 #include "mesh.h"
+#include "scoreboard.h"
+#include <fcntl.h>
+#include <errno.h>
 #include "script.h"
 
 typedef struct {
@@ -37,7 +48,12 @@ typedef struct {
   uv_pipe_t control;
   uv_signal_t sigterm;
   uv_timer_t grace;
+  uv_timer_t beat;
+  uv_signal_t sigusr1;
+  mf_scoreboard_t *sb;
+  int access_fd;
   int draining;
+  int idle_closed;
   char ctl_line[256];
   size_t ctl_len;
 } worker_t;
@@ -45,6 +61,8 @@ typedef struct {
 static worker_t W;
 
 static void worker_exit(int status) {
+  if (W.L && lua_http_serving()) lua_core_emit(W.L, "exit");
+  if (W.srv && W.access_fd >= 0) http_server_set_access_log(W.srv, -1);
   fflush(NULL);
   exit(status);
 }
@@ -61,14 +79,25 @@ static void on_grace(uv_timer_t *t) {
   worker_exit(0);
 }
 
-static void worker_drain(const char *why) {
-  if (W.draining) return;
+/* close_idle: a stop closes idle keep-alive connections at once; a retire lets them finish (see top). */
+static void worker_drain(const char *why, int close_idle) {
+  if (W.draining) {
+    if (close_idle && !W.idle_closed && W.srv) {
+      W.idle_closed = 1;
+      http_server_drain(W.srv, 1);
+    }
+    return;
+  }
   W.draining = 1;
-  mf_log("stopping (%s): %zu connection(s) open", why, W.srv ? http_server_conn_count(W.srv) : (size_t)0);
+  W.idle_closed = close_idle;
+  mf_log("%s (%s): %zu connection(s) open", close_idle ? "stopping" : "retiring", why,
+         W.srv ? http_server_conn_count(W.srv) : (size_t)0);
+  if (W.sb) W.sb->state = MF_SB_DRAINING;
   uv_timer_init(W.loop, &W.grace);
   uv_timer_start(&W.grace, on_grace, W.cfg->grace_ms, 0);
   uv_unref((uv_handle_t *)&W.grace);
-  if (W.srv) http_server_drain(W.srv);
+  if (W.L && lua_http_serving()) lua_core_emit(W.L, "drain");
+  if (W.srv) http_server_drain(W.srv, close_idle);
 }
 
 /* "peer ID SERIAL": the socket that came with the line is our stream to worker ID. */
@@ -90,11 +119,26 @@ static void on_peer_line(const char *line) {
   mesh_add_peer(p, id, serial);
 }
 
+/* "leader ID SERIAL EPOCH": the master named the mesh's leader. */
+static void on_leader_line(const char *line) {
+  int id;
+  long serial, epoch;
+  if (sscanf(line, "leader %d %ld %ld", &id, &serial, &epoch) != 3) {
+    mf_log("bad control message '%s' ignored", line);
+    return;
+  }
+  lua_mesh_leader(W.L, id, serial, epoch);
+}
+
 static void on_control_line(const char *line) {
   if (strcmp(line, "stop") == 0)
-    worker_drain("asked by the master");
+    worker_drain("asked by the master", 1);
+  else if (strcmp(line, "retire") == 0)
+    worker_drain("replaced by a new worker", 0);
   else if (strncmp(line, "peer ", 5) == 0)
     on_peer_line(line);
+  else if (strncmp(line, "leader ", 7) == 0)
+    on_leader_line(line);
   else
     mf_log("unknown control message '%s' ignored", line);
 }
@@ -108,7 +152,7 @@ static void on_ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n < 0) {
     uv_close((uv_handle_t *)s, NULL);
-    worker_drain("the master is gone");
+    worker_drain("the master is gone", 1);
     return;
   }
   for (ssize_t i = 0; i < n; i++) {
@@ -125,12 +169,55 @@ static void on_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void on_sigterm(uv_signal_t *s, int signum) {
   (void)s, (void)signum;
-  worker_drain("SIGTERM");
+  worker_drain("SIGTERM", 1);
+}
+
+static int open_append(const char *path) {
+  return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+}
+
+/* SIGUSR1 (the master forwards it): reopen the log files, after logrotate moved them. */
+static void on_sigusr1(uv_signal_t *s, int signum) {
+  (void)s, (void)signum;
+  if (W.cfg->error_log) {
+    int fd = open_append(W.cfg->error_log);
+    if (fd >= 0) {
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+  }
+  if (W.cfg->access_log && W.access_fd >= 0) {
+    int fd = open_append(W.cfg->access_log);
+    if (fd >= 0) {
+      dup2(fd, W.access_fd); /* same descriptor number: the server keeps using it */
+      close(fd);
+    } else {
+      mf_log("cannot reopen --access-log %s: %s", W.cfg->access_log, strerror(errno));
+    }
+  }
+}
+
+static void on_beat(uv_timer_t *t) {
+  (void)t;
+  W.sb->beat_ms = mf_monotonic_ms();
+  W.sb->requests = http_server_requests(W.srv);
+  W.sb->connections = http_server_conn_count(W.srv);
 }
 
 static void control_send(const char *msg) {
   uv_buf_t b = uv_buf_init((char *)msg, (unsigned)strlen(msg));
   if (uv_try_write((uv_stream_t *)&W.control, &b, 1) != (int)b.len) mf_log("cannot tell the master '%s'", msg);
+}
+
+/* Tells the master why this worker will not start (the first line of err), for `moonfork reload`. */
+static void report_error(const char *err) {
+  char line[600];
+  size_t n = 0;
+  n += (size_t)snprintf(line, sizeof line, "error ");
+  for (const char *p = err; *p && *p != '\n' && n < sizeof line - 2; p++) line[n++] = *p;
+  line[n++] = '\n';
+  line[n] = '\0';
+  control_send(line);
 }
 
 int worker_run(mf_config_t *cfg) {
@@ -153,6 +240,11 @@ int worker_run(mf_config_t *cfg) {
   uv_read_start((uv_stream_t *)&W.control, on_ctl_alloc, on_ctl_read);
   uv_signal_init(W.loop, &W.sigterm);
   uv_signal_start(&W.sigterm, on_sigterm, SIGTERM);
+  uv_signal_init(W.loop, &W.sigusr1);
+  uv_signal_start(&W.sigusr1, on_sigusr1, SIGUSR1);
+  uv_unref((uv_handle_t *)&W.sigusr1);
+  W.sb = mf_scoreboard_attach();
+  W.access_fd = -1;
 
   http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, lua_http_on_drain, on_drained};
   W.L = mf_lua_new(cfg->script, "worker");
@@ -170,12 +262,21 @@ int worker_run(mf_config_t *cfg) {
   lua_mesh_open(W.L);
   mesh_init(W.loop, &lua_mesh_callbacks, W.L);
   lua_pop(W.L, 1);
+  http_server_set_scoreboard(W.srv, W.sb);
+  if (cfg->access_log) {
+    W.access_fd = open_append(cfg->access_log);
+    if (W.access_fd < 0) mf_log("cannot open --access-log %s: %s", cfg->access_log, strerror(errno));
+    else http_server_set_access_log(W.srv, W.access_fd);
+  }
   if (mf_script_run(W.L, cfg->script, err, sizeof err) != 0) {
     mf_log_block(err);
+    report_error(err);
     return 1;
   }
   if (!lua_http_serving()) {
-    mf_log("%s never called moonfork.listen(): nothing to serve", cfg->script);
+    snprintf(err, sizeof err, "%s never called moonfork.listen(): nothing to serve", cfg->script);
+    mf_log("%s", err);
+    report_error(err);
     return 1;
   }
   if (W.draining) { /* told to stop while the script was loading */
@@ -185,6 +286,13 @@ int worker_run(mf_config_t *cfg) {
   if (r != 0) {
     mf_log("cannot accept on the listening socket: %s", uv_strerror(r));
     return 1;
+  }
+  if (W.sb) {
+    W.sb->state = MF_SB_READY;
+    uv_timer_init(W.loop, &W.beat);
+    on_beat(&W.beat);
+    uv_timer_start(&W.beat, on_beat, 500, 500);
+    uv_unref((uv_handle_t *)&W.beat);
   }
   control_send("ready\n");
   uv_run(W.loop, UV_RUN_DEFAULT);

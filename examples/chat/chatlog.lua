@@ -1,9 +1,10 @@
 -- chatlog: the chat's replicated message log, kept by every worker, in one global order.
 --
--- Ordering: one worker, the sequencer, gives every message its id. The sequencer is the mesh leader,
--- the oldest live worker (nodes:leader()): every worker computes the same answer from what the master
--- told it, so no election messages are needed, and a restarted worker is always the youngest, so it
--- never takes over with an empty log.
+-- Ordering: one worker, the sequencer, gives every message its id. The sequencer is the mesh leader
+-- (nodes:leader()), which the master names: every worker hears the same name, and each change comes
+-- with a higher epoch. Leadership only moves when the leader dies or is retired (a reload), so two
+-- workers never number at once; a worker that hears a hello from a newer leader than it knows of
+-- stops numbering before it answers.
 --
 --   post  A worker that receives POST /messages sends {t="post", k=KEY, user, text} to the leader.
 --         KEY (the poster's id, spawn serial and a counter) is unique, so a post resent after the
@@ -12,7 +13,7 @@
 --         Messages from one worker to another arrive in the order written, so every worker sees the
 --         leader's messages in id order; a worker extends its log only with the next id (anything
 --         early waits in `early`), so clients only ever see a gap-free prefix.
---   hello {t="hello", last=N} asks a peer for what it has after N; it answers
+--   hello {t="hello", last=N, epoch=E[, lead=true]} asks a peer for what it has after N; it answers
 --         {t="state", last=..., synced=..., msgs=[...]}. A worker sends it to each peer that appears.
 --
 -- When the leader dies the next oldest takes over. Before numbering anything it asks every peer for
@@ -48,7 +49,9 @@ function _M.new(nodes, opts)
     counter = 0,
     waiters = {},      -- function() -> called after the log grew
     synced = nodes.serial <= (opts.workers or 1),
-    leader = nodes.id,
+    leader = nil,      -- the sequencer's id, once the master has named it
+    epoch = 0,
+    unsent = {},       -- posts that could not go to the leader yet (none known, or not connected)
     syncing = nil,     -- while taking over: peer id -> true for each peer that has not answered
     queued = {},       -- posts received while syncing
     peers = {},        -- id -> stream
@@ -151,9 +154,18 @@ local function sequence(self, p)
   self:merge({ m })
 end
 
-local function handle_post(self, p)
+-- A post to number. `from` is the peer that sent it (nil: made here). A worker that is not the leader
+-- passes a post on only when it knows a newer leader than the sender did (p.e, the sender's epoch):
+-- otherwise the sender knows better, this worker is about to hear it, and the post waits here.
+-- Passing a post to a leader that is dying would lose it in the dead socket.
+local function handle_post(self, p, from)
   if self.leader ~= self.nodes.id then
-    send(self.peers[self.leader], p) -- not ours to number: pass it on
+    local s = self.leader and self.peers[self.leader]
+    if s and (not from or (tonumber(p.e) or 0) < self.epoch) then
+      p.e = self.epoch
+      if s:write(encode(p)) ~= nil then return end
+    end
+    self.unsent[#self.unsent + 1] = p
   elseif self.syncing then
     self.queued[#self.queued + 1] = p
   else
@@ -161,19 +173,36 @@ local function handle_post(self, p)
   end
 end
 
+-- Posts that waited for a leader: to it now (resent own posts are recognised by their key).
+local function flush_unsent(self)
+  local list = self.unsent
+  self.unsent = {}
+  local seen = {}
+  for _, p in ipairs(list) do
+    seen[p.k] = true
+    handle_post(self, p)
+  end
+  for k, p in pairs(self.pending_post) do
+    if not seen[k] then handle_post(self, p) end
+  end
+end
+
 local function finish_sync(self)
+  if not self.syncing then return end
   self.syncing = nil
   self.synced = true
   notify(self)
   local q = self.queued
   self.queued = {}
   for _, p in ipairs(q) do handle_post(self, p) end
+  flush_unsent(self) -- what waited here for a leader is ours to number now
 end
 
--- Who leads changed (a peer came or went): take over, or resend our posts to the new leader.
-local function leader_check(self)
-  local leader = self.nodes:leader()
-  if leader == self.leader then return end
+-- The master named a new leader: take over (after learning what every peer has), or pass what we
+-- hold to the new leader.
+local function leader_changed(self, leader, epoch)
+  if epoch <= self.epoch then return end
+  self.epoch = epoch
   self.leader = leader
   if leader == self.nodes.id then
     self.syncing = {}
@@ -181,17 +210,23 @@ local function leader_check(self)
     for id, s in pairs(self.peers) do
       self.syncing[id] = true
       any = true
-      send(s, { t = "hello", last = self.last })
+      send(s, { t = "hello", last = self.last, epoch = epoch, lead = true })
     end
-    if not any then finish_sync(self) end
+    if not any then return finish_sync(self) end
+    -- a peer that cannot answer (stuck) must not hold the chat forever
+    moonfork.setTimeout(2000, function()
+      if self.syncing and self.epoch == epoch then
+        moonfork.log("chat: taking over without an answer from every peer")
+        finish_sync(self)
+      end
+    end)
   else
     if self.syncing then
       self.syncing = nil
-      local q = self.queued
+      for _, p in ipairs(self.queued) do self.unsent[#self.unsent + 1] = p end
       self.queued = {}
-      for _, p in ipairs(q) do send(self.peers[leader], p) end
     end
-    for _, p in pairs(self.pending_post) do send(self.peers[leader], p) end
+    flush_unsent(self)
   end
 end
 
@@ -206,8 +241,10 @@ local function on_message(self, stream, raw)
   elseif t.t == "msgs" then
     self:merge(t.msgs)
   elseif t.t == "post" then
-    handle_post(self, t)
+    handle_post(self, t, stream)
   elseif t.t == "hello" then
+    -- from a leader taking over, newer than the one we know: stop numbering before answering
+    if t.lead and (tonumber(t.epoch) or 0) > self.epoch then leader_changed(self, stream.id, tonumber(t.epoch)) end
     send(stream, { t = "state", last = self.last, synced = self.synced, msgs = wire(self:after(tonumber(t.last) or 0)) })
   elseif t.t == "state" then
     self:merge(t.msgs or {}, true)
@@ -237,11 +274,11 @@ function _M:attach()
         self.syncing[stream.id] = nil
         if next(self.syncing) == nil then finish_sync(self) end
       end
-      leader_check(self)
     end)
-    send(stream, { t = "hello", last = self.last })
-    leader_check(self)
+    send(stream, { t = "hello", last = self.last, epoch = self.epoch })
+    if stream.id == self.leader then flush_unsent(self) end
   end)
+  nodes:on("leader", function(id, epoch) leader_changed(self, id, epoch) end)
   if not self.synced then
     -- alone after a restart (no peer came): nothing to learn, start over
     moonfork.setTimeout(3000, function()
@@ -258,7 +295,7 @@ end
 function _M:post(user, text, done)
   self.counter = self.counter + 1
   local key = self.nodes.id .. ":" .. self.nodes.serial .. ":" .. self.counter
-  local p = { t = "post", k = key, user = user, text = text }
+  local p = { t = "post", k = key, user = user, text = text, e = self.epoch }
   self.pending[key] = done
   self.pending_post[key] = p
   handle_post(self, p)

@@ -12,6 +12,7 @@ local find, gsub, len = string.find, string.gsub, string.len
 
 local POLL_MS = (tonumber(os.getenv("CHAT_POLL_SECONDS")) or 25) * 1000
 local PING_MS = (tonumber(os.getenv("CHAT_PING_SECONDS")) or 15) * 1000
+local POST_MS = 10000
 local MAX_TEXT, MAX_USER = 2000, 64
 
 local serve_static = moonfork.static("public")
@@ -65,11 +66,20 @@ local function post_message(req, res)
   if type(text) ~= "string" or not find(text, "%S") then return bad(res, "text is missing or empty") end
   if chars(user) > MAX_USER then return bad(res, "user is over " .. MAX_USER .. " characters") end
   if chars(text) > MAX_TEXT then return bad(res, "text is over " .. MAX_TEXT .. " characters") end
-  local key
+  local key, timer
   key = log:post(user, text, function(id)
+    moonfork.clearTimer(timer)
     if not res.finished then res:json({ id = id }, 201) end
   end)
-  res:on("close", function() log:forget(key) end)
+  -- no id within POST_MS (no leader reachable): say so rather than hang; the post may still land
+  timer = moonfork.setTimeout(POST_MS, function()
+    log:forget(key)
+    if not res.finished then res:json({ error = "the message could not be numbered in time; retry" }, 503) end
+  end)
+  res:on("close", function()
+    log:forget(key)
+    moonfork.clearTimer(timer)
+  end)
 end
 
 local function poll(req, res)

@@ -1,7 +1,7 @@
 -- moonfork: what scripts require: listen(), http.createServer(), timers and sleep.
 local core = require "moonfork.core"
 
-local type, select, unpack, error = type, select, unpack, error
+local type, select, unpack, error, ipairs, xpcall, tostring = type, select, unpack, error, ipairs, xpcall, tostring
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -33,10 +33,28 @@ if master then
   _M.sleep = function() error("moonfork.sleep() can only be called from a request handler or a timer callback", 2) end
   _M.static = function() return function() return false end end
   _M.log = function() end
+  _M.on = function() end
   return _M
 end
 
 local sched = require "moonfork.sched"
+
+-- moonfork.on("drain", fn): this worker stops taking connections (a reload, a shutdown): end long
+-- polls and streams so their clients reconnect to another worker. moonfork.on("exit", fn): just
+-- before the worker exits (close connections to databases). Errors are logged.
+local listeners = { drain = {}, exit = {} }
+function _M.on(event, fn)
+  if not listeners[event] then error("moonfork.on(event, fn): event must be 'drain' or 'exit'", 2) end
+  if type(fn) ~= "function" then error("moonfork.on(event, fn): fn must be a function", 2) end
+  local list = listeners[event]
+  list[#list + 1] = fn
+end
+core.events(function(event)
+  for _, fn in ipairs(listeners[event] or {}) do
+    local ok, err = xpcall(fn, debug.traceback)
+    if not ok then core.log("error in moonfork.on('" .. event .. "') listener: " .. tostring(err)) end
+  end
+end)
 local timer, timer_stop, spawn = core.timer, core.timer_stop, sched.spawn
 
 _M.id = core.id

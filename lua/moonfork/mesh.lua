@@ -52,17 +52,19 @@ function Stream:close()
   mesh_close(self._ud)
 end
 
-local nodes = { id = core.id, serial = core.serial, _on = {} }
+local nodes = { id = core.id, serial = core.serial, epoch = 0, _on = {} }
 local streams = {} -- userdata -> stream
 local open = {}    -- id -> stream, the live peers
 
-local nodes_events = { node = true }
+local nodes_events = { node = true, leader = true }
 
 -- nodes:on("node", fn(stream)): fn runs for every live peer, those already there included.
 function nodes:on(event, fn)
   on(self, event, fn, nodes_events)
   if event == "node" then
     for _, s in ipairs(self:peers()) do call(fn, event, s) end
+  elseif event == "leader" and self._leader then
+    call(fn, event, self._leader, self.epoch)
   end
   return self
 end
@@ -84,14 +86,12 @@ function nodes:broadcast(msg)
   return n
 end
 
--- The id of the oldest live worker this worker knows of (itself included): the one started first,
--- by the master's spawn count. Workers agree on it without a message, which makes it a leader.
+-- The id of the worker the master named leader (nil until it has: just after start). All workers
+-- hear the same name, in the same order of changes (nodes.epoch counts them): the leader is the
+-- oldest ready worker when the first workers are up, and changes only when it dies or is retired.
+-- nodes:on("leader", fn(id, epoch)) runs on each change (and at once when one is known).
 function nodes:leader()
-  local best, serial = self.id, self.serial
-  for _, s in pairs(open) do
-    if s.serial < serial then best, serial = s.id, s.serial end
-  end
-  return best
+  return self._leader
 end
 
 core.mesh_handlers(
@@ -116,6 +116,10 @@ core.mesh_handlers(
     if open[s.id] == s then open[s.id] = nil end
     s.closed = true
     emit(s, "close")
+  end,
+  function(id, serial, epoch)
+    nodes._leader, nodes.leader_serial, nodes.epoch = id, serial, epoch
+    emit(nodes, "leader", id, epoch)
   end)
 
 _M.nodes = nodes
