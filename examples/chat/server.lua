@@ -82,6 +82,8 @@ local function post_message(req, res)
   end)
 end
 
+local polls = {} -- res -> true for long polls waiting
+
 local function poll(req, res)
   local since = since_of(req)
   if not since then return bad(res, "since must be a whole number") end
@@ -99,7 +101,9 @@ local function poll(req, res)
       log:unwait(waiter)
       if not res.finished then send_list(res, {}) end
     end)
+    polls[res] = true
     res:on("close", function()
+      polls[res] = nil
       log:unwait(waiter)
       moonfork.clearTimer(timer)
     end)
@@ -167,6 +171,13 @@ local nodes = moonfork.listen({ port = 8080 }, server)
 
 log = chatlog.new(nodes, { keep = 500, workers = moonfork.workers })
 log:attach()
+
+-- This worker is being replaced or stopped: answer the long polls (empty) and end the streams now,
+-- so their clients reconnect, with their last id, to a worker that stays.
+moonfork.on("drain", function()
+  for res in pairs(polls) do send_list(res, {}) end
+  for res in pairs(streams) do res:finish() end
+end)
 
 -- A comment line keeps proxies from closing quiet streams.
 moonfork.setInterval(PING_MS, function()
