@@ -566,6 +566,8 @@ static void slot_spawn(slot_t *s) {
   }
 }
 
+static void slot_free(uv_handle_t *h) { free(mf_container_of(h, slot_t, respawn)); }
+
 static slot_t *slot_new(int id) {
   slot_t *s = calloc(1, sizeof *s);
   if (s == NULL) return NULL;
@@ -609,7 +611,7 @@ static int master_scale(int n, char *msg, size_t msglen) {
       slot_t *s = M.slots[i];
       s->removed = 1;
       uv_timer_stop(&s->respawn);
-      uv_close((uv_handle_t *)&s->respawn, (uv_close_cb)free);
+      uv_close((uv_handle_t *)&s->respawn, slot_free);
       if (s->cur) {
         s->cur->slot = NULL;
         worker_retire(s->cur, "scaled down");
