@@ -10,6 +10,9 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#include "util.h"
 
 #include "lua_env.h"
 
@@ -43,22 +46,140 @@ static http_conn_t *check_conn(lua_State *L) {
   return u->c;
 }
 
-/* core.send(conn, gen, status, head, body, final, clen, flags) -> true | false (slow down) | nil (gone) */
+/* ---- response heads ------------------------------------------------------------------------- */
+
+typedef struct {
+  mf_buf_t out;  /* the header lines (reused between responses) */
+  int64_t clen;  /* Content-Length the handler set, or -1 */
+  int flags;     /* HTTP_RESP_* */
+} head_t;
+
+static head_t H;
+
+static int lower_eq(const char *s, size_t n, const char *lit) {
+  size_t m = strlen(lit);
+  if (n != m) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (tolower((unsigned char)s[i]) != lit[i]) return 0;
+  return 1;
+}
+
+/* Header names are tokens (RFC 9110): letters, digits and !#$%&'*+-.^_`|~ */
+static int is_token(const char *s, size_t n) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (!isalnum(ch) && (ch == 0 || !strchr(extra, ch))) return 0;
+  }
+  return 1;
+}
+
+/* One "name: value" line; the value is at stack index `v` (a string or a number). */
+static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
+  size_t vlen;
+  if (lua_type(L, v) != LUA_TSTRING && lua_type(L, v) != LUA_TNUMBER)
+    luaL_error(L, "header %s: a value must be a string or a number", name);
+  const char *value = lua_tolstring(L, v, &vlen);
+  for (size_t i = 0; i < vlen; i++)
+    if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0')
+      luaL_error(L, "header %s: the value must not contain CR, LF or NUL", name);
+  mf_buf_append(&H.out, name, nlen);
+  mf_buf_append(&H.out, ": ", 2);
+  mf_buf_append(&H.out, value, vlen);
+  mf_buf_append(&H.out, "\r\n", 2);
+}
+
+/* The header `name` with the value at index v (a string, a number, or an array of them). */
+static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
+  if (!is_token(name, nlen)) luaL_error(L, "bad header name '%s'", name);
+  if (lower_eq(name, nlen, "transfer-encoding")) return; /* the core frames the body itself */
+  if (lower_eq(name, nlen, "connection")) {
+    const char *val = lua_tostring(L, v);
+    if (val && strcasecmp(val, "close") == 0) H.flags |= HTTP_RESP_CLOSE;
+    return; /* the core says keep-alive or close */
+  }
+  if (lower_eq(name, nlen, "content-length")) {
+    lua_Number n = lua_tonumber(L, v);
+    if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
+        (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
+      luaL_error(L, "header Content-Length: not a length");
+    H.clen = (int64_t)n;
+  }
+  if (lua_type(L, v) == LUA_TTABLE) {
+    int n = (int)lua_objlen(L, v);
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, v, i);
+      head_line(L, name, nlen, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  head_line(L, name, nlen, v);
+}
+
+/* Builds the head from the handler's tables: `h` (lower-case name -> value or false) with `names`
+ * (lower-case -> the name as written) first, then `user` (writeHead's table) minus what `h` holds. */
+static void head_build(lua_State *L, int user, int h, int names) {
+  H.out.len = 0;
+  H.clen = -1;
+  H.flags = 0;
+  if (lua_istable(L, h)) {
+    lua_pushnil(L);
+    while (lua_next(L, h) != 0) {
+      if (lua_toboolean(L, -1) && lua_type(L, -2) == LUA_TSTRING) {
+        size_t nlen;
+        lua_pushvalue(L, -2);
+        lua_rawget(L, names);
+        const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &nlen) : lua_tolstring(L, -3, &nlen);
+        head_header(L, name, nlen, lua_gettop(L) - 1);
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (lua_istable(L, user)) {
+    char low[128];
+    lua_pushnil(L);
+    while (lua_next(L, user) != 0) {
+      if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
+      size_t nlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      int shadowed = 0;
+      if (lua_istable(L, h) && nlen < sizeof low) {
+        for (size_t i = 0; i < nlen; i++) low[i] = (char)tolower((unsigned char)name[i]);
+        lua_pushlstring(L, low, nlen);
+        lua_rawget(L, h);
+        shadowed = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+      }
+      if (!shadowed) head_header(L, name, nlen, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+  }
+}
+
+/* core.send(conn, gen, status, user, h, names, body, final) -> true | false (slow down) | nil (gone).
+ * status and the tables matter on the first call of a response only. */
 static int core_send(lua_State *L) {
   http_conn_t *c = check_conn(L);
   uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
-  int status = (int)luaL_checkinteger(L, 3);
-  size_t hlen = 0, blen = 0;
-  const char *head = luaL_optlstring(L, 4, "", &hlen);
-  const char *body = luaL_optlstring(L, 5, "", &blen);
-  int final = lua_toboolean(L, 6);
-  int64_t clen = (int64_t)luaL_optnumber(L, 7, -1);
-  int flags = (int)luaL_optinteger(L, 8, 0);
+  int status = (int)luaL_optinteger(L, 3, 200);
+  size_t blen = 0;
+  const char *body = luaL_optlstring(L, 7, "", &blen);
+  int final = lua_toboolean(L, 8);
   if (c == NULL) {
     lua_pushnil(L);
     return 1;
   }
-  int r = http_conn_respond(c, gen, status, head, hlen, body, blen, final, clen, flags);
+  int r;
+  if (status != 0) {
+    head_build(L, 4, 5, 6);
+    r = http_conn_respond(c, gen, status, H.out.data ? H.out.data : "", H.out.len, body, blen, final, H.clen,
+                          H.flags);
+  } else {
+    r = http_conn_respond(c, gen, 200, "", 0, body, blen, final, -1, 0); /* the head went out before */
+  }
   if (r < 0)
     lua_pushnil(L);
   else

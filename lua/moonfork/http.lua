@@ -4,9 +4,8 @@ local sched = require "moonfork.sched"
 
 local type, tostring, tonumber, pairs, ipairs, setmetatable, rawget, pcall, error =
   type, tostring, tonumber, pairs, ipairs, setmetatable, rawget, pcall, error
-local find, sub, lower, gsub, char, gmatch, byte = string.find, string.sub, string.lower, string.gsub,
-  string.char, string.gmatch, string.byte
-local concat = table.concat
+local find, sub, lower, gsub, char, gmatch = string.find, string.sub, string.lower, string.gsub,
+  string.char, string.gmatch
 local send, abort, log = core.send, core.abort, core.log
 
 local cjson -- loaded on first res:json()
@@ -61,11 +60,23 @@ end
 
 ---------------------------------------------------------------------------------------------------
 -- res
+--
+-- Headers stay as the handler gave them: writeHead's table is kept as it is (`_user`), setHeader
+-- fills `_h` (lower-case name -> value, false once removed) and `_names` (lower-case -> the name as
+-- written), which win over `_user`. The C core
+-- (lua_http.c) turns them into header lines, checks them for CR/LF and finds Content-Length and
+-- Connection, so a typical response costs no string building in Lua.
 
 local Res = {}
 Res.__index = Res
 
-local active = setmetatable({}, { __mode = "k" }) -- connection -> the response it is carrying
+local active = {} -- connection -> the response it is carrying (removed when it ends)
+
+local lower_of = setmetatable({}, { __mode = "k", __index = function(t, name)
+  local l = lower(name)
+  t[name] = l
+  return l
+end })
 
 local function emit(res, event, ...)
   local list = res._on and res._on[event]
@@ -79,102 +90,88 @@ end
 
 local function closed(res)
   if active[res._conn] == res then active[res._conn] = nil end
-  emit(res, "close")
+  if res._on then emit(res, "close") end
 end
 
-local function check_token(v, what)
-  if type(v) == "number" then v = tostring(v) end
-  if type(v) ~= "string" then error(what .. " must be a string", 3) end
-  if find(v, "[\r\n]") then error(what .. " must not contain CR or LF", 3) end
-  return v
+local function check_name(name, fname)
+  if type(name) ~= "string" then error("res:" .. fname .. "(): the header name must be a string", 3) end
+  return lower_of[name]
 end
 
 function Res:setHeader(name, value)
   if self.headersSent then error("res:setHeader(): the headers were already sent", 2) end
-  name = check_token(name, "header name")
-  if type(value) == "table" then
-    local vs = {}
-    for i, v in ipairs(value) do vs[i] = check_token(v, "header value") end
-    value = vs
-  else
-    value = check_token(value, "header value")
+  local key = check_name(name, "setHeader")
+  local t = type(value)
+  if t ~= "string" and t ~= "number" and t ~= "table" then
+    error("res:setHeader(): the value must be a string, a number or an array of them", 2)
   end
-  local key = lower(name)
-  local h = self._headers
-  if not h[key] then
-    local order = self._order
-    order[#order + 1] = key
+  local h = self._h
+  if not h then
+    h = {}
+    self._h, self._names = h, {}
   end
-  h[key] = { name, value }
+  h[key] = value
+  self._names[key] = name
   return self
 end
 
 function Res:getHeader(name)
-  local h = self._headers[lower(name)]
-  return h and h[2]
+  local key = check_name(name, "getHeader")
+  local h = self._h
+  if h and h[key] ~= nil then return h[key] or nil end
+  local user = self._user
+  if user then
+    for k, v in pairs(user) do
+      if lower_of[k] == key then return v end
+    end
+  end
 end
 
 function Res:removeHeader(name)
   if self.headersSent then error("res:removeHeader(): the headers were already sent", 2) end
-  self._headers[lower(name)] = nil
+  local key = check_name(name, "removeHeader")
+  if not self._h then self._h, self._names = {}, {} end
+  self._h[key] = false -- hides writeHead's entry too, without touching the caller's table
 end
 
 function Res:writeHead(status, headers)
   if self.headersSent then error("res:writeHead(): the headers were already sent", 2) end
-  status = tonumber(status)
-  if not status or status < 100 or status > 999 or status % 1 ~= 0 then
-    error("res:writeHead(): status must be a number from 100 to 999", 2)
+  if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
+    status = tonumber(status)
+    if not status or status < 100 or status > 999 or status % 1 ~= 0 then
+      error("res:writeHead(): status must be a number from 100 to 999", 2)
+    end
   end
   self.statusCode = status
-  if headers then
-    for k, v in pairs(headers) do self:setHeader(k, v) end
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("res:writeHead(): headers must be a table", 2) end
+    if self._user or self._h then -- merge: writeHead's values win, as in Node
+      for k, v in pairs(headers) do self:setHeader(k, v) end
+    else
+      self._user = headers
+    end
   end
   return self
 end
 
--- Hands the head (first time) and a body piece to the C core.
 local function out(self, chunk, final)
-  local head, clen, flags = nil, -1, 0
-  if not self.headersSent then
-    local parts, n = {}, 0
-    local h = self._headers
-    for _, key in ipairs(self._order) do
-      local e = h[key]
-      if e then
-        if key == "content-length" then
-          clen = tonumber(e[2]) or -1
-        elseif key == "connection" and lower(e[2]) == "close" then
-          flags = 1
-        end
-        if key ~= "transfer-encoding" and key ~= "connection" then
-          local v = e[2]
-          if type(v) == "table" then
-            for _, one in ipairs(v) do
-              n = n + 1
-              parts[n] = e[1] .. ": " .. one .. "\r\n"
-            end
-          else
-            n = n + 1
-            parts[n] = e[1] .. ": " .. v .. "\r\n"
-          end
-        end
-      end
-    end
-    head = concat(parts)
-    self.headersSent = true
+  if self.headersSent then
+    return send(self._conn, self._gen, 0, nil, nil, nil, chunk, final)
   end
-  return send(self._conn, self._gen, self.statusCode, head, chunk, final, clen, flags)
+  self.headersSent = true
+  return send(self._conn, self._gen, self.statusCode, self._user, self._h, self._names, chunk, final)
 end
 
 local function body_string(chunk, fname)
   if chunk == nil then return "" end
-  if type(chunk) == "number" then return tostring(chunk) end
-  if type(chunk) ~= "string" then error("res:" .. fname .. "(): the body must be a string", 3) end
-  return chunk
+  local t = type(chunk)
+  if t == "string" then return chunk end
+  if t == "number" then return tostring(chunk) end
+  error("res:" .. fname .. "(): the body must be a string", 3)
 end
 
 -- Sends a piece of the body. Returns true, false when the client is slow (queue over its high-water
--- mark), or nil when the client is gone.
+-- mark; wait for "drain"), or nil when the client is gone.
 function Res:write(chunk)
   if self.finished then return nil end
   chunk = body_string(chunk, "write")
@@ -196,12 +193,18 @@ function Res:finish(chunk)
 end
 Res["end"] = Res.finish
 
+local json_headers = { ["Content-Type"] = "application/json" }
+
 function Res:json(value, status)
   cjson = cjson or require "cjson"
   local ok, body = pcall(cjson.encode, value)
   if not ok then error("res:json(): " .. tostring(body), 2) end
   if status then self:writeHead(status) end
-  if not self._headers["content-type"] then self:setHeader("Content-Type", "application/json") end
+  if not self._user and not self._h then
+    self._user = json_headers -- never changed: setHeader writes to _h
+  elseif self:getHeader("content-type") == nil then
+    self:setHeader("Content-Type", "application/json")
+  end
   return self:finish(body)
 end
 
@@ -242,30 +245,26 @@ function Server:on(event, fn)
   return self
 end
 
+local function handler_error(trace, req, res)
+  log("error in handler for " .. req.method .. " " .. req.url .. ": " .. trace)
+  if not res.finished then
+    res.finished = true
+    abort(res._conn, res._gen)
+    closed(res)
+  end
+end
+
 -- Builds the function the C core calls for each request.
 function _M.dispatcher(server)
-  local function run(handler, req, res)
-    handler(req, res)
-  end
+  local spawn = sched.spawn
   return function(conn, gen, method, url, version, headers, body, remote)
-    local handler = server.handler
     local req = setmetatable({
       method = method, url = url, httpVersion = version, headers = headers, body = body,
       remoteAddress = remote,
     }, Req)
-    local res = setmetatable({
-      _conn = conn, _gen = gen, _headers = {}, _order = {}, statusCode = 200,
-      headersSent = false, finished = false,
-    }, Res)
+    local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false }, Res)
     active[conn] = res
-    sched.spawn(run, function(err)
-      log("error in handler for " .. method .. " " .. url .. ": " .. err)
-      if not res.finished then
-        res.finished = true
-        abort(conn, gen)
-        closed(res)
-      end
-    end, handler, req, res)
+    spawn(server.handler, handler_error, req, res)
   end
 end
 

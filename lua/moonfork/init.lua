@@ -70,19 +70,29 @@ local function check(ms, fn, name)
   if type(fn) ~= "function" then error("moonfork." .. name .. "(ms, fn): fn must be a function", 3) end
 end
 
--- Runs fn(...) once after ms milliseconds, in its own coroutine (so it may sleep).
-function _M.setTimeout(ms, fn, ...)
-  check(ms, fn, "setTimeout")
-  local n, args = select("#", ...), { ... }
-  return timer(ms, 0, function() spawn(fn, nil, unpack(args, 1, n)) end)
+local function timer_error(trace)
+  core.log("error in timer callback: " .. trace)
 end
 
--- Runs fn(...) every ms milliseconds (at least 1), each time in its own coroutine.
+-- The function a timer runs: fn(...) in a coroutine of its own (so it may sleep).
+local function runner(fn, ...)
+  local n = select("#", ...)
+  if n == 0 then return function() spawn(fn, timer_error) end end
+  local args = { ... }
+  return function() spawn(function() fn(unpack(args, 1, n)) end, timer_error) end
+end
+
+-- Runs fn(...) once after ms milliseconds.
+function _M.setTimeout(ms, fn, ...)
+  check(ms, fn, "setTimeout")
+  return timer(ms, 0, runner(fn, ...))
+end
+
+-- Runs fn(...) every ms milliseconds (at least 1).
 function _M.setInterval(ms, fn, ...)
   check(ms, fn, "setInterval")
   if ms < 1 then ms = 1 end
-  local n, args = select("#", ...), { ... }
-  return timer(ms, ms, function() spawn(fn, nil, unpack(args, 1, n)) end)
+  return timer(ms, ms, runner(fn, ...))
 end
 
 function _M.clearTimer(t)
