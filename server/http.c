@@ -268,7 +268,7 @@ static void conn_fail(http_conn_t *c, int status) {
   c->status = status;
   c->bytes_out = strlen(reason) + 1;
   srv->requests++;
-  if (c->alog.len == 0 && srv->access_fd >= 0) alog_request(c, llhttp_method_name(c->parser.method), NULL, NULL);
+  if (c->alog.len == 0 && srv->access_fd >= 0) mf_buf_append(&c->alog, "-\0-\0-", 6); /* not a request we could read */
   alog_response(c);
   if (conn_write(c, &b, 1) == 0) conn_end(c);
 }
