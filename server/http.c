@@ -20,6 +20,7 @@
 #include "log.h"
 #include "scoreboard.h"
 #include "util.h"
+#include "writeq.h"
 
 #define HTTP_READ_BUF (64 * 1024)
 #define HTTP_HIGH_WATER (256 * 1024)   /* send queue above which respond() says "slow down" */
@@ -102,12 +103,6 @@ struct http_server_s {
   char readbuf[HTTP_READ_BUF];
 };
 
-typedef struct {
-  uv_write_t req;
-  size_t len;
-  char data[];
-} write_req_t;
-
 static void conn_process(http_conn_t *c, const char *data, size_t len);
 static void conn_close(http_conn_t *c);
 static void conn_fail(http_conn_t *c, int status);
@@ -168,9 +163,8 @@ static void conn_timer(http_conn_t *c, uint64_t ms) {
 /* ---- writing --------------------------------------------------------------------------------- */
 
 static void on_write(uv_write_t *req, int status) {
-  write_req_t *w = mf_container_of(req, write_req_t, req);
   http_conn_t *c = req->handle->data;
-  free(w);
+  mf_writeq_done(req);
   if (status < 0) {
     if (status != UV_ECANCELED) conn_close(c);
     return;
@@ -182,39 +176,10 @@ static void on_write(uv_write_t *req, int status) {
   }
 }
 
-/* Sends bufs: straight to the socket when nothing is queued, the rest copied and queued.
- * Returns 0, or -1 when the connection failed (it is then closing). */
+/* Sends bufs (see writeq.c). Returns 0, or -1 when the connection failed (it is then closing). */
 static int conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   if (c->closing) return -1;
-  size_t total = 0, done = 0;
-  for (unsigned i = 0; i < n; i++) total += bufs[i].len;
-  if (total == 0) return 0;
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
-    int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
-    if (r >= 0)
-      done = (size_t)r;
-    else if (r != UV_EAGAIN) {
-      conn_close(c);
-      return -1;
-    }
-    if (done == total) return 0;
-  }
-  write_req_t *w = malloc(sizeof *w + (total - done));
-  if (w == NULL) {
-    conn_close(c);
-    return -1;
-  }
-  w->len = 0;
-  for (unsigned i = 0; i < n; i++) {
-    size_t skip = done > bufs[i].len ? bufs[i].len : done;
-    done -= skip;
-    memcpy(w->data + w->len, bufs[i].base + skip, bufs[i].len - skip);
-    w->len += bufs[i].len - skip;
-  }
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-  if (r != 0) {
-    free(w);
+  if (mf_writeq((uv_stream_t *)&c->tcp, bufs, n, on_write) != 0) {
     conn_close(c);
     return -1;
   }

@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "util.h"
+#include "writeq.h"
 
 struct mesh_peer_s {
   uv_pipe_t *pipe;
@@ -26,12 +27,6 @@ struct mesh_peer_s {
   mf_buf_t in; /* a partial frame */
   mesh_peer_t *prev, *next;
 };
-
-typedef struct {
-  uv_write_t req;
-  size_t len;
-  char data[];
-} mesh_write_t;
 
 static struct {
   uv_loop_t *loop;
@@ -80,9 +75,8 @@ void mesh_close_all(void) {
 static size_t queued(const mesh_peer_t *p) { return uv_stream_get_write_queue_size((uv_stream_t *)p->pipe); }
 
 static void on_write(uv_write_t *req, int status) {
-  mesh_write_t *w = mf_container_of(req, mesh_write_t, req);
   mesh_peer_t *p = req->handle->data;
-  free(w);
+  mf_writeq_done(req);
   if (status < 0) {
     if (status != UV_ECANCELED) mesh_peer_close(p);
     return;
@@ -96,41 +90,16 @@ static void on_write(uv_write_t *req, int status) {
 int mesh_peer_write(mesh_peer_t *p, const char *msg, size_t len) {
   if (p == NULL || p->closing) return -1;
   if (len > MESH_MAX_MESSAGE) return -2;
-  unsigned char hdr[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16), (unsigned char)(len >> 8),
-                          (unsigned char)len};
-  uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, 4), uv_buf_init((char *)msg, (unsigned)len)};
-  size_t total = len + 4, done = 0;
-  if (queued(p) == 0) {
-    int r = uv_try_write((uv_stream_t *)p->pipe, bufs, 2);
-    if (r >= 0)
-      done = (size_t)r;
-    else if (r != UV_EAGAIN) {
-      mesh_peer_close(p);
-      return -1;
-    }
-    if (done == total) return 1;
-  }
-  if (queued(p) + (total - done) > MESH_HARD_LIMIT) {
+  if (queued(p) + len + 4 > MESH_HARD_LIMIT) {
     mf_log("mesh: worker %d is not reading (over %u MiB queued): closing its stream", p->id,
            MESH_HARD_LIMIT >> 20);
     mesh_peer_close(p);
     return -1;
   }
-  mesh_write_t *w = malloc(sizeof *w + (total - done));
-  if (w == NULL) {
-    mesh_peer_close(p);
-    return -1;
-  }
-  w->len = 0;
-  for (int i = 0; i < 2; i++) {
-    size_t skip = done > bufs[i].len ? bufs[i].len : done;
-    done -= skip;
-    memcpy(w->data + w->len, bufs[i].base + skip, bufs[i].len - skip);
-    w->len += bufs[i].len - skip;
-  }
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-  if (uv_write(&w->req, (uv_stream_t *)p->pipe, &b, 1, on_write) != 0) {
-    free(w);
+  unsigned char hdr[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16), (unsigned char)(len >> 8),
+                          (unsigned char)len};
+  uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, 4), uv_buf_init((char *)msg, (unsigned)len)};
+  if (mf_writeq((uv_stream_t *)p->pipe, bufs, 2, on_write) != 0) {
     mesh_peer_close(p);
     return -1;
   }
