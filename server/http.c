@@ -55,6 +55,7 @@ struct http_conn_s {
   unsigned head_sent : 1;
   unsigned chunked : 1;
   unsigned keep_alive : 1;
+  unsigned client_close : 1; /* the client itself asked to close after this request */
   unsigned is_head : 1;
   unsigned http11 : 1;
   unsigned upgrade : 1;
@@ -338,7 +339,13 @@ static void request_done(http_conn_t *c) {
   srv->requests++;
   alog_response(c);
   if (!c->keep_alive || c->upgrade) {
-    conn_end(c);
+    /* A client that asked to close sends nothing more: with nothing unread and nothing queued, no RST
+     * can hurt the response, so close now instead of lingering for its FIN. */
+    if (c->client_close && !c->upgrade && c->pending.len == 0 &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0)
+      conn_close(c);
+    else
+      conn_end(c);
     return;
   }
   if (srv->draining) { /* its head promised keep-alive before the drain began */
@@ -672,6 +679,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
   http_conn_t *c = p->data;
   c->keep_alive = llhttp_should_keep_alive(p) != 0;
+  c->client_close = !c->keep_alive;
   c->is_head = p->method == HTTP_HEAD;
   c->http11 = p->http_major == 1 && p->http_minor >= 1;
   return HPE_PAUSED; /* one request at a time: see the top of this file */
