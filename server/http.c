@@ -75,7 +75,8 @@ struct http_conn_s {
   mf_buf_t head;             /* url, then header names and values */
   mf_buf_t body;
   mf_buf_t pending;          /* input received while a request is being handled */
-  char remote[64];
+  unsigned lua_owned : 1;    /* a handler has the current request: tell it when the connection goes */
+  char remote[64];           /* the peer's address, looked up on first use ("" until then) */
 };
 
 struct http_server_s {
@@ -279,7 +280,10 @@ static void on_flush(uv_prepare_t *p) {
 
 void http_server_set_scoreboard(http_server_t *srv, mf_scoreboard_t *sb) { srv->sb = sb; }
 
+void http_server_set_draining(http_server_t *srv) { srv->draining = 1; }
+
 void http_server_set_access_log(http_server_t *srv, int fd) {
+  if (srv->access_fd >= 0 && fd != srv->access_fd) on_flush(&srv->flush); /* nothing buffered is lost */
   srv->access_fd = fd;
   if (fd >= 0 && !uv_is_active((uv_handle_t *)&srv->flush)) uv_prepare_start(&srv->flush, on_flush);
 }
@@ -328,7 +332,7 @@ static void alog_response(http_conn_t *c) {
   const char *ua = ref + strlen(ref) + 1;
   char bytes[24] = "-";
   if (c->bytes_out > 0) snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)c->bytes_out);
-  mf_buf_appendf(&srv->access, "%s - - [%s] \"%s\" %d %s \"%s\" \"%s\"\n", c->remote, srv->alog_time, req,
+  mf_buf_appendf(&srv->access, "%s - - [%s] \"%s\" %d %s \"%s\" \"%s\"\n", http_conn_remote(c), srv->alog_time, req,
                  c->status, bytes, ref, ua);
   c->alog.len = 0;
 }
@@ -336,6 +340,7 @@ static void alog_response(http_conn_t *c) {
 /* The response is finished: get ready for the next request on this connection, or end it. */
 static void request_done(http_conn_t *c) {
   http_server_t *srv = c->srv;
+  c->lua_owned = 0;
   srv->requests++;
   alog_response(c);
   if (!c->keep_alive || c->upgrade) {
@@ -434,6 +439,20 @@ void http_conn_abort(http_conn_t *c, uint32_t gen) {
 
 int *http_conn_user_ref(http_conn_t *c) { return &c->user_ref; }
 
+const char *http_conn_remote(http_conn_t *c) {
+  if (c->remote[0] == '\0') { /* a syscall per connection, so only for those that ask */
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0)
+      snprintf(c->remote, sizeof c->remote, "-");
+    else if (ss.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)&ss, c->remote, sizeof c->remote);
+    else
+      uv_ip4_name((struct sockaddr_in *)&ss, c->remote, sizeof c->remote);
+  }
+  return c->remote;
+}
+
 /* Hands the complete request to the handler. */
 static void conn_dispatch(http_conn_t *c) {
   http_server_t *srv = c->srv;
@@ -472,13 +491,13 @@ static void conn_dispatch(http_conn_t *c) {
       .value_lens = vlens,
       .body = c->body.data ? c->body.data : "",
       .body_len = c->body.len,
-      .remote = c->remote,
   };
   if (srv->access_fd >= 0) alog_request(c, req.method, find_header(c, "referer"), find_header(c, "user-agent"));
   mf_scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
   c->state = S_HANDLING;
   c->head_sent = 0;
   c->want_drain = 0;
+  c->lua_owned = 1;
   c->gen++;
   conn_timer(c, srv->cfg->request_timeout_ms);
   int r = srv->cb.on_request(srv->data, c, c->gen, &req);
@@ -521,7 +540,7 @@ static void conn_process(http_conn_t *c, const char *data, size_t len) {
     }
     int status = c->err_status ? c->err_status : 400;
     if (status == 400)
-      mf_log("bad request from %s: %s (%s)", c->remote, llhttp_errno_name(err),
+      mf_log("bad request from %s: %s (%s)", http_conn_remote(c), llhttp_errno_name(err),
              llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser) : "");
     conn_fail(c, status);
     break;
@@ -689,7 +708,7 @@ static int on_message_complete(llhttp_t *p) {
 
 static void conn_free(http_conn_t *c) {
   http_server_t *srv = c->srv;
-  if (c->user_ref != 0 && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c);
+  if (c->user_ref != 0 && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   if (c->queued) {
     http_conn_t **pp = &srv->resume_head;
     while (*pp && *pp != c) pp = &(*pp)->resume_next;
@@ -774,14 +793,6 @@ static void server_accept(http_server_t *srv) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  struct sockaddr_storage ss;
-  int sl = sizeof ss;
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-    if (ss.ss_family == AF_INET6)
-      uv_ip6_name((struct sockaddr_in6 *)&ss, c->remote, sizeof c->remote);
-    else
-      uv_ip4_name((struct sockaddr_in *)&ss, c->remote, sizeof c->remote);
-  }
   llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
   c->parser.data = c;
   c->state = S_IDLE;

@@ -25,7 +25,6 @@ typedef struct {
   const size_t *value_lens;
   const char *body;
   size_t body_len;
-  const char *remote;
 } http_request_t;
 
 /* What the server calls; `data` is the pointer given to http_server_new. */
@@ -34,8 +33,9 @@ typedef struct {
   /* A request is complete; the handler answers later through http_conn_respond with this gen. Returns 0,
    * or -1 when it could not even start (the server then answers 500). */
   int (*on_request)(void *data, http_conn_t *conn, uint32_t gen, const http_request_t *req);
-  /* The connection is gone (called once, only for connections that carried a request). */
-  void (*on_conn_closed)(void *data, http_conn_t *conn);
+  /* The connection is gone (called once, only for connections that carried a request); in_flight: a
+   * request on it had not finished its response. */
+  void (*on_conn_closed)(void *data, http_conn_t *conn, int in_flight);
   /* A response that was told to slow down (respond returned 0) may write again. */
   void (*on_drain)(void *data, http_conn_t *conn);
   /* Draining finished: no connection is left. */
@@ -55,7 +55,11 @@ int http_server_start(http_server_t *srv);
 void http_server_drain(http_server_t *srv, int close_idle);
 /* Where the dispatch of each request is recorded for the master (may be NULL). */
 void http_server_set_scoreboard(http_server_t *srv, mf_scoreboard_t *sb);
-/* Appends a combined-format line per response to fd (-1: none). The fd is the caller's. */
+/* Marks the server draining without closing anything yet: responses from now on say "Connection:
+ * close". (A drain hook can then answer long polls before http_server_drain ends the wait.) */
+void http_server_set_draining(http_server_t *srv);
+/* Appends a combined-format line per response to fd (-1: none, after writing out what is buffered).
+ * The fd is the caller's. */
 void http_server_set_access_log(http_server_t *srv, int fd);
 /* Closes every connection now (the grace period is over). */
 void http_server_close_all(http_server_t *srv);
@@ -75,5 +79,7 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
 void http_conn_abort(http_conn_t *c, uint32_t gen);
 /* The connection's slot for its owner's use (the Lua binding keeps a registry ref there). */
 int *http_conn_user_ref(http_conn_t *c);
+/* The peer's address ("127.0.0.1"), looked up on first use. */
+const char *http_conn_remote(http_conn_t *c);
 
 #endif

@@ -195,8 +195,11 @@ static int core_abort(lua_State *L) {
   return 0;
 }
 
+static int core_remote(lua_State *L);
+
 void lua_http_open(lua_State *L) {
-  static const luaL_Reg fns[] = {{"serve", core_serve}, {"send", core_send}, {"abort", core_abort}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"serve", core_serve}, {"send", core_send}, {"abort", core_abort}, {"remote", core_remote}, {NULL, NULL}};
   luaL_newmetatable(L, CONN_MT);
   lua_pop(L, 1);
   luaL_register(L, NULL, fns);
@@ -260,11 +263,10 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
   lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
   push_headers(L, req);
   lua_pushlstring(L, req->body, req->body_len);
-  lua_pushstring(L, req->remote);
-  return mf_lua_pcall(L, 8, 0, "internal error dispatching a request");
+  return mf_lua_pcall(L, 7, 0, "internal error dispatching a request");
 }
 
-void lua_http_on_conn_closed(void *data, http_conn_t *c) {
+void lua_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
   lua_State *L = data;
   int *ref = http_conn_user_ref(c);
   lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
@@ -272,9 +274,21 @@ void lua_http_on_conn_closed(void *data, http_conn_t *c) {
   if (u != NULL) u->c = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, *ref);
   *ref = 0;
+  if (!in_flight) { /* no response is waiting on it: Lua has nothing to clean up */
+    lua_pop(L, 1);
+    return;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, closed_ref);
   lua_insert(L, -2);
   mf_lua_pcall(L, 1, 0, "error in close handler");
+}
+
+/* core.remote(conn) -> the peer's address, or nil when the connection is gone */
+static int core_remote(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  if (c == NULL) return 0;
+  lua_pushstring(L, http_conn_remote(c));
+  return 1;
 }
 
 void lua_http_on_drain(void *data, http_conn_t *c) {

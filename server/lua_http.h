@@ -12,7 +12,7 @@ void lua_http_open(lua_State *L);
 int lua_http_serving(void);
 /* The http_callbacks_t functions; their `data` is the lua_State. */
 int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req);
-void lua_http_on_conn_closed(void *data, http_conn_t *c);
+void lua_http_on_conn_closed(void *data, http_conn_t *c, int in_flight);
 void lua_http_on_drain(void *data, http_conn_t *c);
 
 #endif

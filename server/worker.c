@@ -96,6 +96,9 @@ static void worker_drain(const char *why, int close_idle) {
   uv_timer_init(W.loop, &W.grace);
   uv_timer_start(&W.grace, on_grace, W.cfg->grace_ms, 0);
   uv_unref((uv_handle_t *)&W.grace);
+  /* Draining first, so what the drain hook answers (long polls, streams) says "Connection: close"
+   * and its clients come back to another worker; then the hook; then the wait for connections. */
+  if (W.srv) http_server_set_draining(W.srv);
   if (W.L && lua_http_serving()) lua_core_emit(W.L, "drain");
   if (W.srv) http_server_drain(W.srv, close_idle);
 }

@@ -631,4 +631,115 @@ function M.chunked(parts)
   return table.concat(out)
 end
 
+---------------------------------------------------------------------------------------------------
+-- environment and connection owners (chat and static specs)
+
+-- start_env(script, args, env[, opts]): start() with extra environment variables (env: name -> value)
+-- for the server. It runs the binary through a wrapper that does `exec env NAME=VALUE... BIN "$@"`,
+-- so the pid the wrapper shell reports is still the master's.
+function M.start_env(script, args, env, opts)
+  local dir = M.mktempdir()
+  local wrapper = dir .. "/moonfork"
+  local names, words = {}, { "exec env" }
+  for k in pairs(env or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do words[#words + 1] = M.shell_quote(k .. "=" .. tostring(env[k])) end
+  words[#words + 1] = M.shell_quote(M.BIN) .. ' "$@"'
+  write_file(wrapper, "#!/bin/sh\n" .. table.concat(words, " ") .. "\n")
+  assert(sh("chmod +x " .. M.shell_quote(wrapper)), "chmod " .. wrapper)
+  local bin = M.BIN
+  M.BIN = wrapper
+  local ok, srv = pcall(M.start, script, args, opts)
+  M.BIN = bin
+  if not (opts and opts.wait == false) then sh("rm -rf " .. M.shell_quote(dir)) end
+  if not ok then error(srv, 2) end
+  return srv
+end
+
+-- The pid and worker id of the worker holding the server end of client connection `conn` (found
+-- through /proc/net/tcp and the workers' fds), or nil while no worker has accepted it yet.
+function M.worker_of(srv, conn)
+  local _, cport = conn.sock:getsockname()
+  cport = tonumber(cport)
+  local inode
+  if M.has_ss == nil then M.has_ss = sh("command -v ss >/dev/null 2>&1") end
+  if M.has_ss then -- the kernel filters: /proc/net/tcp can be megabytes on a busy machine
+    local p = io.popen(string.format("ss -Htne '( sport = :%d and dport = :%d )' 2>/dev/null", srv.port, cport))
+    for ino in p:read("*a"):gmatch("ino:(%d+)") do
+      if ino ~= "0" then inode = ino end
+    end
+    p:close()
+  else
+    local pat = string.format("\n%%s*%%d+: %%x+:%04X %%x+:%04X %%x+ %%x+:%%x+ %%x+:%%x+ %%x+%%s+%%d+%%s+%%d+%%s+(%%d+)",
+      srv.port, cport)
+    for ino in (M.read_file("/proc/net/tcp") or ""):gmatch(pat) do
+      if ino ~= "0" then inode = ino end
+    end
+  end
+  if not inode or inode == "0" then return nil end
+  -- candidates: the workers the log names ready (no /proc scan and no fork: both slow under load)
+  local ids = {}
+  for wid, p in srv:log_text():gmatch("worker (%d+) %(pid (%d+)%) ready") do ids[tonumber(p)] = tonumber(wid) end
+  local target = "socket:[" .. inode .. "]"
+  local has_lfs, lfs = pcall(require, "lfs")
+  for pid, id in pairs(ids) do
+    local dir = "/proc/" .. pid .. "/fd"
+    if has_lfs then
+      local ok, found = pcall(function()
+        for fd in lfs.dir(dir) do
+          local a = lfs.symlinkattributes(dir .. "/" .. fd)
+          if a and a.target == target then return true end
+        end
+      end)
+      if ok and found then return pid, id end
+    else
+      local p = io.popen("ls -l " .. dir .. " 2>/dev/null")
+      local fds = p:read("*a")
+      p:close()
+      if fds:find(target, 1, true) then return pid, id end
+    end
+  end
+  return nil
+end
+
+-- The resident set size of a process in KiB (VmRSS in /proc/PID/status), or nil.
+function M.rss_kib(pid)
+  local s = M.read_file("/proc/" .. tostring(pid) .. "/status")
+  return s and tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
+
+---------------------------------------------------------------------------------------------------
+-- reload and operations specs: editable copies of fixtures, live workers
+
+M.write_file = write_file
+
+-- Copies fixture `name` into a fresh temp dir (specs edit the copy, never the fixture); returns the
+-- copy's path and the dir. The dir is world-readable (for --user).
+function M.fixture_copy(name)
+  local dir = M.mktempdir()
+  assert(sh("chmod 755 " .. M.shell_quote(dir)))
+  local path = dir .. "/" .. M.fixture(name):match("([^/]+)$")
+  write_file(path, assert(M.read_file(M.fixture(name)), "no fixture " .. name))
+  return path, dir
+end
+
+-- Replaces the first occurrence of the plain text `from` in the file by `to` (an error if absent).
+function M.edit_file(path, from, to)
+  local s = assert(M.read_file(path), "cannot read " .. path)
+  local i, j = s:find(from, 1, true)
+  assert(i, "'" .. from .. "' not found in " .. path)
+  write_file(path, s:sub(1, i - 1) .. to .. s:sub(j + 1))
+end
+
+-- Pids of the live (not zombie) children of pid, sorted.
+function M.live_children(pid)
+  local out = {}
+  for _, c in ipairs(M.children(pid)) do
+    if c.state ~= "Z" and c.state ~= "X" then out[#out + 1] = c.pid end
+  end
+  table.sort(out)
+  return out
+end
+
 return M

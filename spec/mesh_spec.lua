@@ -124,8 +124,10 @@ describe("mesh", function()
         for _, p in ipairs(states[id].peers) do assert.are.equal(states[p.id].serial, p.serial) end
       end
       for _, w in ipairs(srv.workers) do assert.is_true(pids[w], "worker pid " .. w .. " not reported") end
+      -- the master names the leader once all four are up; every worker hears the same name
       for id = 1, 4 do
-        assert.are.equal(oldest, states[id].leader, "worker " .. id .. " disagrees on the leader")
+        assert.are.equal(oldest, wait_state(srv, id, function(s) return s.leader ~= nil end, "a leader").leader,
+          "worker " .. id .. " disagrees on the leader")
       end
       assert.are.equal(1, oldest)
     end)
@@ -238,7 +240,8 @@ describe("mesh", function()
         -- the oldest worker is now 2: everybody agrees
         assert.are.equal(2, st.leader)
       end
-      assert.are.equal(2, fresh.leader)
+      -- the master names the leader right after the peers: wait for the replacement to have heard it
+      wait_state(srv, 1, function(s) return s.pid == newpid and s.leader == 2 end, "the replacement's leader is 2")
 
       -- messages to and from the replacement
       local to = cmd(srv, 2, "send", { to = 1, tag = "hello", n = 100 })

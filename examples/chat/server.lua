@@ -89,7 +89,8 @@ local function poll(req, res)
   if not since then return bad(res, "since must be a whole number") end
   when_synced(res, function()
     local msgs = log:after(since)
-    if #msgs > 0 then return send_list(res, msgs) end
+    -- a worker on its way out answers at once: the client asks again, on another worker
+    if #msgs > 0 or moonfork.draining then return send_list(res, msgs) end
     local waiter, timer
     waiter = log:wait(function()
       local m = log:after(since)
@@ -139,6 +140,7 @@ local function events(req, res)
         return
       end
     end
+    if moonfork.draining then return res:finish() end -- reconnect to a worker that stays
     log:wait(push)
   end
   streams[res] = last

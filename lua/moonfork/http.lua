@@ -47,9 +47,14 @@ local function parse_query(q)
 end
 _M.parse_query = parse_query
 
--- path and query are worked out on first use.
+-- path, query and remoteAddress are worked out on first use.
 local Req = {}
 Req.__index = function(req, key)
+  if key == "remoteAddress" then
+    local addr = core.remote(rawget(req, "_conn"))
+    req.remoteAddress = addr
+    return addr
+  end
   if key ~= "path" and key ~= "query" then return nil end
   local url = rawget(req, "url")
   local q = find(url, "?", 1, true)
@@ -257,10 +262,9 @@ end
 -- Builds the function the C core calls for each request.
 function _M.dispatcher(server)
   local spawn = sched.spawn
-  return function(conn, gen, method, url, version, headers, body, remote)
+  return function(conn, gen, method, url, version, headers, body)
     local req = setmetatable({
-      method = method, url = url, httpVersion = version, headers = headers, body = body,
-      remoteAddress = remote,
+      method = method, url = url, httpVersion = version, headers = headers, body = body, _conn = conn,
     }, Req)
     local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false }, Res)
     active[conn] = res

@@ -49,7 +49,9 @@ function _M.on(event, fn)
   local list = listeners[event]
   list[#list + 1] = fn
 end
+_M.draining = false -- true once this worker stops taking connections: answer long waits at once
 core.events(function(event)
+  if event == "drain" then _M.draining = true end
   for _, fn in ipairs(listeners[event] or {}) do
     local ok, err = xpcall(fn, debug.traceback)
     if not ok then core.log("error in moonfork.on('" .. event .. "') listener: " .. tostring(err)) end
