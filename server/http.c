@@ -403,7 +403,14 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
   }
   if (send_body) c->bytes_out += body_len;
   if (send_body && c->chunked) {
-    if (body_len > 0) mf_buf_appendf(&srv->out, "%zx\r\n", body_len);
+    if (body_len > 0) { /* the chunk-size line, without printf: it is written once per chunk */
+      char hex[20];
+      int k = (int)sizeof hex;
+      hex[--k] = '\n';
+      hex[--k] = '\r';
+      for (size_t v = body_len; v > 0; v >>= 4) hex[--k] = "0123456789abcdef"[v & 15];
+      mf_buf_append(&srv->out, hex + k, sizeof hex - (size_t)k);
+    }
     if (srv->out.len > 0) bufs[n++] = uv_buf_init(srv->out.data, (unsigned)srv->out.len);
     if (body_len > 0) bufs[n++] = uv_buf_init((char *)body, (unsigned)body_len);
     if (body_len > 0 && final)

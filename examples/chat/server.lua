@@ -111,6 +111,16 @@ local function poll(req, res)
   end)
 end
 
+-- One message as an SSE event, made once per message (every stream sends the same bytes).
+local function sse_of(m)
+  local s = m.sse
+  if not s then
+    s = "id: " .. m.id .. "\ndata: " .. m.json .. "\n\n"
+    m.sse = s
+  end
+  return s
+end
+
 -- Server-Sent Events: every message after Last-Event-ID (or ?since), then each new one as it comes.
 local streams = {} -- res -> last id sent
 local function events(req, res)
@@ -124,16 +134,23 @@ local function events(req, res)
   res:write("retry: 2000\n\n")
   local function push()
     if res.finished then return end
-    local msgs = log:after(last)
-    if #msgs > 0 then
-      local parts = {}
-      for i, m in ipairs(msgs) do
-        m.sse = m.sse or ("id: " .. m.id .. "\ndata: " .. m.json .. "\n\n")
-        parts[i] = m.sse
+    local chunk
+    local newest = log.log[#log.log]
+    if newest and newest.id == last + 1 then -- the usual case: exactly one new message
+      chunk = sse_of(newest)
+      last = newest.id
+    else
+      local msgs = log:after(last)
+      if #msgs > 0 then
+        local parts = {}
+        for i, m in ipairs(msgs) do parts[i] = sse_of(m) end
+        chunk = concat(parts)
+        last = msgs[#msgs].id
       end
-      last = msgs[#msgs].id
+    end
+    if chunk then
       streams[res] = last
-      if res:write(concat(parts)) == false then
+      if res:write(chunk) == false then
         -- A client this slow would make us hold its backlog: end the stream, and it reconnects
         -- with Last-Event-ID for what it missed.
         res:finish()
