@@ -21,10 +21,7 @@ end
 
 -- `moonfork CMD... --control PATH`: status, stdout, stderr.
 local function ctl(path, ...)
-  local args = { ... }
-  args[#args + 1] = "--control"
-  args[#args + 1] = path
-  return helpers.run(args)
+  return helpers.ctl(path, nil, ...)
 end
 
 local function status_json(path)

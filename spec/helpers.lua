@@ -742,4 +742,12 @@ function M.live_children(pid)
   return out
 end
 
+-- ctl(path, timeout, CMD...): runs `moonfork CMD... --control PATH`; returns status, stdout, stderr.
+function M.ctl(path, timeout, ...)
+  local args = { ... }
+  args[#args + 1] = "--control"
+  args[#args + 1] = path
+  return M.run(args, timeout)
+end
+
 return M

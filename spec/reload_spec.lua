@@ -83,10 +83,7 @@ local function start(script, workers, extra)
 end
 
 local function ctl(path, ...)
-  local args = { ... }
-  args[#args + 1] = "--control"
-  args[#args + 1] = path
-  return helpers.run(args, 120)
+  return helpers.ctl(path, 120, ...)
 end
 
 local function reload_ok(srv, path)
