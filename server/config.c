@@ -69,6 +69,7 @@ static const opt_t opts[] = {
     {"worker-id", NULL, NULL, OPT_INT, OFF(worker_id), 1, 1024, F_HIDDEN, NULL},
     {"master-pid", NULL, NULL, OPT_INT, OFF(master_pid), 1, 0x7fffffff, F_HIDDEN, NULL},
     {"serial", NULL, NULL, OPT_INT, OFF(serial), 1, 0x7fffffff, F_HIDDEN, NULL},
+    {"sb-index", NULL, NULL, OPT_INT, OFF(sb_index), 1, 1023, F_HIDDEN, NULL},
 };
 
 void mf_config_defaults(mf_config_t *cfg) {

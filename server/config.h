@@ -37,6 +37,7 @@ typedef struct {
   long worker_id;
   long master_pid;
   long serial; /* the master's spawn count: a later worker has a higher one */
+  long sb_index; /* this worker's entry in the scoreboard */
   int want_help, want_version;
 } mf_config_t;
 

@@ -102,6 +102,8 @@ struct http_server_s {
 
   mf_buf_t out;              /* response head being assembled (reused) */
   mf_scoreboard_t *sb;       /* where the master sees what this worker runs (may be NULL) */
+  mf_board_t *board;         /* every worker's entry (may be NULL) */
+  int sb_index;
   int access_fd;
   mf_buf_t access;           /* access log lines, written once per loop turn */
   uv_prepare_t flush;
@@ -286,7 +288,11 @@ static void on_flush(uv_prepare_t *p) {
   mf_buf_reset(&srv->access, 64 * 1024);
 }
 
-void http_server_set_scoreboard(http_server_t *srv, mf_scoreboard_t *sb) { srv->sb = sb; }
+void http_server_set_scoreboard(http_server_t *srv, mf_board_t *board, int index) {
+  srv->board = board;
+  srv->sb_index = index;
+  srv->sb = &board->e[index];
+}
 
 void http_server_set_draining(http_server_t *srv) { srv->draining = 1; }
 
@@ -733,6 +739,7 @@ static void conn_free(http_conn_t *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
+  if (srv->sb) srv->sb->connections = srv->nconns;
   mf_buf_free(&c->head);
   mf_buf_free(&c->body);
   mf_buf_free(&c->pending);
@@ -799,6 +806,7 @@ static void conn_new(http_server_t *srv, int fd) {
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
+  if (srv->sb) srv->sb->connections = srv->nconns;
   if (uv_tcp_open(&c->tcp, fd) != 0) {
     close(fd);
     conn_close(c);
@@ -828,8 +836,10 @@ static void on_accept_retry(uv_timer_t *t) {
 /* The listening socket is shared by every worker and each is woken when it is readable. libuv's
  * accept loop would take the whole backlog in the worker that wakes first (a burst of connections
  * all on one worker; Node's docs report 70% on 2 of 8), so we accept ourselves, a few per wake-up:
- * the rest stay in the kernel's queue for whichever worker gets there next. At --max-connections the
- * worker stops polling the socket altogether, leaving new connections to the others. */
+ * the rest stay in the kernel's queue. Which worker gets there first is the scheduler's whim, so a
+ * worker that holds clearly more connections than another ready, live one (the scoreboard says)
+ * steps back for 2 ms and lets that one accept. At --max-connections the worker stops polling the
+ * socket altogether, leaving new connections to the others. */
 static void on_listener(uv_poll_t *p, int status, int events) {
   http_server_t *srv = p->data;
   (void)events;
@@ -838,6 +848,12 @@ static void on_listener(uv_poll_t *p, int status, int events) {
     return;
   }
   for (int i = 0; i < HTTP_ACCEPTS_PER_WAKE; i++) {
+    if (srv->board && mf_board_fewer_elsewhere(srv->board, srv->sb_index, srv->nconns)) {
+      srv->accept_paused = 1;
+      uv_poll_stop(&srv->listener);
+      uv_timer_start(&srv->accept_retry, on_accept_retry, 2, 0);
+      return;
+    }
     if (srv->nconns >= (size_t)srv->cfg->max_connections) {
       mf_log("connection limit (%ld) reached: not accepting until one closes", srv->cfg->max_connections);
       srv->accept_paused = 1;

@@ -53,8 +53,9 @@ int http_server_start(http_server_t *srv);
  * (a reload) each is closed after its next request or when its keep-alive timeout ends, so a client
  * that sends just as the drain begins is still answered. Calling again with close_idle = 1 upgrades. */
 void http_server_drain(http_server_t *srv, int close_idle);
-/* Where the dispatch of each request is recorded for the master (may be NULL). */
-void http_server_set_scoreboard(http_server_t *srv, mf_scoreboard_t *sb);
+/* This worker's entry `index` in the shared scoreboard: where each dispatch and the connection count
+ * are recorded, and whose other entries balance accepting between workers. */
+void http_server_set_scoreboard(http_server_t *srv, mf_board_t *board, int index);
 /* Marks the server draining without closing anything yet: responses from now on say "Connection:
  * close". (A drain hook can then answer long polls before http_server_drain ends the wait.) */
 void http_server_set_draining(http_server_t *srv);

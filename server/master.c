@@ -3,7 +3,7 @@
  * The master never runs request code: it learns listen()'s options from a probe of the script
  * (script.c), binds, then fork+execs the same binary once per worker slot with the listening socket as
  * fd 3, its end of a socketpair as fd 4 (the control channel: the worker says "ready" there, the master
- * says "stop" or "retire") and a scoreboard page as fd 5 (scoreboard.c). libuv's process handles reap
+ * says "stop" or "retire") and the scoreboard as fd 5 (scoreboard.c), with its entry's index. libuv's process handles reap
  * every child, so there are no zombies.
  *
  * A slot is a place for one worker (ids 1..N). Its worker may die: it is respawned after a backoff of
@@ -67,7 +67,8 @@ typedef struct mworker_s {
   uint64_t started_ms;
   uint64_t max_requests;    /* this worker's recycling point (with jitter), 0 = never */
   int recycling;            /* a replacement was asked for */
-  mf_scoreboard_t *sb;
+  mf_scoreboard_t *sb;      /* its entry in M.board */
+  int sb_index;
   char line[512];
   size_t line_len;
   char error[512];          /* the last "error" line it sent */
@@ -109,6 +110,8 @@ static struct {
   long epoch;
   uv_signal_t sig[6];
   uv_timer_t deadline, tick;
+  mf_board_t *board;
+  int board_fd;
   char control_path[108];
   int uid, gid;             /* for --user / --group, -1 when not set */
   struct {
@@ -390,7 +393,7 @@ static void worker_free_maybe(mworker_t *w) {
   mworker_t **pp = &M.workers;
   while (*pp && *pp != w) pp = &(*pp)->next;
   if (*pp) *pp = w->next;
-  mf_scoreboard_release(w->sb);
+  mf_board_release(M.board, w->sb_index);
   free(w);
 }
 
@@ -470,7 +473,7 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
 /* Starts a worker for slot s: its first, a respawn, or (when s->cur serves) its replacement. */
 static void slot_spawn(slot_t *s) {
   int sv[2];
-  char idarg[32], pidarg[32], serialarg[32];
+  char idarg[32], pidarg[32], serialarg[32], sbarg[32];
   char *argv[96];
   int n = 0;
   mworker_t *w = calloc(1, sizeof *w);
@@ -483,12 +486,13 @@ static void slot_spawn(slot_t *s) {
   s->last_start_ms = w->started_ms;
   if (M.cfg->max_requests > 0) /* jitter, so workers do not all recycle together (gunicorn's idea) */
     w->max_requests = (uint64_t)M.cfg->max_requests + (uint64_t)(rand() % (M.cfg->max_requests / 10 + 1));
-  int sb_fd = mf_scoreboard_create(&w->sb);
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0 || sb_fd < 0) {
+  w->sb_index = mf_board_take(M.board);
+  w->sb = w->sb_index ? &M.board->e[w->sb_index] : NULL;
+  if (w->sb == NULL || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     char what[128];
-    snprintf(what, sizeof what, "cannot start worker %d: %s", s->id, strerror(errno));
-    if (sb_fd >= 0) close(sb_fd);
-    mf_scoreboard_release(w->sb);
+    snprintf(what, sizeof what, "cannot start worker %d: %s", s->id,
+             w->sb ? strerror(errno) : "no free scoreboard entry");
+    mf_board_release(M.board, w->sb_index);
     free(w);
     if (!s->cur) slot_schedule_respawn(s, what);
     else replacement_done(s, 0, what);
@@ -501,6 +505,8 @@ static void slot_spawn(slot_t *s) {
   argv[n++] = idarg;
   argv[n++] = pidarg;
   argv[n++] = serialarg;
+  snprintf(sbarg, sizeof sbarg, "--sb-index=%d", w->sb_index);
+  argv[n++] = sbarg;
   for (int i = 0; i < M.nargs; i++) argv[n++] = M.args[i];
   argv[n++] = "--";
   argv[n++] = (char *)M.cfg->script;
@@ -517,7 +523,7 @@ static void slot_spawn(slot_t *s) {
   stdio[4].flags = UV_INHERIT_FD;
   stdio[4].data.fd = sv[1];
   stdio[5].flags = UV_INHERIT_FD;
-  stdio[5].data.fd = sb_fd;
+  stdio[5].data.fd = M.board_fd;
   uv_process_options_t o;
   memset(&o, 0, sizeof o);
   o.exit_cb = on_exit_cb;
@@ -535,7 +541,6 @@ static void slot_spawn(slot_t *s) {
   }
   int r = uv_spawn(M.loop, &w->proc, &o);
   close(sv[1]);
-  close(sb_fd);
   w->proc.data = w;
   w->proc_open = 1;
   w->next = M.workers;
@@ -1012,6 +1017,11 @@ int master_run(mf_config_t *cfg) {
     fclose(f);
   }
   M.nargs = mf_config_to_args(cfg, M.args, (int)MF_ARRAY_SIZE(M.args));
+  M.board_fd = mf_board_create(&M.board);
+  if (M.board_fd < 0) {
+    fprintf(stderr, "moonfork: cannot create the scoreboard: %s\n", strerror(errno));
+    return 1;
+  }
   M.loop = uv_default_loop();
   M.started_ms = uv_now(M.loop);
   mf_log("moonfork %s starting: %ld workers", MOONFORK_VERSION, cfg->workers);

@@ -1,8 +1,10 @@
-/* scoreboard.c -- a page of memory each worker shares with the master: heartbeat, counters, activity.
+/* scoreboard.c -- memory every worker shares with the master and each other: heartbeats, counters.
  *
  * Apache's idea: the master learns how each worker is doing without asking it, so it learns it even
  * when the worker's event loop is stuck in a handler (which is exactly when the watchdog needs to know
- * what the worker was doing). The page is a memfd the master creates per worker and passes as fd 5. */
+ * what the worker was doing). One memfd holds an entry per worker; the master passes it as fd 5 and
+ * tells each worker its entry. Workers read each other's connection counts to share the accept queue
+ * evenly (http.c). */
 #define _GNU_SOURCE
 #include "scoreboard.h"
 
@@ -11,28 +13,60 @@
 #include <time.h>
 #include <unistd.h>
 
-int mf_scoreboard_create(mf_scoreboard_t **out) {
+#define BALANCE_STALE_MS 400 /* an entry whose heartbeat (every 100 ms) is older is not counted: a busy or stuck worker */
+
+int mf_board_create(mf_board_t **out) {
   int fd = memfd_create("moonfork-scoreboard", MFD_CLOEXEC);
   if (fd < 0) return -1;
-  if (ftruncate(fd, sizeof(mf_scoreboard_t)) != 0) goto fail;
-  void *p = mmap(NULL, sizeof(mf_scoreboard_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (ftruncate(fd, sizeof(mf_board_t)) != 0) goto fail;
+  void *p = mmap(NULL, sizeof(mf_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) goto fail;
-  memset(p, 0, sizeof(mf_scoreboard_t));
-  *out = p;
+  *out = p; /* a new memfd reads as zeros */
   return fd;
 fail:
   close(fd);
   return -1;
 }
 
-mf_scoreboard_t *mf_scoreboard_attach(void) {
-  void *p = mmap(NULL, sizeof(mf_scoreboard_t), PROT_READ | PROT_WRITE, MAP_SHARED, MF_FD_SCOREBOARD, 0);
+int mf_board_take(mf_board_t *b) {
+  for (int i = 1; i < MF_SB_ENTRIES; i++) {
+    if (b->e[i].state != MF_SB_FREE) continue;
+    memset(&b->e[i], 0, sizeof b->e[i]);
+    b->e[i].state = MF_SB_STARTING;
+    if ((uint32_t)i > b->hi) b->hi = (uint32_t)i;
+    return i;
+  }
+  return 0;
+}
+
+void mf_board_release(mf_board_t *b, int i) {
+  if (i <= 0 || i >= MF_SB_ENTRIES) return;
+  memset(&b->e[i], 0, sizeof b->e[i]);
+  uint32_t hi = b->hi;
+  while (hi > 0 && b->e[hi].state == MF_SB_FREE) hi--;
+  b->hi = hi;
+}
+
+mf_board_t *mf_board_attach(void) {
+  void *p = mmap(NULL, sizeof(mf_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, MF_FD_SCOREBOARD, 0);
   close(MF_FD_SCOREBOARD);
   return p == MAP_FAILED ? NULL : p;
 }
 
-void mf_scoreboard_release(mf_scoreboard_t *sb) {
-  if (sb) munmap(sb, sizeof *sb);
+int mf_board_fewer_elsewhere(const mf_board_t *b, int self, uint64_t mine) {
+  uint64_t now = mf_monotonic_ms();
+  uint32_t hi = b->hi < MF_SB_ENTRIES ? b->hi : MF_SB_ENTRIES - 1;
+  /* Slack: only a clear imbalance counts (8 connections, or an eighth of a large count). Counts move
+   * all the time under short connections; a tighter bound makes workers take turns pausing. */
+  uint64_t slack = 8 + mine / 8;
+  for (uint32_t i = 1; i <= hi; i++) {
+    const mf_scoreboard_t *e = &b->e[i];
+    if ((int)i == self || e->state != MF_SB_READY) continue;
+    uint64_t beat = e->beat_ms;
+    if (beat == 0 || now - beat > BALANCE_STALE_MS) continue;
+    if (e->connections + slack < mine) return 1;
+  }
+  return 0;
 }
 
 uint64_t mf_monotonic_ms(void) {

@@ -1,4 +1,4 @@
-/* scoreboard.h -- a page of memory each worker shares with the master: heartbeat, counters, activity. */
+/* scoreboard.h -- memory every worker shares with the master and each other: heartbeats, counters. */
 #ifndef MOONFORK_SCOREBOARD_H
 #define MOONFORK_SCOREBOARD_H
 
@@ -6,24 +6,37 @@
 #include <stdint.h>
 
 #define MF_FD_SCOREBOARD 5
+#define MF_SB_ENTRIES 1024 /* entry 0 is never used; live workers (old and new in a reload) fit easily */
 
-/* Written only by the worker, read by the master. Plain loads and stores of aligned 64-bit fields: the
- * master tolerates a torn `activity` string (it is a log detail), and the counters only grow. */
+/* One worker's entry. Written only by that worker (the master sets state at spawn and clears the
+ * entry after the exit); read by the master and the other workers. Plain aligned loads and stores:
+ * readers tolerate a torn `activity` string (a log detail); the counters are single words. */
 typedef struct {
-  volatile uint64_t beat_ms;     /* CLOCK_MONOTONIC ms of the worker loop's last turn of its heartbeat timer */
+  volatile uint64_t beat_ms;     /* CLOCK_MONOTONIC ms of the last turn of the worker's heartbeat timer */
   volatile uint64_t requests;    /* responses finished */
-  volatile uint64_t connections; /* open connections */
+  volatile uint64_t connections; /* open connections, kept current (the accept balance reads it) */
   volatile uint32_t state;       /* MF_SB_* */
-  char activity[192];            /* "GET /path" of the request the worker last ran Lua for */
+  char activity[196];            /* "GET /path" of the request the worker last ran Lua for */
 } mf_scoreboard_t;
 
-enum { MF_SB_STARTING = 0, MF_SB_READY = 1, MF_SB_DRAINING = 2 };
+enum { MF_SB_FREE = 0, MF_SB_STARTING = 1, MF_SB_READY = 2, MF_SB_DRAINING = 3 };
 
-/* Master: a new zeroed scoreboard; returns its fd (to pass to the worker) and maps it at *out, or -1. */
-int mf_scoreboard_create(mf_scoreboard_t **out);
-/* Worker: maps the scoreboard the master passed as MF_FD_SCOREBOARD; NULL when there is none. */
-mf_scoreboard_t *mf_scoreboard_attach(void);
-void mf_scoreboard_release(mf_scoreboard_t *sb);
+typedef struct {
+  volatile uint32_t hi;          /* entries 1..hi may be in use */
+  char pad[60];
+  mf_scoreboard_t e[MF_SB_ENTRIES];
+} mf_board_t;
+
+/* Master: the shared board; returns its fd (passed to every worker) and maps it at *out, or -1. */
+int mf_board_create(mf_board_t **out);
+/* Master: a free entry's index (1..), marked starting; 0 when all are taken. */
+int mf_board_take(mf_board_t *b);
+/* Master: clears entry i after its worker is gone. */
+void mf_board_release(mf_board_t *b, int i);
+/* Worker: maps the board the master passed as MF_FD_SCOREBOARD; NULL when there is none. */
+mf_board_t *mf_board_attach(void);
+/* Is there another ready, live worker with clearly fewer connections than `mine`? (See http.c.) */
+int mf_board_fewer_elsewhere(const mf_board_t *b, int self, uint64_t mine);
 /* CLOCK_MONOTONIC in ms: the same clock in every process. */
 uint64_t mf_monotonic_ms(void);
 /* Records what the worker is doing (truncated to fit). */

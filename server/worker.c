@@ -15,8 +15,8 @@
  * a client that sends just as the drain begins is not cut off. Scripts hear moonfork.on("drain") when
  * a drain begins (to end long polls and streams) and moonfork.on("exit") just before the exit.
  *
- * A timer writes a heartbeat and the counters to the scoreboard (fd 5) twice a second; the master's
- * watchdog reads it, and a loop stuck in a handler stops it. */
+ * A timer writes a heartbeat and the counters to this worker's scoreboard entry (fd 5) ten times a
+ * second; the master's watchdog reads it, and a loop stuck in a handler stops it. */
 #include "worker.h"
 
 #include <lauxlib.h>
@@ -50,6 +50,7 @@ typedef struct {
   uv_timer_t grace;
   uv_timer_t beat;
   uv_signal_t sigusr1;
+  mf_board_t *board;
   mf_scoreboard_t *sb;
   int access_fd;
   int draining;
@@ -246,7 +247,8 @@ int worker_run(mf_config_t *cfg) {
   uv_signal_init(W.loop, &W.sigusr1);
   uv_signal_start(&W.sigusr1, on_sigusr1, SIGUSR1);
   uv_unref((uv_handle_t *)&W.sigusr1);
-  W.sb = mf_scoreboard_attach();
+  W.board = mf_board_attach();
+  if (W.board && cfg->sb_index > 0) W.sb = &W.board->e[cfg->sb_index];
   W.access_fd = -1;
 
   http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, lua_http_on_drain, on_drained};
@@ -265,7 +267,7 @@ int worker_run(mf_config_t *cfg) {
   lua_mesh_open(W.L);
   mesh_init(W.loop, &lua_mesh_callbacks, W.L);
   lua_pop(W.L, 1);
-  http_server_set_scoreboard(W.srv, W.sb);
+  if (W.sb) http_server_set_scoreboard(W.srv, W.board, (int)cfg->sb_index);
   if (cfg->access_log) {
     W.access_fd = open_append(cfg->access_log);
     if (W.access_fd < 0) mf_log("cannot open --access-log %s: %s", cfg->access_log, strerror(errno));
@@ -294,7 +296,7 @@ int worker_run(mf_config_t *cfg) {
     W.sb->state = MF_SB_READY;
     uv_timer_init(W.loop, &W.beat);
     on_beat(&W.beat);
-    uv_timer_start(&W.beat, on_beat, 500, 500);
+    uv_timer_start(&W.beat, on_beat, 100, 100);
     uv_unref((uv_handle_t *)&W.beat);
   }
   control_send("ready\n");

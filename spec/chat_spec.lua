@@ -18,17 +18,9 @@ local function start_chat(workers, env)
   return helpers.start_env(CHAT, { "--workers", tostring(workers or 2), "--keepalive-timeout", "120" }, env or {})
 end
 
--- A keep-alive connection held by worker `id` (new connections are opened until one lands there).
+-- A keep-alive connection held by worker `id`.
 local function conn_on(srv, id)
-  for _ = 1, 300 do
-    local c = srv:connect()
-    local r = assert(c:request("HEAD", "/style.css"))
-    assert.equal(200, r.status)
-    local _, wid = helpers.wait_for(function() return helpers.worker_of(srv, c) end, 5)
-    if wid == id then return c end
-    c:close()
-  end
-  error("no connection reached worker " .. tostring(id) .. "; log:\n" .. srv:log_text())
+  return helpers.conn_on(srv, id, "/style.css", "HEAD")
 end
 
 local function post_on(c, user, text)

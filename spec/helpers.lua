@@ -750,4 +750,28 @@ function M.ctl(path, timeout, ...)
   return M.run(args, timeout)
 end
 
+-- conn_on(srv, id[, path]): a keep-alive connection held by worker `id`. New connections are
+-- opened (each probed with GET or HEAD `path`, default "/") until one lands there; the ones that land
+-- elsewhere stay open meanwhile, since workers share connections by count: a worker that already
+-- holds more only gets the next one once the others hold as many.
+function M.conn_on(srv, id, path, method)
+  local others = {}
+  local function release()
+    for _, o in ipairs(others) do o:close() end
+  end
+  for _ = 1, 300 do
+    local c = srv:connect()
+    local r = assert(c:request(method or "GET", path or "/"))
+    assert(r.status == 200, "probe answered " .. tostring(r.status))
+    local _, wid = M.wait_for(function() return M.worker_of(srv, c) end, 5)
+    if wid == id then
+      release()
+      return c
+    end
+    others[#others + 1] = c
+  end
+  release()
+  error("no connection reached worker " .. tostring(id) .. "; log:\n" .. srv:log_text())
+end
+
 return M

@@ -31,15 +31,7 @@ describe("operations", function()
     it("kills a worker stuck in a handler, names the request, respawns it; the other worker serves meanwhile", function()
       local srv = helpers.start("reload_app", { "--workers", "2", "--watchdog", "1" })
       -- a connection on worker 1, to spin it
-      local spin
-      for _ = 1, 300 do
-        local c = srv:connect()
-        assert.equal(200, assert(c:request("GET", "/")).status)
-        local _, id = helpers.wait_for(function() return helpers.worker_of(srv, c) end, 5)
-        if id == 1 then spin = c break end
-        c:close()
-      end
-      assert.truthy(spin, "no connection reached worker 1")
+      local spin = helpers.conn_on(srv, 1)
       local stuck, other = srv.workers[1], srv.workers[2]
       assert(spin:send(helpers.build_request("GET", "/spin?x=1")))
       srv:wait_log("^spin started in " .. stuck .. "$")

@@ -427,14 +427,7 @@ describe("reload", function()
 
     -- A keep-alive connection held by worker `id`.
     local function conn_on(srv, id)
-      for _ = 1, 300 do
-        local c = srv:connect()
-        assert.equal(200, assert(c:request("HEAD", "/style.css")).status)
-        local _, wid = helpers.wait_for(function() return helpers.worker_of(srv, c) end, 5)
-        if wid == id then return c end
-        c:close()
-      end
-      error("no connection reached worker " .. id)
+      return helpers.conn_on(srv, id, "/style.css", "HEAD")
     end
 
     local function post(srv, text)
