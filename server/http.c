@@ -81,6 +81,9 @@ struct http_conn_s {
   mf_buf_t body;
   mf_buf_t pending;          /* input received while a request is being handled */
   unsigned lua_owned : 1;    /* a handler has the current request: tell it when the connection goes */
+  unsigned nodelay : 1;      /* TCP_NODELAY is set */
+  uint64_t deadline;         /* loop time (ms) the current timeout ends, 0 = none (see conn_timer) */
+  uint64_t timer_due;        /* when the timer is set to fire */
   char remote[64];           /* the peer's address, looked up on first use ("" until then) */
 };
 
@@ -143,6 +146,14 @@ static void conn_timer(http_conn_t *c, uint64_t ms);
 
 static void on_timer(uv_timer_t *t) {
   http_conn_t *c = mf_container_of(t, http_conn_t, timer);
+  if (c->deadline == 0) return; /* disarmed since */
+  uint64_t now = uv_now(c->srv->loop);
+  if (now < c->deadline) { /* moved later since: sleep again until then */
+    c->timer_due = c->deadline;
+    uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+    return;
+  }
+  c->deadline = 0;
   switch (c->state) {
     case S_IDLE:
       conn_close(c);
@@ -164,12 +175,39 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
-/* Arms the connection's single timer; 0 disarms it. */
+/* Sets the connection's one deadline, `ms` from now; 0 clears it. A request moves the deadline four
+ * times (headers, handler, response started, keep-alive), so the timer is only re-armed when the
+ * deadline comes sooner than it is set for; when it fires early it sleeps again until the deadline. */
 static void conn_timer(http_conn_t *c, uint64_t ms) {
-  if (ms == 0)
-    uv_timer_stop(&c->timer);
-  else
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+  if (ms == 0) {
+    c->deadline = 0;
+    return;
+  }
+  c->deadline = uv_now(c->srv->loop) + ms;
+  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= c->deadline) return;
+  c->timer_due = c->deadline;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* ---- response heads, without printf (they are written for every response) -------------------- */
+
+static void append_uint(mf_buf_t *b, uint64_t v) {
+  char d[24];
+  int k = (int)sizeof d;
+  do d[--k] = (char)('0' + v % 10); while ((v /= 10) > 0);
+  mf_buf_append(b, d + k, sizeof d - (size_t)k);
+}
+
+static void append_status_line(mf_buf_t *b, int status) {
+  const char *reason = mf_http_reason(status);
+  char line[64] = "HTTP/1.1 ";
+  line[9] = (char)('0' + status / 100 % 10);
+  line[10] = (char)('0' + status / 10 % 10);
+  line[11] = (char)('0' + status % 10);
+  line[12] = ' ';
+  mf_buf_append(b, line, 13);
+  mf_buf_append(b, reason, strlen(reason));
+  mf_buf_append(b, "\r\n", 2);
 }
 
 /* ---- writing --------------------------------------------------------------------------------- */
@@ -391,14 +429,16 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
     size_t dlen;
     const char *date = date_header(srv, &dlen);
     if (srv->draining || (flags & HTTP_RESP_CLOSE)) c->keep_alive = 0;
-    mf_buf_appendf(&srv->out, "HTTP/1.1 %d %s\r\n", status, mf_http_reason(status));
+    append_status_line(&srv->out, status);
     mf_buf_append(&srv->out, date, dlen);
     mf_buf_append(&srv->out, head, head_len);
     c->chunked = 0;
     if (clen >= 0 || no_body_status) {
       /* the handler's own Content-Length is among its headers */
     } else if (final) {
-      mf_buf_appendf(&srv->out, "Content-Length: %zu\r\n", body_len);
+      mf_buf_append(&srv->out, "Content-Length: ", 16);
+      append_uint(&srv->out, body_len);
+      mf_buf_append(&srv->out, "\r\n", 2);
     } else if (c->http11) {
       mf_buf_append(&srv->out, "Transfer-Encoding: chunked\r\n", 28);
       c->chunked = 1;
@@ -416,6 +456,12 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
     conn_timer(c, 0); /* the request timeout covers only the wait for a response to start */
   }
   if (send_body) c->bytes_out += body_len;
+  /* Nagle only delays a write that follows an unacknowledged one: a whole response on a connection
+   * that then closes never does. Streams and keep-alive connections get TCP_NODELAY (nginx's rule). */
+  if (!c->nodelay && (!final || c->keep_alive)) {
+    c->nodelay = 1;
+    uv_tcp_nodelay(&c->tcp, 1);
+  }
   if (send_body && c->chunked) {
     if (body_len > 0) { /* the chunk-size line, without printf: it is written once per chunk */
       char hex[20];
@@ -812,7 +858,6 @@ static void conn_new(http_server_t *srv, int fd) {
     conn_close(c);
     return;
   }
-  uv_tcp_nodelay(&c->tcp, 1);
   llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
   c->parser.data = c;
   c->state = S_IDLE;
