@@ -101,7 +101,7 @@ struct http_server_s {
   http_conn_t *resume_head;
   size_t nconns;
   uint64_t requests;
-  int started, listener_closed, accept_paused, draining, drained_fired;
+  int listener_closed, accept_paused, draining, drained_fired;
 
   mf_buf_t out;              /* response head being assembled (reused) */
   mf_scoreboard_t *sb;       /* where the master sees what this worker runs (may be NULL) */
@@ -963,9 +963,7 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
 }
 
 int http_server_start(http_server_t *srv) {
-  int r = uv_poll_start(&srv->listener, UV_READABLE, on_listener);
-  if (r == 0) srv->started = 1;
-  return r;
+  return uv_poll_start(&srv->listener, UV_READABLE, on_listener);
 }
 
 void http_server_drain(http_server_t *srv, int close_idle) {
