@@ -76,7 +76,7 @@ end
 
 function Client:attach(conn)
   self.conn, self.closed, self.inflight = conn, false, false
-  self.head_done, self.body, self.chunked = false, "", false
+  self.head_done, self.reader = false, helpers.sse_reader(conn)
   self.connects = self.connects + 1
   if self.kind == "sse" then
     local hdrs = { { "Accept", "text/event-stream" } }
@@ -100,52 +100,17 @@ function Client:record(id, m)
 end
 
 function Client:sse_process()
-  local c = self.conn
-  if not self.head_done then
-    local e = c.buf:find("\r\n\r\n", 1, true)
-    if not e then return end
-    local head = c.buf:sub(1, e - 1)
-    c.buf = c.buf:sub(e + 4)
-    assert.equal("200", head:match("^HTTP/1%.%d (%d%d%d)"), head)
-    assert.truthy(head:lower():find("\r\ncontent%-type: text/event%-stream"), head)
-    self.chunked = head:lower():find("\r\ntransfer%-encoding: chunked") ~= nil
+  local reader = self.reader
+  local events = reader:read()
+  if reader.head and not self.head_done then
+    assert.equal("200", reader.head:match("^HTTP/1%.%d (%d%d%d)"), reader.head)
+    assert.truthy(reader.head:lower():find("\r\ncontent%-type: text/event%-stream"), reader.head)
     self.head_done = true
   end
-  if self.chunked then
-    while true do
-      local le = c.buf:find("\r\n", 1, true)
-      if not le then break end
-      local size = tonumber(c.buf:sub(1, le - 1):match("^(%x+)") or "", 16)
-      assert(size, "bad chunk size line: " .. c.buf:sub(1, le - 1))
-      if size == 0 then
-        self.ended = true
-        c.buf = ""
-        break
-      end
-      if #c.buf < le + 1 + size + 2 then break end
-      self.body = self.body .. c.buf:sub(le + 2, le + 1 + size)
-      c.buf = c.buf:sub(le + size + 4)
-    end
-  else
-    self.body = self.body .. c.buf
-    c.buf = ""
-  end
-  while true do
-    local e = self.body:find("\n\n", 1, true)
-    if not e then break end
-    local block = self.body:sub(1, e - 1)
-    self.body = self.body:sub(e + 2)
-    local id, data
-    for line in block:gmatch("[^\n]+") do
-      if line:sub(1, 1) == ":" then
-        self.comments[#self.comments + 1] = line
-      else
-        local k, v = line:match("^(%w+): ?(.*)$")
-        if k == "id" then id = tonumber(v)
-        elseif k == "data" then data = data and (data .. "\n" .. v) or v end
-      end
-    end
-    if data then self:record(id, decode(data)) end
+  self.ended = reader.ended
+  for _, ev in ipairs(events) do
+    for _, line in ipairs(ev.comments) do self.comments[#self.comments + 1] = line end
+    if ev.data then self:record(ev.id, decode(ev.data)) end
   end
 end
 

@@ -774,4 +774,63 @@ function M.conn_on(srv, id, path, method)
   error("no connection reached worker " .. tostring(id) .. "; log:\n" .. srv:log_text())
 end
 
+-- sse_reader(conn): reads a Server-Sent Events response as it arrives on conn. reader:read() takes
+-- what is in conn.buf and returns the events completed since, each { id = number or nil, data =
+-- string or nil (data lines joined by "\n"), comments = { ": ..." lines } }. reader.head is the
+-- status line and headers once they have arrived; reader.ended is set when a chunked body ended.
+local SseReader = {}
+SseReader.__index = SseReader
+
+function M.sse_reader(conn)
+  return setmetatable({ conn = conn, body = "", ended = false }, SseReader)
+end
+
+function SseReader:read()
+  local c, out = self.conn, {}
+  if not self.head then
+    local e = c.buf:find("\r\n\r\n", 1, true)
+    if not e then return out end
+    self.head = c.buf:sub(1, e - 1)
+    c.buf = c.buf:sub(e + 4)
+    self.chunked = self.head:lower():find("\r\ntransfer%-encoding: chunked") ~= nil
+  end
+  if self.chunked then
+    while not self.ended do
+      local le = c.buf:find("\r\n", 1, true)
+      if not le then break end
+      local size = tonumber(c.buf:sub(1, le - 1):match("^(%x+)") or "", 16)
+      assert(size, "bad chunk size line: " .. c.buf:sub(1, le - 1))
+      if size == 0 then
+        self.ended = true
+        c.buf = ""
+        break
+      end
+      if #c.buf < le + 1 + size + 2 then break end
+      self.body = self.body .. c.buf:sub(le + 2, le + 1 + size)
+      c.buf = c.buf:sub(le + size + 4)
+    end
+  else
+    self.body = self.body .. c.buf
+    c.buf = ""
+  end
+  while true do
+    local e = self.body:find("\n\n", 1, true)
+    if not e then break end
+    local block = self.body:sub(1, e - 1)
+    self.body = self.body:sub(e + 2)
+    local ev = { comments = {} }
+    for line in block:gmatch("[^\n]+") do
+      if line:sub(1, 1) == ":" then
+        ev.comments[#ev.comments + 1] = line
+      else
+        local k, v = line:match("^(%w+): ?(.*)$")
+        if k == "id" then ev.id = tonumber(v)
+        elseif k == "data" then ev.data = ev.data and (ev.data .. "\n" .. v) or v end
+      end
+    end
+    out[#out + 1] = ev
+  end
+  return out
+end
+
 return M

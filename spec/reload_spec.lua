@@ -474,7 +474,7 @@ describe("reload", function()
 
     function Sse:open(conn)
       self.conn = conn or self.srv:connect()
-      self.head, self.raw, self.body = nil, "", ""
+      self.reader, self.checked = helpers.sse_reader(self.conn), false
       self.connects = self.connects + 1
       local h = { { "Accept", "text/event-stream" } }
       if self.last > 0 then h[#h + 1] = { "Last-Event-ID", tostring(self.last) } end
@@ -484,45 +484,22 @@ describe("reload", function()
     function Sse:step()
       local c = self.conn
       while c:fill(helpers.now()) do end
-      local ended = false
-      if not self.head then
-        local e = c.buf:find("\r\n\r\n", 1, true)
-        if e then
-          self.head = c.buf:sub(1, e - 1)
-          c.buf = c.buf:sub(e + 4)
-          assert.matches("^HTTP/1%.1 200", self.head)
-          assert.truthy(self.head:lower():find("transfer%-encoding: chunked"), self.head)
+      local events = self.reader:read()
+      local head = self.reader.head
+      if head and not self.checked then
+        assert.matches("^HTTP/1%.1 200", head)
+        assert.truthy(head:lower():find("transfer%-encoding: chunked"), head)
+        self.checked = true
+      end
+      for _, ev in ipairs(events) do
+        if ev.data then
+          local m = decode(ev.data)
+          assert.equal(ev.id, m.id)
+          self.ids[#self.ids + 1] = m.id
+          self.last = m.id
         end
       end
-      if self.head then
-        while true do
-          local le = c.buf:find("\r\n", 1, true)
-          if not le then break end
-          local size = tonumber(c.buf:sub(1, le - 1):match("^(%x+)") or "", 16)
-          assert(size, "bad chunk line " .. c.buf:sub(1, le - 1))
-          if size == 0 then
-            ended = true
-            c.buf = ""
-            break
-          end
-          if #c.buf < le + 1 + size + 2 then break end
-          self.body = self.body .. c.buf:sub(le + 2, le + 1 + size)
-          c.buf = c.buf:sub(le + size + 4)
-        end
-        while true do
-          local e = self.body:find("\n\n", 1, true)
-          if not e then break end
-          local block = self.body:sub(1, e - 1)
-          self.body = self.body:sub(e + 2)
-          local id, data = block:match("id: (%d+)\n"), block:match("data: ([^\n]*)")
-          if data then
-            local m = decode(data)
-            assert.equal(tonumber(id), m.id)
-            self.ids[#self.ids + 1] = m.id
-            self.last = m.id
-          end
-        end
-      end
+      local ended = self.reader.ended
       if c.eof or (ended and not self.reuse) then
         c:close()
         self:open()
