@@ -141,17 +141,7 @@ end
 
 -- Steps every client until cond() holds (true) or `timeout` seconds pass (false).
 local function run_until(clients, cond, timeout)
-  local deadline = helpers.now() + (timeout or 20)
-  while true do
-    for _, cl in ipairs(clients) do cl:step() end
-    if cond() then return true end
-    if helpers.now() > deadline then return false end
-    local socks = {}
-    for _, cl in ipairs(clients) do
-      if not cl.closed and cl.conn.sock then socks[#socks + 1] = cl.conn.sock end
-    end
-    socket.select(socks, nil, 0.05)
-  end
+  return helpers.run_clients(clients, cond, timeout)
 end
 
 local function all_have(clients, n)

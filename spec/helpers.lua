@@ -833,4 +833,20 @@ function SseReader:read()
   return out
 end
 
+-- run_clients(clients, cond, timeout): steps each client (cl:step() reads what has arrived without
+-- blocking) until cond() holds (true) or `timeout` seconds pass (false), waiting on their sockets.
+function M.run_clients(clients, cond, timeout)
+  local deadline = M.now() + (timeout or 20)
+  while true do
+    for _, cl in ipairs(clients) do cl:step() end
+    if cond() then return true end
+    if M.now() > deadline then return false end
+    local socks = {}
+    for _, cl in ipairs(clients) do
+      if not cl.closed and cl.conn.sock then socks[#socks + 1] = cl.conn.sock end
+    end
+    socket.select(socks, nil, 0.02)
+  end
+end
+
 return M

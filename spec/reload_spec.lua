@@ -509,15 +509,7 @@ describe("reload", function()
     end
 
     local function step_all(clients, cond, timeout)
-      local deadline = helpers.now() + timeout
-      while true do
-        for _, cl in ipairs(clients) do cl:step() end
-        if cond() then return true end
-        if helpers.now() > deadline then return false end
-        local socks = {}
-        for _, cl in ipairs(clients) do socks[#socks + 1] = cl.conn.sock end
-        socket.select(socks, nil, 0.02)
-      end
+      return helpers.run_clients(clients, cond, timeout)
     end
 
     local function all_have(clients, n)
