@@ -7,7 +7,6 @@
 -- has its own TCP connection, picked (with helpers.worker_of) so that they spread over the workers.
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
-local socket = require "socket"
 
 local CHAT = os.getenv("CHAT_SPEC_SCRIPT") or (helpers.ROOT .. "/examples/chat/server.lua") -- (override: to test a changed copy)
 local decode = helpers.json_decode

@@ -6,7 +6,6 @@
 -- The app is spec/fixtures/reload_app.lua; a spec that changes code edits a copy in a temp dir.
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
-local socket = require "socket"
 
 local decode = helpers.json_decode
 local CHAT = helpers.ROOT .. "/examples/chat/server.lua"
