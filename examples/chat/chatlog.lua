@@ -47,7 +47,8 @@ function _M.new(nodes, opts)
     pending = {},      -- key -> function(id) for posts made here, not yet numbered
     pending_post = {}, -- key -> the post message, to resend to a new leader
     counter = 0,
-    waiters = {},      -- function() -> called after the log grew
+    waiters = {},      -- function() -> true: called once, the next time the log grows
+    listeners = {},    -- functions called every time the log grows
     synced = nodes.serial <= (opts.workers or 1),
     leader = nil,      -- the sequencer's id, once the master has named it
     epoch = 0,
@@ -91,7 +92,10 @@ local function append(self, m, base)
 end
 
 local function notify(self)
+  local ls = self.listeners
+  for i = 1, #ls do ls[i]() end
   local list = self.waiters
+  if next(list) == nil then return end
   self.waiters = {}
   for fn in pairs(list) do fn() end
 end
@@ -305,6 +309,11 @@ end
 -- Drops a post's callback (its client left); the post itself still goes through.
 function _M:forget(key)
   self.pending[key] = nil
+end
+
+-- Calls fn() every time the log grows (once this worker is synced), for as long as the worker lives.
+function _M:listen(fn)
+  self.listeners[#self.listeners + 1] = fn
 end
 
 -- Calls fn() once the log grows (and this worker is synced); returns a handle for unwait.

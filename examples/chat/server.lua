@@ -122,7 +122,31 @@ local function sse_of(m)
 end
 
 -- Server-Sent Events: every message after Last-Event-ID (or ?since), then each new one as it comes.
-local streams = {} -- res -> last id sent
+local streams = {} -- res -> the last id sent on it, for every live stream
+
+-- Sends what `res` has not seen after `last`; returns the new last id, or nil when the stream ended.
+local function stream_send(res, last)
+  local kept = log.log
+  local newest = kept[#kept]
+  if not newest or newest.id <= last then return last end
+  local chunk
+  if newest.id == last + 1 then -- the usual case: exactly one new message, the same bytes for every stream
+    chunk = sse_of(newest)
+  else
+    local parts = {}
+    for i, m in ipairs(log:after(last)) do parts[i] = sse_of(m) end
+    chunk = concat(parts)
+  end
+  local ok = res:write(chunk)
+  if ok == false then
+    -- A client this slow would make us hold its backlog: end the stream, and it reconnects
+    -- with Last-Event-ID for what it missed.
+    res:finish()
+  end
+  if not ok then return nil end -- ended, or the client is gone
+  return newest.id
+end
+
 local function events(req, res)
   local last = tonumber(req.headers["last-event-id"] or "") or since_of(req)
   if not last then return bad(res, "since must be a whole number") end
@@ -132,40 +156,14 @@ local function events(req, res)
     ["X-Accel-Buffering"] = "no",
   })
   res:write("retry: 2000\n\n")
-  local function push()
+  res:on("close", function() streams[res] = nil end)
+  when_synced(res, function()
     if res.finished then return end
-    local chunk
-    local newest = log.log[#log.log]
-    if newest and newest.id == last + 1 then -- the usual case: exactly one new message
-      chunk = sse_of(newest)
-      last = newest.id
-    else
-      local msgs = log:after(last)
-      if #msgs > 0 then
-        local parts = {}
-        for i, m in ipairs(msgs) do parts[i] = sse_of(m) end
-        chunk = concat(parts)
-        last = msgs[#msgs].id
-      end
-    end
-    if chunk then
-      streams[res] = last
-      if res:write(chunk) == false then
-        -- A client this slow would make us hold its backlog: end the stream, and it reconnects
-        -- with Last-Event-ID for what it missed.
-        res:finish()
-        return
-      end
-    end
+    last = stream_send(res, last) -- the backlog
+    if last == nil then return end
     if moonfork.draining then return res:finish() end -- reconnect to a worker that stays
-    log:wait(push)
-  end
-  streams[res] = last
-  res:on("close", function()
-    streams[res] = nil
-    log:unwait(push)
+    streams[res] = last
   end)
-  when_synced(res, push)
 end
 
 local server = moonfork.http.createServer(function(req, res)
@@ -190,6 +188,13 @@ local nodes = moonfork.listen({ port = 8080 }, server)
 
 log = chatlog.new(nodes, { keep = 500, workers = moonfork.workers })
 log:attach()
+
+-- One listener writes each new message to every stream (a stream whose client is too slow ends).
+log:listen(function()
+  for res, last in pairs(streams) do
+    streams[res] = stream_send(res, last)
+  end
+end)
 
 -- This worker is being replaced or stopped: answer the long polls (empty) and end the streams now,
 -- so their clients reconnect, with their last id, to a worker that stays.
