@@ -20,6 +20,7 @@
 #include "worker.h"
 
 #include <lauxlib.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,11 +202,24 @@ static void on_sigusr1(uv_signal_t *s, int signum) {
   }
 }
 
+/* After a crowd of connections has gone, glibc keeps the memory they used: give it back once the
+ * count has fallen to a quarter of its peak (checked every second, only for peaks over 1,000). */
+static void trim_after_crowd(size_t conns) {
+  static size_t peak;
+  static unsigned ticks;
+  if (conns > peak) peak = conns;
+  if (++ticks % 10 != 0 || peak < 1000 || conns > peak / 4) return;
+  malloc_trim(0);
+  peak = conns;
+}
+
 static void on_beat(uv_timer_t *t) {
   (void)t;
+  size_t conns = http_server_conn_count(W.srv);
   W.sb->beat_ms = mf_monotonic_ms();
   W.sb->requests = http_server_requests(W.srv);
-  W.sb->connections = http_server_conn_count(W.srv);
+  W.sb->connections = conns;
+  trim_after_crowd(conns);
 }
 
 static void control_send(const char *msg) {

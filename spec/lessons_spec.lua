@@ -95,6 +95,36 @@ describe("lessons", function()
     end)
   end)
 
+  describe("memory", function()
+    it("is given back once a crowd of connections has gone", function()
+      local srv = helpers.start("lessons_app", { "--workers", "1", "--keepalive-timeout", "300" })
+      local worker = srv.workers[1]
+      local base = helpers.rss_kib(worker)
+      local dir = helpers.mktempdir()
+      local out, marker = dir .. "/out", dir .. "/release"
+      local pid = tonumber(io.popen(string.format(
+        "sh -c 'ulimit -n 4096 2>/dev/null; exec lua %s %d 1500 %s' > %s 2>&1 & echo $!",
+        helpers.fixture("crowd_client"), srv.port, marker, out)):read("*l"))
+      finally(function()
+        io.open(marker, "w"):close()
+        helpers.kill(pid, "KILL")
+      end)
+      assert.is_truthy(helpers.wait_for(function()
+        return (helpers.read_file(out) or ""):find("held 1500", 1, true)
+      end, 60), "the client never held its connections: " .. tostring(helpers.read_file(out)))
+      local peak = helpers.rss_kib(worker)
+      assert.is_true(peak > base + 1024, string.format("1,500 connections took only %d KiB", peak - base))
+      io.open(marker, "w"):close() -- the crowd leaves
+      local after
+      local ok = helpers.wait_for(function()
+        after = helpers.rss_kib(worker)
+        return after < base + (peak - base) / 2
+      end, 20)
+      assert.is_true(ok, string.format("RSS %d KiB before, %d with the crowd, still %d after it left", base,
+        peak, after))
+    end)
+  end)
+
   describe("the master's death", function()
     it("takes the workers with it, even when they are busy (nodejs/node#5872)", function()
       local srv = helpers.start("lessons_app", { "--workers", "2", "--grace", "0.5", "--request-timeout", "300" })
