@@ -138,11 +138,6 @@ function Client:step()
   end
 end
 
--- Steps every client until cond() holds (true) or `timeout` seconds pass (false).
-local function run_until(clients, cond, timeout)
-  return helpers.run_clients(clients, cond, timeout)
-end
-
 local function all_have(clients, n)
   return function()
     for _, cl in ipairs(clients) do if #cl.msgs < n then return false end end
@@ -200,7 +195,7 @@ describe("chat", function()
       local c1, c2 = conn_on(srv, 1), conn_on(srv, 2)
       local sse = new_client("sse", conn_on(srv, 2))
       assert.equal(1, post_ok(c1, "ann", "first"))
-      assert.is_true(run_until({ sse }, all_have({ sse }, 1), 10))
+      assert.is_true(helpers.run_clients({ sse }, all_have({ sse }, 1), 10))
       local before = get_list(c2, "/messages?since=0")
 
       local e2001, e2000 = string.rep("é", 2001), string.rep("é", 2000) -- 2 bytes each
@@ -239,7 +234,7 @@ describe("chat", function()
       assert.equal(2, post_ok(c2, "ann", e2000))
       assert.equal(3, post_ok(c1, u64, "hi"))
       -- the stream saw nothing between the good messages: no bad post was numbered or sent
-      assert.is_true(run_until({ sse }, all_have({ sse }, 3), 10), describe_clients({ sse }))
+      assert.is_true(helpers.run_clients({ sse }, all_have({ sse }, 3), 10), describe_clients({ sse }))
       assert.are.same({ 1, 2, 3 }, ids_of(sse.msgs))
       assert.equal(e2000, sse.msgs[2].text)
       assert.equal(u64, sse.msgs[3].user)
@@ -293,7 +288,7 @@ describe("chat", function()
         end
         return busy
       end
-      local done = run_until(clients, function() return not step_posters() end, 30)
+      local done = helpers.run_clients(clients, function() return not step_posters() end, 30)
       assert.is_true(done, "posts not all answered")
       local all = {}
       for _, p in ipairs(posters) do
@@ -303,7 +298,7 @@ describe("chat", function()
       table.sort(all)
       assert.are.same(range(1, 50), all)
 
-      assert.is_true(run_until(clients, all_have(clients, 50), 30), describe_clients(clients))
+      assert.is_true(helpers.run_clients(clients, all_have(clients, 50), 30), describe_clients(clients))
       assert_all_got(clients, 50, posted)
       for _, cl in ipairs(clients) do assert.equal(1, cl.connects) end
     end)
@@ -348,11 +343,11 @@ describe("chat", function()
     it("sends ': ping' comments on quiet streams every CHAT_PING_SECONDS", function()
       local srv = start_chat(2, { CHAT_PING_SECONDS = 1 })
       local sse = new_client("sse", srv:connect())
-      assert.is_true(run_until({ sse }, function() return #sse.comments >= 2 end, 15),
+      assert.is_true(helpers.run_clients({ sse }, function() return #sse.comments >= 2 end, 15),
         "no ping comments; got " .. #sse.comments)
       assert.equal(": ping", sse.comments[1])
       assert.equal(1, post_ok(srv:connect(), "ann", "after pings"))
-      assert.is_true(run_until({ sse }, all_have({ sse }, 1), 10))
+      assert.is_true(helpers.run_clients({ sse }, all_have({ sse }, 1), 10))
       assert.are.same({ 1 }, ids_of(sse.msgs))
     end)
   end)
@@ -366,7 +361,7 @@ describe("chat", function()
         local by_header = new_client("sse", conn_on(srv, id), 4)
         local by_query = new_client("sse", conn_on(srv, id), 0, "/events?since=4")
         local both = { by_header, by_query }
-        assert.is_true(run_until(both, all_have(both, 6), 10), describe_clients(both))
+        assert.is_true(helpers.run_clients(both, all_have(both, 6), 10), describe_clients(both))
         assert.is_true(by_header.conn:quiet(0.2) and by_query.conn:quiet(0.2), "more than the missed messages")
         assert.are.same(range(5, 10), ids_of(by_header.msgs))
         assert.are.same(range(5, 10), ids_of(by_query.msgs))
@@ -407,7 +402,7 @@ describe("chat", function()
         assert.are.same(range(11, 510), ids_of(get_list(c, "/poll?since=3")))
       end
       local sse = new_client("sse", srv:connect())
-      assert.is_true(run_until({ sse }, all_have({ sse }, 500), 10), describe_clients({ sse }))
+      assert.is_true(helpers.run_clients({ sse }, all_have({ sse }, 500), 10), describe_clients({ sse }))
       assert.are.same(range(11, 510), ids_of(sse.msgs))
     end)
   end)
@@ -436,7 +431,7 @@ describe("chat", function()
         return id
       end
       for k = 1, 10 do assert.equal(k, post_new(k)) end
-      assert.is_true(run_until(clients, all_have(clients, 10), 20), describe_clients(clients))
+      assert.is_true(helpers.run_clients(clients, all_have(clients, 10), 20), describe_clients(clients))
 
       assert.is_true(helpers.kill(old_pid, "KILL"))
       -- post right away, through the respawn: until the replacement is ready (10 to 60 posts)
@@ -463,7 +458,7 @@ describe("chat", function()
 
       -- the victim's clients were cut off; they reconnect with their last id, some to the replacement
       local cut = 0
-      assert.is_true(run_until(clients, function()
+      assert.is_true(helpers.run_clients(clients, function()
         for _, cl in ipairs(clients) do
           if cl.worker == victim and not cl.closed then return false end
         end
@@ -483,7 +478,7 @@ describe("chat", function()
         assert.equal(k, post_new(k))
       end
       for _, cl in ipairs(clients) do cl.want = k end
-      assert.is_true(run_until(clients, all_have(clients, k), 20),
+      assert.is_true(helpers.run_clients(clients, all_have(clients, k), 20),
         describe_clients(clients) .. "\nlog:\n" .. srv:log_text())
       assert_all_got(clients, k, posted)
 

@@ -62,12 +62,6 @@ local function ids_seen(srv, want, tries)
   return seen
 end
 
-local function set_of(list)
-  local out = {}
-  for _, v in ipairs(list) do out[v] = true end
-  return out
-end
-
 describe("control", function()
   after_each(function() helpers.stop_all() end)
 
@@ -198,7 +192,7 @@ describe("control", function()
       srv:wait_log("scaled from 2 to 3 workers")
       local w3 = tonumber(srv:wait_log("worker 3 %(pid %d+%) ready"):match("%(pid (%d+)%)"))
       local kids = wait_children(srv, 3)
-      assert.are.same(set_of({ srv.workers[1], srv.workers[2], w3 }), set_of(kids))
+      assert.are.same(helpers.set_of({ srv.workers[1], srv.workers[2], w3 }), helpers.set_of(kids))
       local s = status_json(path)
       assert.equal(3, s.master.workers)
       assert.equal(3, #workers_in(s, "ready"))

@@ -849,4 +849,11 @@ function M.run_clients(clients, cond, timeout)
   end
 end
 
+-- set_of(list): { [v] = true } for each value in list.
+function M.set_of(list)
+  local out = {}
+  for _, v in ipairs(list) do out[v] = true end
+  return out
+end
+
 return M

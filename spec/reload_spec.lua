@@ -118,12 +118,6 @@ local function version(srv)
   return decode(r.body)
 end
 
-local function set_of(list)
-  local out = {}
-  for _, v in ipairs(list) do out[v] = true end
-  return out
-end
-
 -- Index of the first log line matching pattern (nil if none).
 local function log_index(srv, pattern)
   for i, l in ipairs(srv:log_lines()) do
@@ -155,14 +149,14 @@ describe("reload", function()
       srv:wait_log("reload done: 2 workers replaced")
       local new = ready_pids(path)
       assert.equal(2, #new)
-      for _, p in ipairs(new) do assert.is_nil(set_of(old)[p], "worker " .. p .. " was not replaced") end
+      for _, p in ipairs(new) do assert.is_nil(helpers.set_of(old)[p], "worker " .. p .. " was not replaced") end
       assert.is_true((helpers.wait_gone(old, 20)))
       assert.are.same(new, helpers.live_children(srv.pid))
       wait_retired(srv, old)
       for _ = 1, 20 do
         local v = version(srv)
         assert.equal("v2", v.version)
-        assert.truthy(set_of(new)[v.pid])
+        assert.truthy(helpers.set_of(new)[v.pid])
       end
 
       -- one slot at a time: slot 1's new worker is ready before its old one retires, and that before
@@ -171,7 +165,7 @@ describe("reload", function()
       local ready = {}
       for i, l in ipairs(lines) do
         local id, pid = l:match("%] worker (%d) %(pid (%d+)%) ready")
-        if pid and set_of(new)[tonumber(pid)] then ready[tonumber(id)] = i end
+        if pid and helpers.set_of(new)[tonumber(pid)] then ready[tonumber(id)] = i end
       end
       local ret1 = log_index(srv, "retiring worker 1 %(pid " .. old[1] .. "%): reload")
       local ret2 = log_index(srv, "retiring worker 2 %(pid " .. old[2] .. "%): reload")
@@ -196,7 +190,7 @@ describe("reload", function()
       srv:wait_log("reloading %(SIGHUP%)")
       srv:wait_log("reload done: 2 workers replaced", 2)
       local newer = ready_pids(path)
-      for _, p in ipairs(newer) do assert.is_nil(set_of(new)[p]) end
+      for _, p in ipairs(newer) do assert.is_nil(helpers.set_of(new)[p]) end
       wait_retired(srv, new)
       for _ = 1, 10 do assert.equal("v3", version(srv).version) end
       assert.is_true((helpers.wait_gone(new, 20)))
@@ -254,7 +248,7 @@ describe("reload", function()
         for _ = 1, 6 do
           local v = version(srv)
           assert.equal("v1", v.version)
-          assert.truthy(set_of(old)[v.pid])
+          assert.truthy(helpers.set_of(old)[v.pid])
         end
       end
       srv:wait_log("worker 1 %(pid %d+%) exited with status 1 before it was ready")
@@ -507,10 +501,6 @@ describe("reload", function()
       end
     end
 
-    local function step_all(clients, cond, timeout)
-      return helpers.run_clients(clients, cond, timeout)
-    end
-
     local function all_have(clients, n)
       return function()
         for _, cl in ipairs(clients) do if #cl.ids < n then return false end end
@@ -537,7 +527,7 @@ describe("reload", function()
         n = n + 1
         assert.equal(n, post(srv, "before " .. n))
       end
-      assert.is_true(step_all(clients, all_have(clients, n), 20), describe_clients(clients))
+      assert.is_true(helpers.run_clients(clients, all_have(clients, n), 20), describe_clients(clients))
 
       srv:signal("HUP")
       -- --grace is 30 s: a retired worker still there after 20 s is held by a client
@@ -549,13 +539,13 @@ describe("reload", function()
           n = n + 1
           assert.equal(n, post(srv, "during " .. n))
         end
-        step_all(clients, function() return false end, 0.05)
+        helpers.run_clients(clients, function() return false end, 0.05)
       end
       for _ = 1, 5 do
         n = n + 1
         assert.equal(n, post(srv, "after " .. n))
       end
-      assert.is_true(step_all(clients, all_have(clients, n), 20), describe_clients(clients))
+      assert.is_true(helpers.run_clients(clients, all_have(clients, n), 20), describe_clients(clients))
       local want = {}
       for i = 1, n do want[i] = i end
       for i, cl in ipairs(clients) do
