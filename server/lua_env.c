@@ -54,7 +54,12 @@ const char *mf_lua_dir(void) {
   return dir;
 }
 
+/* mf_lua_traceback as a value in the registry of the live state: made once per state, since pushing
+ * a C function allocates a closure. A process has one state at a time (the master closes each probe's). */
+static int traceback_ref = LUA_NOREF;
+
 lua_State *mf_lua_new(const char *script, const char *role) {
+  traceback_ref = LUA_NOREF;
   lua_State *L = luaL_newstate();
   if (L == NULL) return NULL;
   luaL_openlibs(L);
@@ -91,7 +96,11 @@ int mf_lua_traceback(lua_State *L) {
 
 int mf_lua_pcall(lua_State *L, int nargs, int nresults, const char *what) {
   int base = lua_gettop(L) - nargs;
-  lua_pushcfunction(L, mf_lua_traceback);
+  if (traceback_ref == LUA_NOREF) {
+    lua_pushcfunction(L, mf_lua_traceback);
+    traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
   lua_insert(L, base);
   int r = lua_pcall(L, nargs, nresults, base);
   lua_remove(L, base);

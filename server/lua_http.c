@@ -41,9 +41,19 @@ static int core_serve(lua_State *L) {
   return 0;
 }
 
+static int conn_mt_ref = LUA_NOREF; /* the connections' metatable, compared by identity */
+
+/* luaL_checkudata looks the metatable up by name on every call; this compares it with ours. */
 static http_conn_t *check_conn(lua_State *L) {
-  lconn_t *u = luaL_checkudata(L, 1, CONN_MT);
-  return u->c;
+  lconn_t *u = lua_touserdata(L, 1);
+  if (u != NULL && lua_getmetatable(L, 1)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, conn_mt_ref);
+    int ours = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (ours) return u->c;
+  }
+  luaL_typerror(L, 1, "connection");
+  return NULL;
 }
 
 /* ---- response heads ------------------------------------------------------------------------- */
@@ -56,22 +66,29 @@ typedef struct {
 
 static head_t H;
 
-static int lower_eq(const char *s, size_t n, const char *lit) {
-  size_t m = strlen(lit);
-  if (n != m) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (tolower((unsigned char)s[i]) != lit[i]) return 0;
-  return 1;
+/* Header names are tokens (RFC 9110): letters, digits and !#$%&'*+-.^_`|~. token_lower[c] is the
+ * lower-case form of a token byte, 0 for a byte that cannot be in a token. */
+static unsigned char token_lower[256];
+
+static void token_init(void) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  for (int ch = 1; ch < 256; ch++)
+    if ((ch < 128 && isalnum(ch)) || strchr(extra, ch)) token_lower[ch] = (unsigned char)tolower(ch);
 }
 
-/* Header names are tokens (RFC 9110): letters, digits and !#$%&'*+-.^_`|~ */
+/* Whether s (n bytes, a token) is, ignoring case, the lower-case literal lit of length m. */
+static int lower_eq(const char *s, size_t n, const char *lit, size_t m) {
+  if (n != m) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (token_lower[(unsigned char)s[i]] != (unsigned char)lit[i]) return 0;
+  return 1;
+}
+#define LOWER_EQ(s, n, lit) lower_eq(s, n, lit, sizeof lit - 1)
+
 static int is_token(const char *s, size_t n) {
-  static const char extra[] = "!#$%&'*+-.^_`|~";
   if (n == 0) return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (!isalnum(ch) && (ch == 0 || !strchr(extra, ch))) return 0;
-  }
+  for (size_t i = 0; i < n; i++)
+    if (token_lower[(unsigned char)s[i]] == 0) return 0;
   return 1;
 }
 
@@ -82,24 +99,29 @@ static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
     luaL_error(L, "header %s: a value must be a string or a number", name);
   const char *value = lua_tolstring(L, v, &vlen);
   for (size_t i = 0; i < vlen; i++)
-    if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0')
+    if ((unsigned char)value[i] <= '\r' && (value[i] == '\r' || value[i] == '\n' || value[i] == '\0'))
       luaL_error(L, "header %s: the value must not contain CR, LF or NUL", name);
-  mf_buf_append(&H.out, name, nlen);
-  mf_buf_append(&H.out, ": ", 2);
-  mf_buf_append(&H.out, value, vlen);
-  mf_buf_append(&H.out, "\r\n", 2);
+  if (mf_buf_reserve(&H.out, nlen + vlen + 4) != 0) luaL_error(L, "out of memory");
+  char *p = H.out.data + H.out.len;
+  memcpy(p, name, nlen);
+  p[nlen] = ':';
+  p[nlen + 1] = ' ';
+  memcpy(p + nlen + 2, value, vlen);
+  p[nlen + 2 + vlen] = '\r';
+  p[nlen + 3 + vlen] = '\n';
+  H.out.len += nlen + vlen + 4;
 }
 
 /* The header `name` with the value at index v (a string, a number, or an array of them). */
 static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
   if (!is_token(name, nlen)) luaL_error(L, "bad header name '%s'", name);
-  if (lower_eq(name, nlen, "transfer-encoding")) return; /* the core frames the body itself */
-  if (lower_eq(name, nlen, "connection")) {
+  if (LOWER_EQ(name, nlen, "transfer-encoding")) return; /* the core frames the body itself */
+  if (LOWER_EQ(name, nlen, "connection")) {
     const char *val = lua_tostring(L, v);
     if (val && strcasecmp(val, "close") == 0) H.flags |= HTTP_RESP_CLOSE;
     return; /* the core says keep-alive or close */
   }
-  if (lower_eq(name, nlen, "content-length")) {
+  if (LOWER_EQ(name, nlen, "content-length")) {
     lua_Number n = lua_tonumber(L, v);
     if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
         (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
@@ -147,7 +169,7 @@ static void head_build(lua_State *L, int user, int h, int names) {
       const char *name = lua_tolstring(L, -2, &nlen);
       int shadowed = 0;
       if (lua_istable(L, h) && nlen < sizeof low) {
-        for (size_t i = 0; i < nlen; i++) low[i] = (char)tolower((unsigned char)name[i]);
+        for (size_t i = 0; i < nlen; i++) low[i] = (char)(token_lower[(unsigned char)name[i]] ? token_lower[(unsigned char)name[i]] : name[i]);
         lua_pushlstring(L, low, nlen);
         lua_rawget(L, h);
         shadowed = !lua_isnil(L, -1);
@@ -196,12 +218,14 @@ static int core_abort(lua_State *L) {
 }
 
 static int core_remote(lua_State *L);
+static int core_headers(lua_State *L);
 
 void lua_http_open(lua_State *L) {
+  token_init();
   static const luaL_Reg fns[] = {
-      {"serve", core_serve}, {"send", core_send}, {"abort", core_abort}, {"remote", core_remote}, {NULL, NULL}};
+      {"serve", core_serve}, {"send", core_send}, {"abort", core_abort}, {"remote", core_remote}, {"headers", core_headers}, {NULL, NULL}};
   luaL_newmetatable(L, CONN_MT);
-  lua_pop(L, 1);
+  conn_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   luaL_register(L, NULL, fns);
 }
 
@@ -214,43 +238,78 @@ static void push_conn(lua_State *L, http_conn_t *c) {
   }
   lconn_t *u = lua_newuserdata(L, sizeof *u);
   u->c = c;
-  luaL_getmetatable(L, CONN_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, conn_mt_ref);
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   *ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* headers[name] = value, or an array of values once a name repeats. */
-static void push_headers(lua_State *L, const http_request_t *req) {
-  char small[64];
-  lua_createtable(L, 0, (int)req->nheaders);
+/* The request's headers travel to Lua as one packed string (per header: the name's and the value's
+ * lengths as native uint32s, then the name and the value), and become a table only when the handler
+ * first reads req.headers (core.headers). One string instead of a table and two strings per header:
+ * most handlers never look, and an unchanged head (a client sending the same headers again) is
+ * already interned. */
+static mf_buf_t packed;
+
+static void push_packed_headers(lua_State *L, const http_request_t *req) {
+  packed.len = 0;
   for (size_t i = 0; i < req->nheaders; i++) {
-    size_t n = req->name_lens[i];
+    uint32_t lens[2] = {(uint32_t)req->name_lens[i], (uint32_t)req->value_lens[i]};
+    if (mf_buf_reserve(&packed, sizeof lens + lens[0] + lens[1]) != 0) break;
+    mf_buf_append(&packed, lens, sizeof lens);
+    mf_buf_append(&packed, req->names[i], lens[0]);
+    mf_buf_append(&packed, req->values[i], lens[1]);
+  }
+  lua_pushlstring(L, packed.data ? packed.data : "", packed.len);
+  if (packed.cap > 64 * 1024) mf_buf_free(&packed);
+}
+
+/* core.headers(packed) -> { name = value, or an array of values once a name repeats }, names in
+ * lower case. */
+static int core_headers(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len), *end = p + len;
+  char small[64];
+  lua_newtable(L);
+  while ((size_t)(end - p) >= 2 * sizeof(uint32_t)) {
+    uint32_t lens[2];
+    memcpy(lens, p, sizeof lens);
+    p += sizeof lens;
+    if (lens[0] > (size_t)(end - p) || lens[1] > (size_t)(end - p) - lens[0])
+      return luaL_error(L, "core.headers: not a packed header block");
+    size_t n = lens[0];
     char *name = n <= sizeof small ? small : malloc(n);
-    if (name == NULL) continue;
-    for (size_t k = 0; k < n; k++) name[k] = (char)tolower((unsigned char)req->names[i][k]);
+    if (name == NULL) return luaL_error(L, "out of memory");
+    for (size_t k = 0; k < n; k++) { /* llhttp only lets token bytes through */
+      unsigned char ch = (unsigned char)p[k];
+      name[k] = (char)(token_lower[ch] ? token_lower[ch] : ch);
+    }
     lua_pushlstring(L, name, n);
     if (name != small) free(name);
+    const char *value = p + n;
+    size_t vlen = lens[1];
+    p = value + vlen;
     lua_pushvalue(L, -1);
     lua_rawget(L, -3);
     int t = lua_type(L, -1);
     if (t == LUA_TNIL) {
       lua_pop(L, 1);
-      lua_pushlstring(L, req->values[i], req->value_lens[i]);
+      lua_pushlstring(L, value, vlen);
       lua_rawset(L, -3);
     } else if (t == LUA_TSTRING) {
       lua_createtable(L, 2, 0);
       lua_insert(L, -2);
       lua_rawseti(L, -2, 1);
-      lua_pushlstring(L, req->values[i], req->value_lens[i]);
+      lua_pushlstring(L, value, vlen);
       lua_rawseti(L, -2, 2);
       lua_rawset(L, -3);
     } else {
-      lua_pushlstring(L, req->values[i], req->value_lens[i]);
+      lua_pushlstring(L, value, vlen);
       lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
       lua_pop(L, 2);
     }
   }
+  return 1;
 }
 
 int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req) {
@@ -260,8 +319,13 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
   lua_pushnumber(L, gen);
   lua_pushstring(L, req->method);
   lua_pushlstring(L, req->url, req->url_len);
-  lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
-  push_headers(L, req);
+  if (req->http_major == 1 && req->http_minor == 1)
+    lua_pushliteral(L, "1.1");
+  else if (req->http_major == 1 && req->http_minor == 0)
+    lua_pushliteral(L, "1.0");
+  else
+    lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
+  push_packed_headers(L, req);
   lua_pushlstring(L, req->body, req->body_len);
   return mf_lua_pcall(L, 7, 0, "internal error dispatching a request");
 }

@@ -29,14 +29,6 @@ int mf_buf_reserve(mf_buf_t *b, size_t extra) {
   return 0;
 }
 
-int mf_buf_append(mf_buf_t *b, const void *p, size_t n) {
-  if (n == 0) return 0;
-  if (mf_buf_reserve(b, n) != 0) return -1;
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
 int mf_buf_appendf(mf_buf_t *b, const char *fmt, ...) {
   va_list ap;
   char small[256];

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #define MF_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -20,7 +21,14 @@ void mf_buf_init(mf_buf_t *b);
 void mf_buf_free(mf_buf_t *b);
 /* Ensures room for `extra` more bytes. Returns 0, or -1 when out of memory (nothing changed). */
 int mf_buf_reserve(mf_buf_t *b, size_t extra);
-int mf_buf_append(mf_buf_t *b, const void *p, size_t n);
+/* Appends n bytes. Inline: response heads are assembled from many small pieces. */
+static inline int mf_buf_append(mf_buf_t *b, const void *p, size_t n) {
+  if (n == 0) return 0;
+  if (b->cap - b->len < n && mf_buf_reserve(b, n) != 0) return -1;
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
 int mf_buf_appendf(mf_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drops the first n bytes. */
 void mf_buf_consume(mf_buf_t *b, size_t n);

@@ -47,9 +47,15 @@ local function parse_query(q)
 end
 _M.parse_query = parse_query
 
--- path, query and remoteAddress are worked out on first use.
+-- headers, path, query and remoteAddress are worked out on first use.
+local headers_of = core.headers
 local Req = {}
 Req.__index = function(req, key)
+  if key == "headers" then
+    local h = headers_of(rawget(req, "_head"))
+    req.headers = h
+    return h
+  end
   if key == "remoteAddress" then
     local addr = core.remote(rawget(req, "_conn"))
     req.remoteAddress = addr
@@ -262,10 +268,11 @@ end
 -- Builds the function the C core calls for each request.
 function _M.dispatcher(server)
   local spawn = sched.spawn
-  return function(conn, gen, method, url, version, headers, body)
+  return function(conn, gen, method, url, version, head, body)
     local req = setmetatable({
-      method = method, url = url, httpVersion = version, headers = headers, body = body, _conn = conn,
+      method = method, url = url, httpVersion = version, _head = head, body = body, _conn = conn,
     }, Req)
+    -- every field a response sets is there from the start: adding keys later would resize the table
     local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false }, Res)
     active[conn] = res
     spawn(server.handler, handler_error, req, res)
