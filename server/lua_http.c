@@ -76,6 +76,9 @@ static void token_init(void) {
     if ((ch < 128 && isalnum(ch)) || strchr(extra, ch)) token_lower[ch] = (unsigned char)tolower(ch);
 }
 
+/* ch in lower case if it is a token byte, else as it is. */
+static inline char lower_byte(unsigned char ch) { return (char)(token_lower[ch] ? token_lower[ch] : ch); }
+
 /* Whether s (n bytes, a token) is, ignoring case, the lower-case literal lit of length m. */
 static int lower_eq(const char *s, size_t n, const char *lit, size_t m) {
   if (n != m) return 0;
@@ -169,7 +172,7 @@ static void head_build(lua_State *L, int user, int h, int names) {
       const char *name = lua_tolstring(L, -2, &nlen);
       int shadowed = 0;
       if (lua_istable(L, h) && nlen < sizeof low) {
-        for (size_t i = 0; i < nlen; i++) low[i] = (char)(token_lower[(unsigned char)name[i]] ? token_lower[(unsigned char)name[i]] : name[i]);
+        for (size_t i = 0; i < nlen; i++) low[i] = lower_byte((unsigned char)name[i]);
         lua_pushlstring(L, low, nlen);
         lua_rawget(L, h);
         shadowed = !lua_isnil(L, -1);
@@ -280,10 +283,7 @@ static int core_headers(lua_State *L) {
     size_t n = lens[0];
     char *name = n <= sizeof small ? small : malloc(n);
     if (name == NULL) return luaL_error(L, "out of memory");
-    for (size_t k = 0; k < n; k++) { /* llhttp only lets token bytes through */
-      unsigned char ch = (unsigned char)p[k];
-      name[k] = (char)(token_lower[ch] ? token_lower[ch] : ch);
-    }
+    for (size_t k = 0; k < n; k++) name[k] = lower_byte((unsigned char)p[k]);
     lua_pushlstring(L, name, n);
     if (name != small) free(name);
     const char *value = p + n;
