@@ -99,6 +99,25 @@ describe("lua api", function()
     end)
   end)
 
+  describe('res:write and "drain"', function()
+    it("says slow down to a client that stops reading, fires drain once it reads, and every byte arrives in order", function()
+      local c = srv:connect()
+      assert(c:send(helpers.build_request("GET", "/flood")))
+      local slowed = srv:wait_log("flood slowed after %d+")
+      local n = tonumber(slowed:match("flood slowed after (%d+)"))
+      local resp = assert(c:receive({ timeout = 30 }))
+      assert.are.equal(200, resp.status)
+      srv:wait_log("flood drained")
+      local total = n + 50
+      assert.are.equal(total * 1000, #resp.body)
+      for i = 1, total, 97 do -- every line in its place (sampled), and the last
+        local at = (i - 1) * 1000 + 1
+        assert.are.equal(string.format("line %06d ", i), resp.body:sub(at, at + 11))
+      end
+      assert.are.equal(string.format("line %06d ", total), resp.body:sub(-1000, -989))
+    end)
+  end)
+
   describe("timers", function()
     it("runs setTimeout once, setInterval until clearTimer, and never a cleared timeout", function()
       local resp = assert(srv:get("/timers"))
