@@ -355,6 +355,67 @@ function M.stop_all()
 end
 
 ---------------------------------------------------------------------------------------------------
+-- background commands (wrk under reloads and scaling): started through sh so the pid is known,
+-- stopped by pid
+
+local background = {}
+
+M.sh = sh
+
+-- Starts argv in the background; returns { pid, out (its output file), ... } for bg_exited/bg_stop.
+function M.bg_start(argv)
+  local dir = M.mktempdir()
+  local p = { dir = dir, out = dir .. "/out", pidfile = dir .. "/pid", statusfile = dir .. "/status" }
+  local words = {}
+  for i, a in ipairs(argv) do words[i] = M.shell_quote(a) end
+  local q = M.shell_quote
+  local inner = table.concat(words, " ") .. " </dev/null >" .. q(p.out) .. " 2>&1 & echo $! >" .. q(p.pidfile .. ".tmp")
+    .. "; mv " .. q(p.pidfile .. ".tmp") .. " " .. q(p.pidfile) .. "; wait $!; echo $? >" .. q(p.statusfile .. ".tmp")
+    .. "; mv " .. q(p.statusfile .. ".tmp") .. " " .. q(p.statusfile)
+  assert(sh("( " .. inner .. " ) >/dev/null 2>&1 &"))
+  p.pid = M.wait_for(function()
+    local s = M.read_file(p.pidfile)
+    return s and tonumber(s:match("%d+"))
+  end, 10)
+  assert(p.pid, "no pid for " .. argv[1])
+  background[p] = true
+  return p
+end
+
+-- Its exit status once it has exited, else nil.
+function M.bg_exited(p)
+  local s = M.read_file(p.statusfile)
+  return s and tonumber(s:match("%d+"))
+end
+
+-- Sends `sig` and waits for the exit (SIGKILL if it does not come); returns the output.
+function M.bg_stop(p, sig)
+  if not M.bg_exited(p) then
+    M.kill(p.pid, sig or "TERM")
+    if not M.wait_for(function() return M.bg_exited(p) end, 15) then
+      M.kill(p.pid, "KILL")
+      M.wait_for(function() return M.bg_exited(p) end, 10)
+    end
+  end
+  background[p] = nil
+  local out = M.read_file(p.out) or ""
+  sh("rm -rf " .. M.shell_quote(p.dir))
+  return out
+end
+
+function M.bg_stop_all()
+  for p in pairs(background) do M.bg_stop(p, "KILL") end
+end
+
+-- wrk comes from Debian's wrk package (tools/setup-deps installs it; a bare machine gets it here).
+function M.ensure_wrk()
+  if sh("command -v wrk >/dev/null 2>&1") then return end
+  sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 || "
+    .. "{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; }")
+  assert(sh("command -v wrk >/dev/null 2>&1"), "wrk is not installed and could not be (apt-get install wrk)")
+end
+
+---------------------------------------------------------------------------------------------------
 -- one-shot command runs (CLI specs)
 
 -- Runs BIN with args, waits for it to exit by itself. Returns status, stdout, stderr.

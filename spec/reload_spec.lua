@@ -10,58 +10,10 @@ local cjson = require "cjson"
 local decode = helpers.json_decode
 local CHAT = helpers.ROOT .. "/examples/chat/server.lua"
 
----------------------------------------------------------------------------------------------------
--- background commands (wrk): started through sh so the pid is known, stopped by pid
-
-local background = {}
-
-local function sh(cmd)
-  local ok, how, code = os.execute(cmd)
-  if type(ok) == "number" then return ok == 0 end
-  return ok == true and how == "exit" and code == 0
-end
-
-local function bg_start(argv)
-  local dir = helpers.mktempdir()
-  local p = { dir = dir, out = dir .. "/out", pidfile = dir .. "/pid", statusfile = dir .. "/status" }
-  local words = {}
-  for i, a in ipairs(argv) do words[i] = helpers.shell_quote(a) end
-  local q = helpers.shell_quote
-  local inner = table.concat(words, " ") .. " </dev/null >" .. q(p.out) .. " 2>&1 & echo $! >" .. q(p.pidfile .. ".tmp")
-    .. "; mv " .. q(p.pidfile .. ".tmp") .. " " .. q(p.pidfile) .. "; wait $!; echo $? >" .. q(p.statusfile .. ".tmp")
-    .. "; mv " .. q(p.statusfile .. ".tmp") .. " " .. q(p.statusfile)
-  assert(sh("( " .. inner .. " ) >/dev/null 2>&1 &"))
-  p.pid = helpers.wait_for(function()
-    local s = helpers.read_file(p.pidfile)
-    return s and tonumber(s:match("%d+"))
-  end, 10)
-  assert(p.pid, "no pid for " .. argv[1])
-  background[p] = true
-  return p
-end
-
-local function bg_exited(p)
-  local s = helpers.read_file(p.statusfile)
-  return s and tonumber(s:match("%d+"))
-end
-
--- Sends `sig` and waits for the exit (SIGKILL if it does not come); returns the output.
-local function bg_stop(p, sig)
-  if not bg_exited(p) then
-    helpers.kill(p.pid, sig or "TERM")
-    if not helpers.wait_for(function() return bg_exited(p) end, 15) then
-      helpers.kill(p.pid, "KILL")
-      helpers.wait_for(function() return bg_exited(p) end, 10)
-    end
-  end
-  background[p] = nil
-  local out = helpers.read_file(p.out) or ""
-  sh("rm -rf " .. helpers.shell_quote(p.dir))
-  return out
-end
+local sh, bg_start, bg_exited, bg_stop = helpers.sh, helpers.bg_start, helpers.bg_exited, helpers.bg_stop
 
 local function stop_everything()
-  for p in pairs(background) do bg_stop(p, "KILL") end
+  helpers.bg_stop_all()
   helpers.stop_all()
 end
 
@@ -324,16 +276,8 @@ describe("reload", function()
   describe("under load", function()
     -- wrk runs until ten reloads are done (each waits until the workers it replaces took load),
     -- then gets SIGINT and prints its totals.
-    -- wrk comes from Debian's wrk package (tools/setup-deps should install it; until then, here)
-    local function ensure_wrk()
-      if sh("command -v wrk >/dev/null 2>&1") then return end
-      sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 || "
-        .. "{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; }")
-      assert(sh("command -v wrk >/dev/null 2>&1"), "wrk is not installed and could not be (apt-get install wrk)")
-    end
-
     local function ten_reloads_under(wrk_args)
-      ensure_wrk()
+      helpers.ensure_wrk()
       local srv, path = start("reload_app", 2)
       local argv = { "wrk", "-t1", "--timeout", "5s", "-d", "120s" }
       for _, a in ipairs(wrk_args) do argv[#argv + 1] = a end
