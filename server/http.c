@@ -976,7 +976,9 @@ void http_server_drain(http_server_t *srv, int close_idle) {
   }
   for (http_conn_t *c = srv->conns, *next; c != NULL; c = next) {
     next = c->next;
-    if (close_idle && c->state == S_IDLE && c->pending.len == 0 && !c->queued) conn_end(c); /* flush, then FIN */
+    /* Idle between requests: flush, then FIN. A connection yet to send its first request is left to
+     * send it (it is answered with Connection: close): closing it could cross that request. */
+    if (close_idle && c->state == S_IDLE && c->gen > 0 && c->pending.len == 0 && !c->queued) conn_end(c);
   }
   if (srv->nconns == 0 && !srv->drained_fired) {
     srv->drained_fired = 1;
