@@ -49,6 +49,8 @@ static const opt_t opts[] = {
      "seconds a handler has to start its response, else 503 (default 60)"},
     {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000, F_WORKER,
      "open connections per worker before it stops accepting (default 10000)"},
+    {"reuseport", "reuseport", NULL, OPT_FLAG, OFF(reuseport), 0, 0, F_WORKER,
+     "a listening socket per worker (SO_REUSEPORT) instead of one shared"},
     {"access-log", "accessLog", NULL, OPT_STRING, OFF(access_log), 0, 0, F_WORKER,
      "append a combined-format line per response to FILE"},
     {"error-log", "errorLog", NULL, OPT_STRING, OFF(error_log), 0, 0, F_WORKER,

@@ -21,6 +21,7 @@ typedef struct {
   uint64_t keepalive_timeout_ms;
   uint64_t request_timeout_ms;
   long max_connections;
+  long reuseport;      /* a listening socket per worker slot (reuseport.c) */
   char *control;      /* control socket path (NULL: the default for the port) */
   char *pid_file;
   char *access_log;

@@ -893,7 +893,8 @@ static void on_listener(uv_poll_t *p, int status, int events) {
     return;
   }
   for (int i = 0; i < HTTP_ACCEPTS_PER_WAKE; i++) {
-    if (srv->board && mf_board_fewer_elsewhere(srv->board, srv->sb_index, srv->nconns)) {
+    /* (With --reuseport the socket is ours alone: what waits there waits for us.) */
+    if (!srv->cfg->reuseport && srv->board && mf_board_fewer_elsewhere(srv->board, srv->sb_index, srv->nconns)) {
       srv->accept_paused = 1;
       uv_poll_stop(&srv->listener);
       uv_timer_start(&srv->accept_retry, on_accept_retry, 2, 0);
@@ -966,10 +967,17 @@ int http_server_start(http_server_t *srv) {
   return uv_poll_start(&srv->listener, UV_READABLE, on_listener);
 }
 
+void http_server_adopt(http_server_t *srv, int fd) { conn_new(srv, fd); }
+
 void http_server_drain(http_server_t *srv, int close_idle) {
   srv->draining = 1;
   if (!srv->listener_closed) {
     srv->listener_closed = 1;
+    if (srv->cfg->reuseport) { /* take what is queued on our socket: it may be parked for good */
+      int fd;
+      while ((fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0 || errno == EINTR)
+        if (fd >= 0) conn_new(srv, fd);
+    }
     uv_timer_stop(&srv->accept_retry);
     uv_close((uv_handle_t *)&srv->listener, NULL);
     close(srv->listen_fd); /* our copy: the socket lives on in the master and the other workers */

@@ -48,6 +48,8 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
                                void *data, char *err, size_t errlen);
 /* Starts accepting. 0 or a negative UV_E* code. */
 int http_server_start(http_server_t *srv);
+/* Serves connection `fd` as if this server had accepted it (the master hands on, see reuseport.c). */
+void http_server_adopt(http_server_t *srv, int fd);
 /* Stops accepting and lets in-flight requests finish with "Connection: close"; on_drained fires once
  * no connection is left. close_idle: close idle keep-alive connections now (a shutdown); otherwise
  * (a reload) each is closed after its next request or when its keep-alive timeout ends, so a client

@@ -39,6 +39,7 @@
 #include "control.h"
 #include "log.h"
 #include "scoreboard.h"
+#include "reuseport.h"
 #include "script.h"
 #include "util.h"
 #include "watch.h"
@@ -150,6 +151,12 @@ static int master_bind(mf_config_t *cfg, char *err, size_t errlen) {
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (cfg->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+      e = errno;
+      close(fd);
+      fd = -1;
+      continue;
+    }
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 511) == 0) break;
     e = errno;
     close(fd);
@@ -257,6 +264,63 @@ static void mesh_join(mworker_t *w) {
   }
 }
 
+/* ---- --reuseport (reuseport.c) ---------------------------------------------------------------- */
+
+/* New connections go to the slots whose worker is ready; while none is, to every slot (they queue). */
+static void steer_update(void) {
+  if (!M.cfg->reuseport || M.shutting_down || M.nslots == 0) return;
+  int *slots = malloc((size_t)M.nslots * sizeof *slots), n = 0;
+  if (slots == NULL) return;
+  for (int i = 0; i < M.nslots; i++)
+    if (M.slots[i]->cur && M.slots[i]->cur->state == W_READY) slots[n++] = i;
+  if (n == 0)
+    for (int i = 0; i < M.nslots; i++) slots[n++] = i;
+  mf_rp_steer(slots, n, M.nslots);
+  free(slots);
+}
+
+typedef struct {
+  uv_write_t req;
+  uv_tcp_t handle;
+} conn_send_t;
+
+static void on_conn_handle_closed(uv_handle_t *h) { free(mf_container_of(h, conn_send_t, handle)); }
+
+static void on_conn_sent(uv_write_t *req, int status) {
+  conn_send_t *cs = mf_container_of(req, conn_send_t, req);
+  (void)status; /* the worker is gone: the client sees the connection close */
+  uv_close((uv_handle_t *)&cs->handle, on_conn_handle_closed);
+}
+
+/* A connection the master accepted from a parked socket goes to a ready worker ("conn" + the fd); the
+ * workers take turns. */
+static void rp_handoff(int fd) {
+  static unsigned turn;
+  int ready = 0;
+  for (mworker_t *w = M.workers; w; w = w->next)
+    if (w->state == W_READY && w->running && w->ctl_open == 1 && w->slot) ready++;
+  mworker_t *pick = NULL;
+  int k = ready ? (int)(turn++ % (unsigned)ready) : -1;
+  for (mworker_t *w = M.workers; w && k >= 0; w = w->next)
+    if (w->state == W_READY && w->running && w->ctl_open == 1 && w->slot && k-- == 0) pick = w;
+  conn_send_t *cs = pick ? malloc(sizeof *cs) : NULL;
+  if (cs == NULL) {
+    mf_log("--reuseport: no worker can take a connection from a parked socket: closing it");
+    close(fd);
+    return;
+  }
+  uv_tcp_init(M.loop, &cs->handle);
+  if (uv_tcp_open(&cs->handle, fd) != 0) {
+    close(fd);
+    uv_close((uv_handle_t *)&cs->handle, on_conn_handle_closed);
+    return;
+  }
+  static char msg[] = "conn\n";
+  uv_buf_t b = uv_buf_init(msg, sizeof msg - 1);
+  if (uv_write2(&cs->req, (uv_stream_t *)&pick->ctl, &b, 1, (uv_stream_t *)&cs->handle, on_conn_sent) != 0)
+    uv_close((uv_handle_t *)&cs->handle, on_conn_handle_closed);
+}
+
 typedef struct {
   uv_write_t req;
   char data[];
@@ -343,6 +407,7 @@ static void on_worker_ready(mworker_t *w) {
     mesh_join(w);
     leader_tell(w);
   }
+  steer_update();
   maybe_announce();
   if (M.announced || uv_now(M.loop) - M.started_ms > 5000) leader_elect(NULL);
 }
@@ -460,6 +525,7 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   if (s && s->cur == w) {
     s->cur = NULL;
     M.restarts++;
+    steer_update(); /* its socket keeps what is queued there for the next worker */
     if (s->removed) {
       mf_log("%s", what);
       return;
@@ -486,12 +552,14 @@ static void slot_spawn(slot_t *s) {
   s->last_start_ms = w->started_ms;
   if (M.cfg->max_requests > 0) /* jitter, so workers do not all recycle together (gunicorn's idea) */
     w->max_requests = (uint64_t)M.cfg->max_requests + (uint64_t)(rand() % (M.cfg->max_requests / 10 + 1));
-  w->sb_index = mf_board_take(M.board);
+  char rperr[256] = "";
+  int listen_fd = M.cfg->reuseport ? mf_rp_fd(s->id - 1, rperr, sizeof rperr) : M.listen_fd;
+  w->sb_index = listen_fd < 0 ? 0 : mf_board_take(M.board);
   w->sb = w->sb_index ? &M.board->e[w->sb_index] : NULL;
   if (w->sb == NULL || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-    char what[128];
+    char what[384];
     snprintf(what, sizeof what, "cannot start worker %d: %s", s->id,
-             w->sb ? strerror(errno) : "no free scoreboard entry");
+             listen_fd < 0 ? rperr : w->sb ? strerror(errno) : "no free scoreboard entry");
     mf_board_release(M.board, w->sb_index);
     free(w);
     if (!s->cur) slot_schedule_respawn(s, what);
@@ -519,7 +587,7 @@ static void slot_spawn(slot_t *s) {
   stdio[2].flags = UV_INHERIT_FD;
   stdio[2].data.fd = 2;
   stdio[3].flags = UV_INHERIT_FD;
-  stdio[3].data.fd = M.listen_fd;
+  stdio[3].data.fd = listen_fd;
   stdio[4].flags = UV_INHERIT_FD;
   stdio[4].data.fd = sv[1];
   stdio[5].flags = UV_INHERIT_FD;
@@ -611,8 +679,12 @@ static int master_scale(int n, char *msg, size_t msglen) {
       M.nslots = i + 1;
       slot_spawn(M.slots[i]);
     }
+    steer_update();
   } else {
-    for (int i = n; i < M.nslots; i++) {
+    int was = M.nslots;
+    M.nslots = n;
+    steer_update(); /* first: no new connection goes to a socket about to be parked */
+    for (int i = n; i < was; i++) {
       slot_t *s = M.slots[i];
       s->removed = 1;
       uv_timer_stop(&s->respawn);
@@ -626,7 +698,6 @@ static int master_scale(int n, char *msg, size_t msglen) {
         uv_process_kill(&s->next->proc, SIGTERM);
       }
     }
-    M.nslots = n;
   }
   M.cfg->workers = n;
   mf_log("scaled from %d to %d workers", old, n);
@@ -728,6 +799,9 @@ static void master_reload(const char *why, control_conn_t *conn) {
   next->port = M.cfg->port;
   snprintf(next->host, sizeof next->host, "%s", M.cfg->host);
   next->workers = M.cfg->workers; /* scale is its own command */
+  if (next->reuseport != M.cfg->reuseport)
+    mf_log("reload: switching --reuseport %s needs a restart", next->reuseport ? "on" : "off");
+  next->reuseport = M.cfg->reuseport;
   M.cfg = next;
   free_args();
   M.nargs = mf_config_to_args(M.cfg, M.args, (int)MF_ARRAY_SIZE(M.args));
@@ -819,7 +893,10 @@ static void master_shutdown(const char *why) {
   M.shutting_down = 1;
   mf_log("shutting down (%s): draining workers for up to %g s", why, (double)M.cfg->grace_ms / 1000.0);
   if (M.reload.active) reload_finish(0, "the server is shutting down");
-  close(M.listen_fd); /* the workers keep their copies until they have drained */
+  if (M.cfg->reuseport)
+    mf_rp_close_all(); /* M.listen_fd is among them */
+  else
+    close(M.listen_fd); /* the workers keep their copies until they have drained */
   M.listen_fd = -1;
   watch_stop();
   for (int i = 0; i < M.nslots; i++) uv_timer_stop(&M.slots[i]->respawn);
@@ -882,9 +959,16 @@ static void status_json(mf_buf_t *b) {
   uint64_t now = uv_now(M.loop);
   mf_buf_appendf(b,
                  "{\"ok\":true,\"master\":{\"pid\":%d,\"uptime\":%.1f,\"url\":\"%s\",\"workers\":%d,"
-                 "\"restarts\":%llu,\"reloading\":%s},\"workers\":[",
+                 "\"restarts\":%llu,\"reloading\":%s",
                  (int)getpid(), (double)(now - M.started_ms) / 1000.0, M.url, M.nslots,
                  (unsigned long long)M.restarts, M.reload.active ? "true" : "false");
+  if (M.cfg->reuseport) {
+    int sockets = 0;
+    uint64_t handed = 0;
+    mf_rp_stats(&sockets, &handed);
+    mf_buf_appendf(b, ",\"reuseport\":{\"sockets\":%d,\"handed_off\":%llu}", sockets, (unsigned long long)handed);
+  }
+  mf_buf_append(b, "},\"workers\":[", 13);
   int first = 1;
   /* by id, then serial: the list is newest first */
   for (int id = 1; id <= 1024; id++) {
@@ -1023,6 +1107,10 @@ int master_run(mf_config_t *cfg) {
     return 1;
   }
   M.loop = uv_default_loop();
+  if (cfg->reuseport && mf_rp_init(M.loop, M.listen_fd, rp_handoff, err, sizeof err) != 0) {
+    fprintf(stderr, "moonfork: %s\n", err);
+    return 1;
+  }
   M.started_ms = uv_now(M.loop);
   mf_log("moonfork %s starting: %ld workers", MOONFORK_VERSION, cfg->workers);
   if (geteuid() == 0 && M.uid < 0)

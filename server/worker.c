@@ -8,7 +8,9 @@
  * and other Lua handles never keep a draining worker alive: it exits when its connections are gone.
  *
  * The master also sends "peer ID SERIAL" lines, each with one end of a socketpair attached: the
- * worker's stream to that peer in the mesh (mesh.c).
+ * worker's stream to that peer in the mesh (mesh.c); and, with --reuseport, "conn" lines with a client
+ * connection attached that it accepted from a parked socket (reuseport.c). With --reuseport, fd 3 is
+ * the worker's slot's own socket.
  *
  * "retire" (a reload or recycling) drains more gently than "stop": idle keep-alive connections stay
  * open until their next request (answered with "Connection: close") or their keep-alive timeout, so
@@ -124,6 +126,22 @@ static void on_peer_line(const char *line) {
   mesh_add_peer(p, id, serial);
 }
 
+/* "conn": the master hands us a client connection that reached a parked --reuseport socket. */
+static void on_conn_line(void) {
+  uv_tcp_t *t = malloc(sizeof *t);
+  if (t == NULL) return;
+  uv_tcp_init(W.loop, t);
+  uv_os_fd_t fd;
+  int taken = uv_pipe_pending_count(&W.control) > 0 && uv_accept((uv_stream_t *)&W.control, (uv_stream_t *)t) == 0;
+  if (taken && W.srv && uv_fileno((uv_handle_t *)t, &fd) == 0) {
+    int own = dup(fd); /* the handle goes; http.c opens its own on the descriptor */
+    if (own >= 0) http_server_adopt(W.srv, own);
+  } else if (!taken) {
+    mf_log("bad control message 'conn' (no connection attached) ignored");
+  }
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
 /* "leader ID SERIAL EPOCH": the master named the mesh's leader. */
 static void on_leader_line(const char *line) {
   int id;
@@ -144,6 +162,8 @@ static void on_control_line(const char *line) {
     on_peer_line(line);
   else if (strncmp(line, "leader ", 7) == 0)
     on_leader_line(line);
+  else if (strcmp(line, "conn") == 0)
+    on_conn_line();
   else
     mf_log("unknown control message '%s' ignored", line);
 }
