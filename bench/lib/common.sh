@@ -53,16 +53,18 @@ start_contestant() {
   local name=$1 port=$2 dir="$OUT/$1"
   mkdir -p "$dir"
   case "$name" in
-    moonfork)
+    moonfork|moonfork-reuseport)   # moonfork-reuseport: a listening socket per worker
       rm -f "$dir/control.sock"
+      local rpflag=""; [ "$name" = moonfork-reuseport ] && rpflag=--reuseport
       "$MF_BIN" --port "$port" --workers "$WORKERS" --control "$dir/control.sock" \
-        --keepalive-timeout 60 --max-connections 20000 \
+        --keepalive-timeout 60 --max-connections 20000 $rpflag \
         "$BENCH/apps/server.lua" >"$dir/stdout.log" 2>"$dir/error.log" &
       ;;
-    nginx-lua|nginx-return)
-      sed -e "s|@WORKERS@|$WORKERS|g; s|@PORT@|$port|g; s|@PREFIX@|$dir|g; s|@BENCH@|$BENCH|g" \
+    nginx-lua|nginx-return|nginx-lua-reuseport)   # nginx-lua-reuseport: `listen ... reuseport`
+      local rp=""; [ "$name" = nginx-lua-reuseport ] && rp=" reuseport"
+      sed -e "s|@WORKERS@|$WORKERS|g; s|@PORT@;|@PORT@$rp;|; s|@PORT@|$port|g; s|@PREFIX@|$dir|g; s|@BENCH@|$BENCH|g" \
           -e "s|@MODULES@|${NGX_LUA_MODULES:-/usr/lib/nginx/modules}|g; s|@LUA_PATH@|${NGX_LUA_PATH:-/usr/share/lua/5.1}|g" \
-        "$BENCH/peers/$name.conf" >"$dir/nginx.conf"
+        "$BENCH/peers/${name%-reuseport}.conf" >"$dir/nginx.conf"
       # NGX_LUA_LIBS: where OpenResty's libluajit-5.1.so.2 is, when it is not the system's
       LD_LIBRARY_PATH=${NGX_LUA_LIBS:-${LD_LIBRARY_PATH:-}} \
         nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/stdout.log" 2>"$dir/stderr.log" &
