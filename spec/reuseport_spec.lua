@@ -101,6 +101,18 @@ describe("--reuseport", function()
     assert.equal(listen_socket(shared.workers[1]), listen_socket(shared.workers[2]))
   end)
 
+  it("is also switched on by listen({ reuseport = true }) in the script", function()
+    local dir = helpers.mktempdir()
+    local f = assert(io.open(dir .. "/app.lua", "w"))
+    f:write('local moonfork = require "moonfork"\n',
+      'moonfork.listen({ port = 0, nodes = 2, reuseport = true },\n',
+      '  moonfork.http.createServer(function(req, res) res:finish("ok") end))\n')
+    f:close()
+    local srv = helpers.start(dir .. "/app.lua", {})
+    assert.are_not.equal(listen_socket(srv.workers[1]), listen_socket(srv.workers[2]))
+    assert.equal(1, close_requests(srv, 1))
+  end)
+
   it("spreads new connections over the workers and reports its sockets in status", function()
     local srv, path = start(2)
     assert.equal(200, close_requests(srv, 200))
