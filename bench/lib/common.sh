@@ -126,6 +126,7 @@ run_wrk() {
     close) args=(-H "Connection: close") ;;
     json) url="${url}json" ;;
     post) url="${url}echo"; args=(-s "$BENCH/lib/post.lua") ;;
+    paced) args=(-s "$BENCH/lib/paced.lua") ;;   # its pace: $BENCH_PACE_MS (see paced.lua)
   esac
   local t0 t1
   t0=$(cpu_ticks "$name")
