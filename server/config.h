@@ -22,6 +22,7 @@ typedef struct {
   uint64_t request_timeout_ms;
   long max_connections;
   long reuseport;      /* a listening socket per worker slot (reuseport.c) */
+  uint64_t sched_slice_us; /* the CPU time slice workers ask for, 0 = the kernel's (cpuslice.c) */
   char *control;      /* control socket path (NULL: the default for the port) */
   char *pid_file;
   char *access_log;

@@ -31,6 +31,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cpuslice.h"
 #include "http.h"
 #include "log.h"
 #include "lua_core.h"
@@ -267,6 +268,10 @@ int worker_run(mf_config_t *cfg) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGINT, SIG_IGN); /* Ctrl-C reaches the whole process group: the master decides what happens */
   signal(SIGHUP, SIG_IGN);
+  if (cfg->sched_slice_us > 0) { /* short slices: see cpuslice.c */
+    int r = mf_cpu_slice_set(cfg->sched_slice_us);
+    if (r < 0) mf_log("--sched-slice: cannot set the CPU time slice: %s", strerror(-r));
+  }
 
   W.cfg = cfg;
   W.loop = uv_default_loop();

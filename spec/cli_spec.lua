@@ -51,7 +51,7 @@ describe("cli", function()
       assert.are.equal(0, status)
       assert.is_truthy(out:lower():find("usage", 1, true), out)
       for _, opt in ipairs({ "--host", "--port", "--workers", "--grace", "--max-header-size", "--max-body",
-        "--header-timeout", "--keepalive-timeout", "--request-timeout", "--max-connections", "--help",
+        "--header-timeout", "--keepalive-timeout", "--request-timeout", "--max-connections", "--sched-slice", "--help",
         "--version" }) do
         assert.is_truthy(out:find(opt, 1, true), opt .. " is missing from --help:\n" .. out)
       end
@@ -77,6 +77,10 @@ describe("cli", function()
 
     it("exits 2 for --max-body=-1 given in the --opt=value form", function()
       assert_usage_error({ "--port=0", "--max-body=-1", app }, "max-body")
+    end)
+
+    it("exits 2 for --sched-slice 0.05, under the kernel's shortest slice (0.1 ms)", function()
+      assert_usage_error({ "--port", "0", "--sched-slice", "0.05", app }, "bad value for sched-slice")
     end)
 
     it("exits 2 for an option missing its value", function()

@@ -28,6 +28,8 @@ int main(void) {
   CHECK(cfg.workers == 3);
   CHECK(mf_config_set_from_script(&cfg, "keepaliveTimeout", "2", err, sizeof err) == 0);
   CHECK(cfg.keepalive_timeout_ms == 2000);
+  CHECK(mf_config_set_from_script(&cfg, "schedSlice", "1.5", err, sizeof err) == 0);
+  CHECK(cfg.sched_slice_us == 1500);
   CHECK(mf_config_set_from_script(&cfg, "noSuchOption", "1", err, sizeof err) == 1);
   CHECK(mf_config_set_from_script(&cfg, "maxConnections", "lots", err, sizeof err) == -1);
   CHECK(strstr(err, "maxConnections") != NULL);
@@ -41,6 +43,7 @@ int main(void) {
   CHECK(parse(&w, wargv, n + 2, err) == 0);
   CHECK(w.port == cfg.port && w.workers == cfg.workers && w.grace_ms == cfg.grace_ms);
   CHECK(w.max_body == cfg.max_body && w.keepalive_timeout_ms == cfg.keepalive_timeout_ms);
+  CHECK(w.sched_slice_us == 1500);
   CHECK_STR(w.host, cfg.host);
   for (int i = 1; i <= n; i++) free(wargv[i]);
 
@@ -56,6 +59,19 @@ int main(void) {
   CHECK(parse(&cfg, bad5, 3, err) == -1);
   char *bad6[] = {"moonfork", "-x", "a.lua"};
   CHECK(parse(&cfg, bad6, 3, err) == -1);
+  /* --sched-slice: milliseconds, kept in microseconds; 0, or the kernel's 0.1..100 ms */
+  char *s1[] = {"moonfork", "app.lua"};
+  CHECK(parse(&cfg, s1, 2, err) == 0 && cfg.sched_slice_us == 300);
+  char *s2[] = {"moonfork", "--sched-slice", "0", "app.lua"};
+  CHECK(parse(&cfg, s2, 4, err) == 0 && cfg.sched_slice_us == 0);
+  char *s3[] = {"moonfork", "--sched-slice=0.1", "app.lua"};
+  CHECK(parse(&cfg, s3, 3, err) == 0 && cfg.sched_slice_us == 100);
+  char *s4[] = {"moonfork", "--sched-slice", "0.05", "app.lua"};
+  CHECK(parse(&cfg, s4, 4, err) == -1 && strstr(err, "sched-slice") != NULL);
+  char *s5[] = {"moonfork", "--sched-slice", "100.5", "app.lua"};
+  CHECK(parse(&cfg, s5, 4, err) == -1 && strstr(err, "0.1 to 100") != NULL);
+  char *s6[] = {"moonfork", "--sched-slice", "fast", "app.lua"};
+  CHECK(parse(&cfg, s6, 4, err) == -1);
   char *help[] = {"moonfork", "--help"};
   CHECK(parse(&cfg, help, 2, err) == 0 && cfg.want_help);
   TEST_DONE();

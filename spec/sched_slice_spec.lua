@@ -1,0 +1,84 @@
+-- spec/sched_slice_spec.lua: --sched-slice, the CPU time slice each worker asks the kernel for
+-- (server/cpuslice.c), read back from /proc/PID/sched, where the kernel shows it as se.slice in ns.
+-- Per-task slices came with Linux 6.12; on an older kernel the master says so in its log, and these
+-- specs are reported pending, never passed.
+local helpers = require "spec.helpers"
+
+local UNSUPPORTED = "this kernel has no per%-task CPU time slices"
+
+local function slice_ns(pid)
+  local s = helpers.read_file("/proc/" .. tostring(pid) .. "/sched")
+  return s and tonumber(s:match("se%.slice%s*:%s*(%d+)"))
+end
+
+local function write_app(path, slice)
+  local f = assert(io.open(path, "w"))
+  f:write('local moonfork = require "moonfork"\n',
+    'moonfork.listen({ port = 0, nodes = 2, schedSlice = ', slice, ' },\n',
+    '  moonfork.http.createServer(function(req, res) res:finish("ok") end))\n')
+  f:close()
+end
+
+-- starts moonfork; nil (and the spec pending) when the kernel cannot do per-task slices
+local function start(script, args)
+  local srv = helpers.start(script, args)
+  if srv:count_log(UNSUPPORTED) > 0 then
+    pending("this kernel has no per-task time slices (Linux 6.12+): " .. srv:log_lines(UNSUPPORTED)[1])
+    return nil
+  end
+  return srv
+end
+
+local function assert_slices(srv, ns)
+  for i, pid in ipairs(srv.workers) do
+    assert.are.equal(ns, slice_ns(pid), "worker " .. i .. " (pid " .. pid .. ")\nlog:\n" .. srv:log_text())
+  end
+end
+
+describe("--sched-slice", function()
+  -- the kernel's own slice, as this process (which never asked for one) has it
+  local kernel_default = slice_ns("self")
+
+  after_each(function() helpers.stop_all() end)
+
+  it("runs every worker with a 0.3 ms time slice by default, and leaves the master with the kernel's", function()
+    local srv = start("app", { "--workers", "2" })
+    if not srv then return end
+    assert.are.equal(2, #srv.workers)
+    assert_slices(srv, 300000)
+    assert.are.equal(kernel_default, slice_ns(srv.pid))
+  end)
+
+  it("gives the workers the slice it names, respawned workers too", function()
+    local srv = start("app", { "--workers", "2", "--sched-slice", "2" })
+    if not srv then return end
+    assert_slices(srv, 2000000)
+    local old = srv.workers[1]
+    helpers.kill(old, "KILL")
+    local line = srv:wait_log("worker 1 %(pid %d+%) ready", 2)
+    local new = tonumber(line:match("%(pid (%d+)%)"))
+    assert.are_not.equal(old, new)
+    assert.are.equal(2000000, slice_ns(new))
+  end)
+
+  it("leaves the workers with the kernel's slice when it is 0", function()
+    local srv = start("app", { "--workers", "2", "--sched-slice", "0" })
+    if not srv then return end
+    assert_slices(srv, kernel_default)
+  end)
+
+  it("is set by listen({ schedSlice = MS }), and a reload applies the script's new value", function()
+    local dir = helpers.mktempdir()
+    write_app(dir .. "/app.lua", "1.5")
+    local srv = start(dir .. "/app.lua", {})
+    if not srv then return end
+    assert_slices(srv, 1500000)
+    write_app(dir .. "/app.lua", "4")
+    srv:signal("HUP")
+    srv:wait_log("reload done: 2 workers replaced")
+    local pids = {}
+    for _, l in ipairs(srv:log_lines("worker %d %(pid %d+%) ready")) do pids[#pids + 1] = tonumber(l:match("%(pid (%d+)%)")) end
+    assert.are.equal(4, #pids, srv:log_text())
+    for i = 3, 4 do assert.are.equal(4000000, slice_ns(pids[i]), "new worker pid " .. pids[i]) end
+  end)
+end)
