@@ -53,11 +53,15 @@ start_contestant() {
   local name=$1 port=$2 dir="$OUT/$1"
   mkdir -p "$dir"
   case "$name" in
-    moonfork|moonfork-reuseport)   # moonfork-reuseport: a listening socket per worker
+    moonfork|moonfork-reuseport|moonfork-noslice)
+      # moonfork-reuseport: a listening socket per worker; moonfork-noslice: the kernel's CPU time
+      # slice (--sched-slice 0) instead of moonfork's 0.3 ms
       rm -f "$dir/control.sock"
-      local rpflag=""; [ "$name" = moonfork-reuseport ] && rpflag=--reuseport
+      local flag=""
+      [ "$name" = moonfork-reuseport ] && flag=--reuseport
+      [ "$name" = moonfork-noslice ] && flag="--sched-slice=0"
       "$MF_BIN" --port "$port" --workers "$WORKERS" --control "$dir/control.sock" \
-        --keepalive-timeout 60 --max-connections 20000 $rpflag \
+        --keepalive-timeout 60 --max-connections 20000 $flag \
         "$BENCH/apps/server.lua" >"$dir/stdout.log" 2>"$dir/error.log" &
       ;;
     nginx-lua|nginx-return|nginx-lua-reuseport)   # nginx-lua-reuseport: `listen ... reuseport`
