@@ -1115,7 +1115,7 @@ int master_run(mf_config_t *cfg) {
   M.started_ms = uv_now(M.loop);
   mf_log("moonfork %s starting: %ld workers", MOONFORK_VERSION, cfg->workers);
   if (cfg->sched_slice_us > 0 && mf_cpu_slice_get() == 0)
-    mf_log("note: this kernel has no per-task CPU time slices (Linux 6.12+): --sched-slice has no effect");
+    mf_log("note: no per-task CPU time slices here (they need Linux 6.12+ and a fair-share policy): --sched-slice has no effect");
   if (geteuid() == 0 && M.uid < 0)
     mf_log("warning: running as root without --user: the workers (your Lua code) run as root too");
 
