@@ -54,13 +54,59 @@ describe("bench/lib/summarize", function()
     assert.matches("not comparable: the loads differ by over 5%%$", line_of(out, "hello paced %(same load%) p99"))
   end)
 
-  it("says NOT met when moonfork's saturated p99 median is the higher", function()
+  it("says NOT met when moonfork's saturated p99 median with the client apart is the higher", function()
+    local out = summarize(rounds("apart", {
+      moonfork = { { 100000, 6.0 }, { 100000, 4.0 }, { 100000, 5.5 } },
+      ["nginx-lua"] = { { 75000, 5.0 }, { 75000, 5.2 }, { 75000, 4.5 } },
+    }))
+    assert.matches("5%.50 vs 5%.00 ms  NOT met$", line_of(out, "hello keep%-alive p99 <= nginx%+Lua p99 %(saturated, client apart%)"))
+    assert.matches("no higher in 1 of 3$", line_of(out, "round by round %(moonfork/peer ms%)"))
+  end)
+
+  it("says met when moonfork's p99 median with the client apart is no higher", function()
+    local out = summarize(rounds("apart", {
+      moonfork = { { 100000, 4.6 }, { 100000, 5.3 }, { 100000, 4.8 } },
+      ["nginx-lua"] = { { 70000, 5.4 }, { 70000, 5.0 }, { 70000, 5.1 } },
+    }))
+    assert.matches("4%.80 vs 5%.10 ms  met$", line_of(out, "hello keep%-alive p99 <= nginx%+Lua p99 %(saturated, client apart%)"))
+    assert.matches("no higher in 2 of 3$", line_of(out, "round by round %(moonfork/peer ms%)"))
+  end)
+
+  it("judges req/s on hello keep-alive and prints its p99, with the client on the same cores, with no verdict", function()
     local out = summarize(rounds("hello", {
       moonfork = { { 100000, 6.0 }, { 100000, 4.0 }, { 100000, 5.5 } },
       ["nginx-lua"] = { { 75000, 5.0 }, { 75000, 5.2 }, { 75000, 4.5 } },
     }))
     assert.matches("1%.33x  met$", line_of(out, "hello keep%-alive >= 1%.1x nginx%+Lua"))
-    assert.matches("5%.50 vs 5%.00 ms  NOT met$", line_of(out, "hello keep%-alive p99 <= nginx%+Lua p99"))
-    assert.matches("no higher in 1 of 3$", line_of(out, "round by round %(moonfork/peer ms%)"))
+    assert.matches("^  %(no target%) hello keep%-alive p99, client on the same cores: 5%.50 vs 5%.00 ms$",
+      line_of(out, "client on the same cores"))
+    assert.is_nil(out:find("client apart", 1, true))
+  end)
+end)
+
+-- bench/lib/common.sh's split of the CPUs for the "apart" workload (client first, server the rest)
+describe("bench/lib/common.sh", function()
+  -- sources common.sh under `taskset -c CPUS` (nil: as we are), runs SNIPPET; returns its output
+  local function common(cpus, snippet)
+    local dir = helpers.mktempdir()
+    local cmd = string.format("BENCH=%s OUT=%s WORKERS=2 %sbash -c %s 2>&1",
+      helpers.shell_quote(helpers.ROOT .. "/bench"), helpers.shell_quote(dir),
+      cpus and ("taskset -c " .. cpus .. " ") or "",
+      helpers.shell_quote("source \"$BENCH/lib/common.sh\"; " .. snippet))
+    local p = assert(io.popen(cmd))
+    local out = p:read("*a")
+    p:close()
+    return out
+  end
+  local show = 'echo "client=[$CLIENT_CPUS] server=[$SERVER_CPUS] threads=$CLIENT_N"'
+
+  it("gives the client the first half of the CPUs it may use, one wrk thread each, and the server the rest", function()
+    assert.equal("client=[0] server=[1] threads=1\n", common(nil, "ALL_CPUS=0,1; cpus_split; " .. show))
+    assert.equal("client=[0,1] server=[2,3,6] threads=2\n", common(nil, "ALL_CPUS=0-3,6; cpus_split; " .. show))
+    assert.equal("client=[4] server=[5] threads=1\n", common(nil, "ALL_CPUS=4-5; cpus_split; " .. show))
+  end)
+
+  it("has no apart split when it may use one CPU", function()
+    assert.equal("client=[] server=[] threads=0\n", common("0", show))
   end)
 end)

@@ -120,6 +120,36 @@ check_answers() {
     { log "bench: $1: POST /echo did not echo the 4 KB body"; return 1; }
 }
 
+# The "apart" workload keeps the client off the servers' cores: wrk runs on the first half of the
+# CPUs this script may use (CLIENT_CPUS, one wrk thread each), the contestant's processes, every
+# thread of each, on the rest (SERVER_CPUS), and go back to ALL_CPUS afterwards. With one CPU there
+# is no "apart": CLIENT_CPUS stays empty and the callers skip the workload.
+ALL_CPUS=$(taskset -p -c $$ 2>/dev/null | sed 's/.*: //')
+CLIENT_CPUS="" SERVER_CPUS="" CLIENT_N=0
+cpus_split() {
+  local part cpus=()
+  for part in ${ALL_CPUS//,/ }; do
+    case "$part" in
+      *-*) cpus+=($(seq "${part%-*}" "${part#*-}")) ;;
+      *[!0-9]*|"") return ;;   # a form we do not read (a stride): no apart workload
+      *) cpus+=("$part") ;;
+    esac
+  done
+  [ "${#cpus[@]}" -ge 2 ] || return
+  CLIENT_N=$((${#cpus[@]} / 2))
+  CLIENT_CPUS=$(IFS=,; echo "${cpus[*]:0:CLIENT_N}")
+  SERVER_CPUS=$(IFS=,; echo "${cpus[*]:CLIENT_N}")
+}
+cpus_split
+
+# pin_contestant NAME CPULIST: every thread of the contestant's master / primary and workers
+pin_contestant() {
+  local p
+  for p in "${SRV_PID[$1]}" $(worker_pids "$1"); do
+    taskset -a -p -c "$2" "$p" >/dev/null 2>&1 || log "bench: cannot move $1's pid $p to CPUs $2"
+  done
+}
+
 # run_wrk NAME WORKLOAD DURATION CONNS OUTFILE: one wrk run; prints
 #   "REQS_PER_S P50_MS P99_MS ERRORS REQUESTS SERVER_CPU_US_PER_REQUEST"
 run_wrk() {
@@ -131,11 +161,17 @@ run_wrk() {
     json) url="${url}json" ;;
     post) url="${url}echo"; args=(-s "$BENCH/lib/post.lua") ;;
     paced) args=(-s "$BENCH/lib/paced.lua") ;;   # its pace: $BENCH_PACE_MS (see paced.lua)
+    apart) [ -n "$CLIENT_CPUS" ] || { echo FAIL; return; } ;;
   esac
-  local t0 t1
+  local t0 t1 client=() threads=$WRK_THREADS
+  if [ "$wl" = apart ]; then
+    pin_contestant "$name" "$SERVER_CPUS"
+    client=(taskset -c "$CLIENT_CPUS") threads=$CLIENT_N
+  fi
   t0=$(cpu_ticks "$name")
-  wrk -t"$WRK_THREADS" -c"$conns" -d"${dur}s" --latency "${args[@]}" "$url" >"$outf" 2>&1
+  "${client[@]}" wrk -t"$threads" -c"$conns" -d"${dur}s" --latency "${args[@]}" "$url" >"$outf" 2>&1
   t1=$(cpu_ticks "$name")
+  [ "$wl" = apart ] && pin_contestant "$name" "$ALL_CPUS"
   set -- $(parse_wrk "$outf")
   [ "$1" = FAIL ] && { echo FAIL; return; }
   # server CPU (all its processes, user + system) per request, in microseconds
