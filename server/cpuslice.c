@@ -1,4 +1,5 @@
-/* cpuslice.c -- the CPU time slice a worker asks the kernel for (EEVDF custom slices, Linux 6.12+).
+/* cpuslice.c -- a worker's CPU time slice: asked of the kernel (EEVDF custom slices, Linux 6.12+) and
+ * kept by the worker itself (it yields the CPU after a slice of work without a pause).
  *
  * Linux's fair scheduler (EEVDF) gives every runnable task a slice, a few milliseconds by default.
  * When more tasks want the CPU than there are cores (clients, other services, a batch job on the
@@ -56,3 +57,54 @@ uint64_t mf_cpu_slice_get(void) {
   if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) return 0;
   return a.sched_runtime / 1000;
 }
+
+/* Keeping the slice. The kernel looks at a running task's slice only at its timer tick (every 4 ms
+ * at HZ=250; the HRTICK feature that would look sooner is off by default), so a worker that always
+ * finds work, under saturation, keeps the core for a whole tick whatever slice it asked for, while
+ * the task that shares its core (the other worker, a client, another service) waits, with its
+ * requests. So the worker keeps its slice itself: after a loop turn, if it has been running without
+ * sleeping in the poll for longer than its slice, it calls sched_yield(). EEVDF then moves its
+ * deadline one slice on and runs a waiting task whose turn it is; with nobody waiting the call
+ * returns at once. Its share of the CPU is the same; it only comes in shorter pieces. Sleeping is
+ * read off libuv's idle-time metric, which grows only when the poll blocks: a run starts when the
+ * poll that slept returned (the time before the poll plus the sleep). */
+static struct {
+  uv_prepare_t prepare;
+  uv_check_t check;
+  uint64_t slice_ns, before_poll, since, idle, yields;
+} K;
+
+static void on_before_poll(uv_prepare_t *p) {
+  (void)p;
+  K.before_poll = uv_hrtime();
+}
+
+static void on_after_turn(uv_check_t *c) {
+  uint64_t idle = uv_metrics_idle_time(c->loop), now = uv_hrtime();
+  if (idle != K.idle) { /* it slept in this turn's poll: the run began when the poll returned */
+    K.since = K.before_poll + (idle - K.idle);
+    K.idle = idle;
+  }
+  if (now - K.since >= K.slice_ns) {
+    sched_yield();
+    K.yields++;
+    K.since = uv_hrtime();
+  }
+}
+
+int mf_cpu_slice_keep(uv_loop_t *loop, uint64_t us) {
+  int r = uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
+  if (r == 0) r = uv_prepare_init(loop, &K.prepare);
+  if (r == 0) r = uv_check_init(loop, &K.check);
+  if (r != 0) return r;
+  K.slice_ns = us * 1000;
+  K.idle = uv_metrics_idle_time(loop);
+  K.before_poll = K.since = uv_hrtime();
+  uv_prepare_start(&K.prepare, on_before_poll);
+  uv_check_start(&K.check, on_after_turn);
+  uv_unref((uv_handle_t *)&K.prepare);
+  uv_unref((uv_handle_t *)&K.check);
+  return 0;
+}
+
+uint64_t mf_cpu_slice_yields(void) { return K.yields; }

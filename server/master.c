@@ -979,11 +979,12 @@ static void status_json(mf_buf_t *b) {
       any = 1;
       mf_buf_appendf(b,
                      "%s{\"id\":%d,\"pid\":%d,\"serial\":%ld,\"state\":\"%s\",\"uptime\":%.1f,"
-                     "\"requests\":%llu,\"connections\":%llu,\"rss_kb\":%llu}",
+                     "\"requests\":%llu,\"connections\":%llu,\"rss_kb\":%llu,\"yields\":%llu}",
                      first ? "" : ",", w->id, w->pid, w->serial, state_name(w),
                      (double)(now - w->started_ms) / 1000.0,
                      (unsigned long long)(w->sb ? w->sb->requests : 0),
-                     (unsigned long long)(w->sb ? w->sb->connections : 0), (unsigned long long)rss_kb(w->pid));
+                     (unsigned long long)(w->sb ? w->sb->connections : 0), (unsigned long long)rss_kb(w->pid),
+                     (unsigned long long)(w->sb ? w->sb->yields : 0));
       first = 0;
     }
     if (!any && id > M.nslots) break;
@@ -1115,7 +1116,8 @@ int master_run(mf_config_t *cfg) {
   M.started_ms = uv_now(M.loop);
   mf_log("moonfork %s starting: %ld workers", MOONFORK_VERSION, cfg->workers);
   if (cfg->sched_slice_us > 0 && mf_cpu_slice_get() == 0)
-    mf_log("note: no per-task CPU time slices here (they need Linux 6.12+ and a fair-share policy): --sched-slice has no effect");
+    mf_log("note: no per-task CPU time slices here (they need Linux 6.12+ and a fair-share policy): "
+           "workers keep --sched-slice only by yielding the CPU");
   if (geteuid() == 0 && M.uid < 0)
     mf_log("warning: running as root without --user: the workers (your Lua code) run as root too");
 

@@ -240,6 +240,7 @@ static void on_beat(uv_timer_t *t) {
   W.sb->beat_ms = mf_monotonic_ms();
   W.sb->requests = http_server_requests(W.srv);
   W.sb->connections = conns;
+  W.sb->yields = mf_cpu_slice_yields();
   trim_after_crowd(conns);
 }
 
@@ -281,6 +282,10 @@ int worker_run(mf_config_t *cfg) {
     return 1;
   }
   uv_read_start((uv_stream_t *)&W.control, on_ctl_alloc, on_ctl_read);
+  if (cfg->sched_slice_us > 0) { /* and keeps it: see cpuslice.c */
+    int r = mf_cpu_slice_keep(W.loop, cfg->sched_slice_us);
+    if (r != 0) mf_log("--sched-slice: cannot keep the slice: %s", uv_strerror(r));
+  }
   uv_signal_init(W.loop, &W.sigterm);
   uv_signal_start(&W.sigterm, on_sigterm, SIGTERM);
   uv_signal_init(W.loop, &W.sigusr1);

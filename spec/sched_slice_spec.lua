@@ -82,3 +82,53 @@ describe("--sched-slice", function()
     for i = 3, 4 do assert.are.equal(4000000, slice_ns(pids[i]), "new worker pid " .. pids[i]) end
   end)
 end)
+
+-- The worker keeps its slice itself (the kernel checks it only at its tick): after running longer
+-- than the slice without sleeping, it yields the CPU, and `moonfork status --json` counts it. This
+-- works on any kernel, so these specs are never pending.
+describe("--sched-slice, kept by the worker", function()
+  after_each(function() helpers.stop_all() end)
+
+  local function worker_status(ctl)
+    local st, out, err = helpers.ctl(ctl, nil, "status", "--json")
+    assert.are.equal(0, st, err)
+    return helpers.json_decode(out).workers[1]
+  end
+
+  -- 200 pipelined requests of 100 us of CPU each, sent in one write: the worker answers them one
+  -- after the other, about 20 ms of work without sleeping
+  local function busy_batch(srv)
+    local c = srv:connect()
+    local batch = {}
+    for i = 1, 200 do batch[i] = helpers.build_request("GET", "/spin?us=100") end
+    assert(c:send(table.concat(batch)))
+    for _ = 1, 200 do assert.are.equal("spun", assert(c:receive()).body) end
+    c:close()
+  end
+
+  it("yields the CPU after a slice of work without a pause, and counts it in status (yields)", function()
+    local ctl = helpers.mktempdir() .. "/control.sock"
+    local srv = helpers.start("app", { "--workers", "1", "--control", ctl })
+    local before = worker_status(ctl).yields
+    assert.is_number(before)
+    busy_batch(srv)
+    local w
+    assert.is_true(helpers.wait_for(function()
+      w = worker_status(ctl)
+      return w.yields > before
+    end), "yields stayed at " .. tostring(before))
+  end)
+
+  it("never yields with --sched-slice 0", function()
+    local ctl = helpers.mktempdir() .. "/control.sock"
+    local srv = helpers.start("app", { "--workers", "1", "--control", ctl, "--sched-slice", "0" })
+    busy_batch(srv)
+    local w
+    -- the counters reach the status with the worker's heartbeat: wait for the 200 requests
+    assert.is_true(helpers.wait_for(function()
+      w = worker_status(ctl)
+      return w.requests >= 200
+    end))
+    assert.are.equal(0, w.yields)
+  end)
+end)
