@@ -112,11 +112,8 @@ describe("--sched-slice, kept by the worker", function()
     local before = worker_status(ctl).yields
     assert.is_number(before)
     busy_batch(srv)
-    local w
-    assert.is_true(helpers.wait_for(function()
-      w = worker_status(ctl)
-      return w.yields > before
-    end), "yields stayed at " .. tostring(before))
+    assert.is_true(helpers.wait_for(function() return worker_status(ctl).yields > before end),
+      "yields stayed at " .. tostring(before))
   end)
 
   it("never yields with --sched-slice 0", function()
