@@ -59,7 +59,7 @@ static const opt_t opts[] = {
      "write the log to FILE instead of stderr"},
     {"watchdog", "watchdog", NULL, OPT_SECONDS, OFF(watchdog_ms), 0, 0, 0,
      "kill a worker whose loop is stuck this long, 0 = off (default 30)"},
-    {"max-requests", "maxRequests", NULL, OPT_INT, OFF(max_requests), 0, 0x7fffffff, 0,
+    {"max-requests", "maxRequests", NULL, OPT_INT, OFF(max_requests), 0, 0x7fffffff, F_WORKER,
      "replace a worker after about N requests (with jitter), 0 = never"},
     {"max-memory", "maxMemory", NULL, OPT_INT, OFF(max_memory_mb), 0, 1 << 20, 0,
      "replace a worker whose RSS is over MB, 0 = never"},

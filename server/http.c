@@ -100,7 +100,9 @@ struct http_server_s {
   http_conn_t *conns;
   http_conn_t *resume_head;
   size_t nconns;
+  size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
   uint64_t requests;
+  uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */
   int listener_closed, accept_paused, draining, drained_fired;
 
   mf_buf_t out;              /* response head being assembled (reused) */
@@ -129,6 +131,11 @@ static void alog_request(http_conn_t *c, const char *method, const hdr_t *refere
 static void alog_response(http_conn_t *c);
 
 /* ---- small pieces ---------------------------------------------------------------------------- */
+
+/* Counted in the worker, for every response, so --max-requests holds at any request rate. */
+static void server_count_request(http_server_t *srv) {
+  if (++srv->requests == srv->request_limit && srv->cb.on_limit) srv->cb.on_limit(srv->data, srv->requests);
+}
 
 static const char *date_header(http_server_t *srv, size_t *len) {
   time_t now = time(NULL);
@@ -282,7 +289,7 @@ static void conn_fail(http_conn_t *c, int status) {
   c->head_sent = 1;
   c->status = status;
   c->bytes_out = strlen(reason) + 1;
-  srv->requests++;
+  server_count_request(srv);
   if (c->alog.len == 0 && srv->access_fd >= 0) mf_buf_append(&c->alog, "-\0-\0-", 6); /* not a request we could read */
   alog_response(c);
   if (conn_write(c, &b, 1) == 0) conn_end(c);
@@ -393,7 +400,7 @@ static void alog_response(http_conn_t *c) {
 static void request_done(http_conn_t *c) {
   http_server_t *srv = c->srv;
   c->lua_owned = 0;
-  srv->requests++;
+  server_count_request(srv);
   alog_response(c);
   if (!c->keep_alive || c->upgrade) {
     /* A client that asked to close sends nothing more: with nothing unread and nothing queued, no RST
@@ -851,7 +858,7 @@ static void conn_new(http_server_t *srv, int fd) {
   c->next = srv->conns;
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
-  srv->nconns++;
+  if (++srv->nconns > srv->nconns_peak) srv->nconns_peak = srv->nconns;
   if (srv->sb) srv->sb->connections = srv->nconns;
   if (uv_tcp_open(&c->tcp, fd) != 0) {
     close(fd);
@@ -1000,3 +1007,11 @@ void http_server_close_all(http_server_t *srv) {
 
 size_t http_server_conn_count(const http_server_t *srv) { return srv->nconns; }
 uint64_t http_server_requests(const http_server_t *srv) { return srv->requests; }
+
+void http_server_set_request_limit(http_server_t *srv, uint64_t n) { srv->request_limit = n; }
+
+size_t http_server_take_conn_peak(http_server_t *srv) {
+  size_t peak = srv->nconns_peak;
+  srv->nconns_peak = srv->nconns;
+  return peak;
+}

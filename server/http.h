@@ -40,6 +40,8 @@ typedef struct {
   void (*on_drain)(void *data, http_conn_t *conn);
   /* Draining finished: no connection is left. */
   void (*on_drained)(void *data);
+  /* The response count reached the limit set with http_server_set_request_limit (may be NULL). */
+  void (*on_limit)(void *data, uint64_t requests);
 } http_callbacks_t;
 
 /* Creates a server that will accept on the listening socket `fd` (already bound and listening).
@@ -68,6 +70,10 @@ void http_server_set_access_log(http_server_t *srv, int fd);
 void http_server_close_all(http_server_t *srv);
 size_t http_server_conn_count(const http_server_t *srv);
 uint64_t http_server_requests(const http_server_t *srv);
+/* Calls on_limit when the response count reaches n (0: never). */
+void http_server_set_request_limit(http_server_t *srv, uint64_t n);
+/* The most connections open at once since the last call (a crowd seen between two samples counts). */
+size_t http_server_take_conn_peak(http_server_t *srv);
 
 /* Flags for http_conn_respond. */
 #define HTTP_RESP_CLOSE 1 /* the handler asked for "Connection: close" */

@@ -67,8 +67,8 @@ typedef struct mworker_s {
   int proc_open;
   int running;
   uint64_t started_ms;
-  uint64_t max_requests;    /* this worker's recycling point (with jitter), 0 = never */
   int recycling;            /* a replacement was asked for */
+  char recycle_why[96];     /* the worker asked to be replaced: retried on each tick until it is */
   mf_scoreboard_t *sb;      /* its entry in M.board */
   int sb_index;
   char line[512];
@@ -413,9 +413,15 @@ static void on_worker_ready(mworker_t *w) {
   if (M.announced || uv_now(M.loop) - M.started_ms > 5000) leader_elect(NULL);
 }
 
+static void recycle(mworker_t *w, const char *why);
+
 static void on_ctl_line(mworker_t *w, const char *line) {
+  unsigned long long served;
   if (strcmp(line, "ready") == 0) {
     on_worker_ready(w);
+  } else if (sscanf(line, "recycle %llu", &served) == 1) { /* it reached --max-requests (see worker.c) */
+    snprintf(w->recycle_why, sizeof w->recycle_why, "served %llu requests (--max-requests)", served);
+    if (w->state == W_READY) recycle(w, w->recycle_why); /* else (a reload, a replacement) on a tick */
   } else if (strncmp(line, "error ", 6) == 0) {
     snprintf(w->error, sizeof w->error, "%s", line + 6);
   } else {
@@ -551,8 +557,6 @@ static void slot_spawn(slot_t *s) {
   w->serial = ++M.serial;
   w->started_ms = uv_now(M.loop);
   s->last_start_ms = w->started_ms;
-  if (M.cfg->max_requests > 0) /* jitter, so workers do not all recycle together (gunicorn's idea) */
-    w->max_requests = (uint64_t)M.cfg->max_requests + (uint64_t)(rand() % (M.cfg->max_requests / 10 + 1));
   char rperr[256] = "";
   int listen_fd = M.cfg->reuseport ? mf_rp_fd(s->id - 1, rperr, sizeof rperr) : M.listen_fd;
   w->sb_index = listen_fd < 0 ? 0 : mf_board_take(M.board);
@@ -860,9 +864,8 @@ static void on_tick(uv_timer_t *t) {
     }
     if (w->state != W_READY) continue;
     char why[128];
-    if (w->max_requests && w->sb->requests >= w->max_requests) {
-      snprintf(why, sizeof why, "served %llu requests (--max-requests)", (unsigned long long)w->sb->requests);
-      recycle(w, why);
+    if (w->recycle_why[0]) {
+      recycle(w, w->recycle_why);
     } else if (M.cfg->max_memory_mb > 0) {
       uint64_t kb = rss_kb(w->pid);
       if (kb > (uint64_t)M.cfg->max_memory_mb * 1024) {
@@ -1052,7 +1055,6 @@ int master_run(mf_config_t *cfg) {
   char err[1024];
   mf_log_set_role(0);
   signal(SIGPIPE, SIG_IGN);
-  srand((unsigned)getpid());
   M.cli = malloc(sizeof *M.cli);
   if (M.cli == NULL) return 1;
   *M.cli = *cfg;

@@ -223,15 +223,18 @@ static void on_sigusr1(uv_signal_t *s, int signum) {
   }
 }
 
-/* After a crowd of connections has gone, glibc keeps the memory they used: give it back once the
- * count has fallen to a quarter of its peak (checked every second, only for peaks over 1,000). */
+/* After a crowd of connections has gone, glibc keeps the memory they used (and LuaJIT the garbage
+ * their requests left): give it back once the count has fallen to a quarter of the crowd (crowds of
+ * 1,000 or more). The crowd is the server's own high-water mark, not a sample of the count, so a crowd
+ * that comes and goes between two heartbeats is seen too. */
 static void trim_after_crowd(size_t conns) {
-  static size_t peak;
-  static unsigned ticks;
-  if (conns > peak) peak = conns;
-  if (++ticks % 10 != 0 || peak < 1000 || conns > peak / 4) return;
+  static size_t crowd;
+  size_t peak = http_server_take_conn_peak(W.srv);
+  if (peak > crowd) crowd = peak;
+  if (crowd < 1000 || conns > crowd / 4) return;
+  lua_gc(W.L, LUA_GCCOLLECT, 0);
   malloc_trim(0);
-  peak = conns;
+  crowd = conns;
 }
 
 static void on_beat(uv_timer_t *t) {
@@ -247,6 +250,22 @@ static void on_beat(uv_timer_t *t) {
 static void control_send(const char *msg) {
   uv_buf_t b = uv_buf_init((char *)msg, (unsigned)strlen(msg));
   if (uv_try_write((uv_stream_t *)&W.control, &b, 1) != (int)b.len) mf_log("cannot tell the master '%s'", msg);
+}
+
+/* --max-requests, counted here on every response (as gunicorn and Unicorn do): at the limit the worker
+ * asks the master for its replacement, and serves on until the replacement is ready and retires it. */
+static void on_request_limit(void *data, uint64_t requests) {
+  char msg[64];
+  (void)data;
+  snprintf(msg, sizeof msg, "recycle %llu\n", (unsigned long long)requests);
+  control_send(msg);
+}
+
+/* The limit with jitter (up to a tenth more), so that workers started together do not recycle together. */
+static uint64_t request_limit(const mf_config_t *cfg) {
+  if (cfg->max_requests <= 0) return 0;
+  unsigned seed = (unsigned)getpid() ^ (unsigned)cfg->serial;
+  return (uint64_t)cfg->max_requests + (uint64_t)(rand_r(&seed) % (unsigned)(cfg->max_requests / 10 + 1));
 }
 
 /* Tells the master why this worker will not start (the first line of err), for `moonfork reload`. */
@@ -295,7 +314,8 @@ int worker_run(mf_config_t *cfg) {
   if (W.board && cfg->sb_index > 0) W.sb = &W.board->e[cfg->sb_index];
   W.access_fd = -1;
 
-  http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, lua_http_on_drain, on_drained};
+  http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, lua_http_on_drain, on_drained,
+                         on_request_limit};
   W.L = mf_lua_new(cfg->script, "worker");
   if (W.L == NULL) {
     mf_log("out of memory");
@@ -312,6 +332,7 @@ int worker_run(mf_config_t *cfg) {
   mesh_init(W.loop, &lua_mesh_callbacks, W.L);
   lua_pop(W.L, 1);
   if (W.sb) http_server_set_scoreboard(W.srv, W.board, (int)cfg->sb_index);
+  http_server_set_request_limit(W.srv, request_limit(cfg));
   if (cfg->access_log) {
     W.access_fd = open_append(cfg->access_log);
     if (W.access_fd < 0) mf_log("cannot open --access-log %s: %s", cfg->access_log, strerror(errno));
