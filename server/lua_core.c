@@ -1,82 +1,81 @@
-/* lua_core.c -- the worker's `moonfork.core` module: timers, logging, process facts.
+/* lua_core.c -- the worker's core modules: `moonfork.core` (logging, process facts, files, the
+ * worker's events) and `moonfork.core.timer`.
  *
- * Timers follow luv's handle pattern: the uv_timer_t lives in the userdata, which is pinned in the
- * registry while the timer is open, so a script may drop its handle to an interval and the interval
- * goes on; clearing or firing a one-shot closes the handle and unpins it in the close callback. */
+ * Timers are binding objects (bind_obj.h): the uv_timer_t is pinned while it runs, so a script may
+ * drop its handle to an interval and the interval goes on; stopping it, or firing a one-shot, closes
+ * it. A timer carries a target (a function, a job table, a waiting coroutine) that C hands back to
+ * the one `fire` callback lua/moonfork/sched.lua registers: no closure per timer. */
 #include "lua_core.h"
 
 #include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bind_obj.h"
 #include "log.h"
 #include "lua_env.h"
-
-#define TIMER_MT "moonfork.timer"
-
-typedef struct {
-  uv_timer_t timer;
-  lua_State *L;
-  int fn_ref;
-  int self_ref;
-  int closing;
-} ltimer_t;
 
 static uv_loop_t *core_loop;
 /* The main thread: callbacks must never run on the coroutine that happened to create the timer. */
 static lua_State *core_L;
+static bind_type_t timer_type;
 
-static void timer_closed(uv_handle_t *h) {
-  ltimer_t *t = h->data;
-  lua_State *L = t->L;
-  luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
-  t->fn_ref = LUA_NOREF;
-  int self = t->self_ref;
-  t->self_ref = LUA_NOREF;
-  luaL_unref(L, LUA_REGISTRYINDEX, self); /* t may be collected from here on */
+static const char *const timer_names[] = {"fire"};
+static int timer_refs[] = {LUA_NOREF};
+
+static const char *const event_names[] = {"drain", "exit"};
+static int event_refs[] = {LUA_NOREF, LUA_NOREF};
+
+static void timer_freed(uv_handle_t *handle) { free(handle); }
+
+static void timer_close(lua_State *L, bind_obj_t *obj) {
+  uv_handle_t *handle = obj->ptr;
+  bind_obj_invalidate(L, obj);
+  uv_close(handle, timer_freed);
 }
 
-static void timer_close(ltimer_t *t) {
-  if (t->closing) return;
-  t->closing = 1;
-  uv_close((uv_handle_t *)&t->timer, timer_closed);
+static void timer_fired(uv_timer_t *handle) {
+  bind_obj_t *obj = handle->data;
+  lua_State *L = core_L;
+  if (timer_refs[0] == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, timer_refs[0]);
+  bind_obj_push_target(L, obj);
+  bind_obj_push(L, obj);
+  if (uv_timer_get_repeat(handle) == 0) timer_close(L, obj);
+  mf_lua_pcall(L, 2, 0, "error in timer callback");
 }
 
-static void on_timer(uv_timer_t *h) {
-  ltimer_t *t = h->data;
-  lua_State *L = t->L;
-  int repeating = uv_timer_get_repeat(h) > 0;
-  if (!repeating) timer_close(t);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-  mf_lua_pcall(L, 0, 0, "error in timer callback");
-}
-
-/* core.timer(ms, repeat_ms, fn) -> timer */
-static int core_timer(lua_State *L) {
+/* timer.start(ms, repeat_ms, target) -> timer: fire(target, timer) after ms, then every repeat_ms. */
+static int timer_start(lua_State *L) {
   lua_Number ms = luaL_checknumber(L, 1);
   lua_Number rep = luaL_optnumber(L, 2, 0);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checkany(L, 3);
   if (ms < 0) ms = 0;
   if (rep < 0) rep = 0;
-  ltimer_t *t = lua_newuserdata(L, sizeof *t);
-  t->L = core_L;
-  t->closing = 0;
-  uv_timer_init(core_loop, &t->timer);
-  t->timer.data = t;
-  luaL_getmetatable(L, TIMER_MT);
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, 3);
-  t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushvalue(L, -1);
-  t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  uv_timer_start(&t->timer, on_timer, (uint64_t)ms, (uint64_t)rep);
+  uv_timer_t *handle = malloc(sizeof *handle);
+  if (handle == NULL) return bind_push_uv_error(L, UV_ENOMEM);
+  uv_timer_init(core_loop, handle);
+  bind_obj_t *obj = bind_obj_new(L, &timer_type, handle);
+  handle->data = obj;
+  bind_obj_set_target(L, obj, 3);
+  uv_timer_start(handle, timer_fired, (uint64_t)ms, (uint64_t)rep);
   return 1;
 }
 
-/* core.timer_stop(timer): stopping twice, or a fired one-shot, is fine. */
-static int core_timer_stop(lua_State *L) {
-  ltimer_t *t = luaL_checkudata(L, 1, TIMER_MT);
-  timer_close(t);
+/* timer.stop(timer) -> true | nil, "ECLOSED: ..." (stopped before, or a one-shot that fired). */
+static int timer_stop(lua_State *L) {
+  bind_obj_t *obj = bind_obj_check(L, 1, &timer_type);
+  if (obj->ptr == NULL) return bind_push_closed(L, &timer_type);
+  timer_close(L, obj);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* timer.on{ fire = fn(target, timer) } */
+static int timer_on(lua_State *L) {
+  bind_callbacks_set(L, 1, timer_names, timer_refs, 1);
   return 0;
 }
 
@@ -87,9 +86,7 @@ static int core_fs_stat(lua_State *L) {
   int r = uv_fs_stat(NULL, &req, path, NULL);
   if (r < 0) {
     uv_fs_req_cleanup(&req);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", uv_err_name(r), uv_strerror(r));
-    return 2;
+    return bind_push_uv_error(L, r);
   }
   lua_createtable(L, 0, 3);
   lua_pushnumber(L, (lua_Number)req.statbuf.st_size);
@@ -110,31 +107,25 @@ static int core_fs_realpath(lua_State *L) {
   int r = uv_fs_realpath(NULL, &req, path, NULL);
   if (r < 0) {
     uv_fs_req_cleanup(&req);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", uv_err_name(r), uv_strerror(r));
-    return 2;
+    return bind_push_uv_error(L, r);
   }
   lua_pushstring(L, req.ptr);
   uv_fs_req_cleanup(&req);
   return 1;
 }
 
-static int events_ref = LUA_NOREF;
-
-/* core.events(fn): fn(name) is called for "drain" and "exit". */
-static int core_events(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_unref(L, LUA_REGISTRYINDEX, events_ref);
-  lua_pushvalue(L, 1);
-  events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+/* core.on{ drain = fn(), exit = fn() }: the worker's own events. */
+static int core_on(lua_State *L) {
+  bind_callbacks_set(L, 1, event_names, event_refs, 2);
   return 0;
 }
 
 void lua_core_emit(lua_State *L, const char *name) {
-  if (events_ref == LUA_NOREF) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, events_ref);
-  lua_pushstring(L, name);
-  mf_lua_pcall(L, 1, 0, "error in moonfork.on() listener");
+  for (int i = 0; i < 2; i++) {
+    if (strcmp(name, event_names[i]) != 0 || event_refs[i] == LUA_NOREF) continue;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, event_refs[i]);
+    mf_lua_pcall(L, 0, 0, "error in moonfork.on() listener");
+  }
 }
 
 static int core_log(lua_State *L) {
@@ -148,12 +139,14 @@ static int core_now(lua_State *L) {
 }
 
 void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
-  static const luaL_Reg fns[] = {
-      {"timer", core_timer}, {"timer_stop", core_timer_stop}, {"log", core_log}, {"now", core_now},
-      {"fs_stat", core_fs_stat}, {"events", core_events}, {"fs_realpath", core_fs_realpath}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"log", core_log}, {"now", core_now}, {"fs_stat", core_fs_stat},
+                                 {"fs_realpath", core_fs_realpath}, {"on", core_on}, {NULL, NULL}};
+  static const luaL_Reg timer_fns[] = {{"start", timer_start}, {"stop", timer_stop}, {"on", timer_on},
+                                       {NULL, NULL}};
   core_loop = loop;
   core_L = L;
-  luaL_newmetatable(L, TIMER_MT);
+  bind_type_init(L, &timer_type, "timer");
+  bind_module_open(L, "moonfork.core.timer", timer_fns);
   lua_pop(L, 1);
   luaL_register(L, NULL, fns);
   lua_pushinteger(L, (lua_Integer)cfg->worker_id);

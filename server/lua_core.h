@@ -1,4 +1,4 @@
-/* lua_core.h -- the worker's `moonfork.core` module: timers, logging, process facts. */
+/* lua_core.h -- the worker's core modules: `moonfork.core` and `moonfork.core.timer`. */
 #ifndef MOONFORK_LUA_CORE_H
 #define MOONFORK_LUA_CORE_H
 
@@ -7,9 +7,10 @@
 
 #include "config.h"
 
-/* Adds the worker's functions to the core table on the stack top (left there). */
+/* Adds the worker's functions to the core table on the stack top (left there), and opens
+ * package.loaded["moonfork.core.timer"]. */
 void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg);
-/* Tells the script's moonfork.on(name) listeners (errors are logged). */
+/* Tells the script's moonfork.on(name) listeners ("drain", "exit"; errors are logged). */
 void lua_core_emit(lua_State *L, const char *name);
 
 #endif

@@ -119,3 +119,9 @@ int mf_lua_pcall(lua_State *L, int nargs, int nresults, const char *what) {
   }
   return 0;
 }
+
+int mf_lua_require(lua_State *L, const char *name) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, name);
+  return mf_lua_pcall(L, 1, 0, "error loading a moonfork module");
+}

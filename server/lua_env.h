@@ -15,6 +15,9 @@ int mf_lua_traceback(lua_State *L);
 /* lua_pcall with mf_lua_traceback; on error logs "`what`: error+traceback", pops it and returns -1. */
 int mf_lua_pcall(lua_State *L, int nargs, int nresults, const char *what);
 
+/* require(name) under mf_lua_pcall (an error is logged): 0, or -1. */
+int mf_lua_require(lua_State *L, const char *name);
+
 /* The directory holding moonfork/init.lua (see the search order in lua_env.c). */
 const char *mf_lua_dir(void);
 

@@ -1,9 +1,9 @@
 /* lua_http.c -- requests into Lua and responses out of it: the bridge between http.c and moonfork.http.
  *
- * Lua sees a connection as a userdata holding a pointer to the C connection; the pointer is cleared
- * when the connection closes, so a handler that answers late finds it gone instead of touching freed
- * memory. Each request carries a generation number: a response can only reach the request it was made
- * for. The Lua half (lua/moonfork/http.lua) builds req/res and runs the handler in a coroutine. */
+ * Lua sees a connection as a binding object (bind_obj.h) whose pointer is cleared when the
+ * connection closes, so a handler that answers late finds it gone instead of touching freed memory.
+ * Its target is the response the `request` callback returned: drain and close are called with it.
+ * Each request carries a generation number: a response can only reach the request it was made for. The Lua half (lua/moonfork/http.lua) builds req/res and runs the handler in a coroutine. */
 #include "lua_http.h"
 
 #include <ctype.h>
@@ -14,47 +14,27 @@
 
 #include "util.h"
 
+#include "bind_obj.h"
 #include "lua_env.h"
 
-#define CONN_MT "moonfork.conn"
+static bind_type_t conn_type;
 
-typedef struct {
-  http_conn_t *c;
-} lconn_t;
+enum { CB_REQUEST, CB_CLOSE, CB_DRAIN, CB_COUNT };
+static const char *const http_names[CB_COUNT] = {"request", "close", "drain"};
+static int http_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
-static int dispatch_ref = LUA_NOREF, closed_ref = LUA_NOREF, drain_ref = LUA_NOREF;
+int lua_http_serving(void) { return http_refs[CB_REQUEST] != LUA_NOREF; }
 
-int lua_http_serving(void) { return dispatch_ref != LUA_NOREF; }
-
-/* core.serve(dispatch, on_close, on_drain) */
-static int core_serve(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (dispatch_ref != LUA_NOREF) return luaL_error(L, "moonfork.listen() was already called");
-  lua_pushvalue(L, 1);
-  dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushvalue(L, 2);
-  closed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushvalue(L, 3);
-  drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+/* http.on{ request = fn(conn, gen, method, url, version, head, body) -> res, close = fn(res),
+ *          drain = fn(res) } (once: moonfork.listen) */
+static int http_on(lua_State *L) {
+  if (lua_http_serving()) return luaL_error(L, "moonfork.listen() was already called");
+  bind_callbacks_set(L, 1, http_names, http_refs, CB_COUNT);
   return 0;
 }
 
-static int conn_mt_ref = LUA_NOREF; /* the connections' metatable, compared by identity */
-
-/* luaL_checkudata looks the metatable up by name on every call; this compares it with ours. */
-static http_conn_t *check_conn(lua_State *L) {
-  lconn_t *u = lua_touserdata(L, 1);
-  if (u != NULL && lua_getmetatable(L, 1)) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, conn_mt_ref);
-    int ours = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (ours) return u->c;
-  }
-  luaL_typerror(L, 1, "connection");
-  return NULL;
-}
+/* The connection behind argument 1, NULL when it has closed; raises when it is not a connection. */
+static http_conn_t *check_conn(lua_State *L) { return bind_obj_check(L, 1, &conn_type)->ptr; }
 
 /* ---- response heads ------------------------------------------------------------------------- */
 
@@ -184,7 +164,7 @@ static void head_build(lua_State *L, int user, int h, int names) {
   }
 }
 
-/* core.send(conn, gen, status, user, h, names, body, final) -> true | false (slow down) | nil (gone).
+/* http.send(conn, gen, status, user, h, names, body, final) -> true | false (slow down) | nil, "ECLOSED: ...".
  * status and the tables matter on the first call of a response only. */
 static int core_send(lua_State *L) {
   http_conn_t *c = check_conn(L);
@@ -193,10 +173,7 @@ static int core_send(lua_State *L) {
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 7, "", &blen);
   int final = lua_toboolean(L, 8);
-  if (c == NULL) {
-    lua_pushnil(L);
-    return 1;
-  }
+  if (c == NULL) return bind_push_closed(L, &conn_type);
   int r;
   if (status != 0) {
     head_build(L, 4, 5, 6);
@@ -205,14 +182,12 @@ static int core_send(lua_State *L) {
   } else {
     r = http_conn_respond(c, gen, 200, "", 0, body, blen, final, -1, 0); /* the head went out before */
   }
-  if (r < 0)
-    lua_pushnil(L);
-  else
-    lua_pushboolean(L, r);
+  if (r < 0) return bind_push_closed(L, &conn_type);
+  lua_pushboolean(L, r);
   return 1;
 }
 
-/* core.abort(conn, gen): a 500 if nothing was sent yet, else the connection is dropped. */
+/* http.abort(conn, gen): a 500 if nothing was sent yet, else the connection is dropped. */
 static int core_abort(lua_State *L) {
   http_conn_t *c = check_conn(L);
   uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
@@ -225,26 +200,24 @@ static int core_headers(lua_State *L);
 
 void lua_http_open(lua_State *L) {
   token_init();
-  static const luaL_Reg fns[] = {
-      {"serve", core_serve}, {"send", core_send}, {"abort", core_abort}, {"remote", core_remote}, {"headers", core_headers}, {NULL, NULL}};
-  luaL_newmetatable(L, CONN_MT);
-  conn_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  luaL_register(L, NULL, fns);
+  static const luaL_Reg fns[] = {{"on", http_on},         {"send", core_send},       {"abort", core_abort},
+                                 {"remote", core_remote}, {"headers", core_headers}, {NULL, NULL}};
+  bind_type_init(L, &conn_type, "connection");
+  bind_module_open(L, "moonfork.core.http", fns);
+  lua_pop(L, 1);
 }
 
-/* Pushes the connection's userdata, making it on first use. */
-static void push_conn(lua_State *L, http_conn_t *c) {
+/* Pushes the connection's binding object, making it on first use. http.c's slot starts at 0 (its
+ * calloc) and holds the object's self_ref while Lua knows the connection; a ref is always > 0. */
+static bind_obj_t *push_conn(lua_State *L, http_conn_t *c) {
   int *ref = http_conn_user_ref(c);
-  if (*ref != 0) {
+  if (*ref > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
-    return;
+    return lua_touserdata(L, -1);
   }
-  lconn_t *u = lua_newuserdata(L, sizeof *u);
-  u->c = c;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, conn_mt_ref);
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  bind_obj_t *obj = bind_obj_new(L, &conn_type, c);
+  *ref = obj->self_ref;
+  return obj;
 }
 
 /* The request's headers travel to Lua as one packed string (per header: the name's and the value's
@@ -314,8 +287,8 @@ static int core_headers(lua_State *L) {
 
 int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req) {
   lua_State *L = data;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, dispatch_ref);
-  push_conn(L, c);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, http_refs[CB_REQUEST]);
+  bind_obj_t *obj = push_conn(L, c);
   lua_pushnumber(L, gen);
   lua_pushstring(L, req->method);
   lua_pushlstring(L, req->url, req->url_len);
@@ -327,30 +300,35 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
     lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
   push_packed_headers(L, req);
   lua_pushlstring(L, req->body, req->body_len);
-  return mf_lua_pcall(L, 7, 0, "internal error dispatching a request");
+  /* res.conn keeps obj alive across the call, even if the connection closed during it */
+  if (mf_lua_pcall(L, 7, 1, "internal error dispatching a request") != 0) return -1;
+  if (obj->ptr) bind_obj_set_target(L, obj, -1); /* the response C calls back with */
+  lua_pop(L, 1);
+  return 0;
 }
 
+/* The connection is gone: its object is invalidated; close(res) when a response was in flight. */
 void lua_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
   lua_State *L = data;
   int *ref = http_conn_user_ref(c);
+  if (*ref <= 0) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
-  lconn_t *u = lua_touserdata(L, -1);
-  if (u != NULL) u->c = NULL;
-  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
-  *ref = 0;
-  if (!in_flight) { /* no response is waiting on it: Lua has nothing to clean up */
-    lua_pop(L, 1);
-    return;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, closed_ref);
-  lua_insert(L, -2);
-  mf_lua_pcall(L, 1, 0, "error in close handler");
+  bind_obj_t *obj = lua_touserdata(L, -1);
+  *ref = LUA_NOREF;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, http_refs[CB_CLOSE]);
+  bind_obj_push_target(L, obj);
+  bind_obj_invalidate(L, obj);
+  if (in_flight && !lua_isnil(L, -1)) /* else no response is waiting on it: nothing to clean up */
+    mf_lua_pcall(L, 1, 0, "error in close handler");
+  else
+    lua_pop(L, 2);
+  lua_pop(L, 1);
 }
 
-/* core.remote(conn) -> the peer's address, or nil when the connection is gone */
+/* http.remote(conn) -> the peer's address, or nil, "ECLOSED: ..." */
 static int core_remote(lua_State *L) {
   http_conn_t *c = check_conn(L);
-  if (c == NULL) return 0;
+  if (c == NULL) return bind_push_closed(L, &conn_type);
   lua_pushstring(L, http_conn_remote(c));
   return 1;
 }
@@ -358,8 +336,10 @@ static int core_remote(lua_State *L) {
 void lua_http_on_drain(void *data, http_conn_t *c) {
   lua_State *L = data;
   int *ref = http_conn_user_ref(c);
-  if (*ref == 0) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, drain_ref);
+  if (*ref <= 0) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, http_refs[CB_DRAIN]);
   lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+  bind_obj_push_target(L, lua_touserdata(L, -1));
+  lua_remove(L, -2);
   mf_lua_pcall(L, 1, 0, "error in drain handler");
 }

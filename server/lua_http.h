@@ -6,9 +6,9 @@
 
 #include "http.h"
 
-/* Adds core.serve, core.send and core.abort to the core table on the stack top. */
+/* Opens package.loaded["moonfork.core.http"] (on, send, abort, remote, headers). */
 void lua_http_open(lua_State *L);
-/* Has the script called core.serve (through moonfork.listen)? */
+/* Has the script registered its Lua half (http.on, through moonfork.listen)? */
 int lua_http_serving(void);
 /* The http_callbacks_t functions; their `data` is the lua_State. */
 int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req);

@@ -1,117 +1,137 @@
-/* lua_mesh.c -- the mesh as Lua sees it: peer streams as userdata, messages and events into Lua.
+/* lua_mesh.c -- the mesh as Lua sees it: `moonfork.core.mesh`, peer streams as binding objects.
  *
- * A stream userdata holds a pointer to its mesh_peer_t, cleared when the stream closes (luv's pattern),
- * and is pinned in the registry while the stream is open. lua/moonfork/mesh.lua wraps it in the
- * stream object scripts use; the four handlers it registers receive every event. */
+ * A stream is a binding object (bind_obj.h) over its mesh_peer_t, pinned while the peer is open and
+ * invalidated when it closes. Its target is the stream object lua/moonfork/mesh.lua made for it (the
+ * `peer` callback returns it), and every later event is called with that object: no map in Lua. */
 #include "lua_mesh.h"
 
 #include <lauxlib.h>
 
+#include "bind_obj.h"
 #include "lua_env.h"
 
-#define STREAM_MT "moonfork.stream"
+static bind_type_t stream_type;
 
-typedef struct {
-  mesh_peer_t *p;
-} lstream_t;
+enum { CB_PEER, CB_DATA, CB_DRAIN, CB_CLOSE, CB_LEADER, CB_COUNT };
+static const char *const mesh_names[CB_COUNT] = {"peer", "data", "drain", "close", "leader"};
+static int mesh_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
-static int h_peer = LUA_NOREF, h_data = LUA_NOREF, h_drain = LUA_NOREF, h_close = LUA_NOREF,
-           h_leader = LUA_NOREF;
-
-/* core.mesh_handlers(on_peer, on_data, on_drain, on_close, on_leader) */
-static int core_mesh_handlers(lua_State *L) {
-  int *refs[] = {&h_peer, &h_data, &h_drain, &h_close, &h_leader};
-  for (int i = 0; i < 5; i++) {
-    luaL_checktype(L, i + 1, LUA_TFUNCTION);
-    luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
-    lua_pushvalue(L, i + 1);
-    *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
+/* mesh.on{ peer = fn(ud, id, serial) -> stream, data = fn(stream, msg), drain = fn(stream),
+ *          close = fn(stream), leader = fn(id, serial, epoch) } */
+static int mesh_on(lua_State *L) {
+  bind_callbacks_set(L, 1, mesh_names, mesh_refs, CB_COUNT);
   return 0;
 }
 
-/* core.mesh_write(stream, msg) -> true | false (slow down) | nil, err */
-static int core_mesh_write(lua_State *L) {
-  lstream_t *u = luaL_checkudata(L, 1, STREAM_MT);
+/* mesh.write(ud, msg) -> true | false (slow down) | nil, "ECLOSED: ..." | nil, "EMSGSIZE: ..." */
+static int mesh_write(lua_State *L) {
+  bind_obj_t *obj = bind_obj_check(L, 1, &stream_type);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
-  int r = u->p ? mesh_peer_write(u->p, msg, len) : -1;
+  if (obj->ptr == NULL) return bind_push_closed(L, &stream_type);
+  int r = mesh_peer_write(obj->ptr, msg, len);
   if (r >= 0) {
     lua_pushboolean(L, r);
     return 1;
   }
+  if (r != -2) return bind_push_closed(L, &stream_type);
   lua_pushnil(L);
-  if (r == -2)
-    lua_pushfstring(L, "EMSGSIZE: a message of %d bytes is over the %d MiB limit", (int)len,
-                    (int)(MESH_MAX_MESSAGE >> 20));
-  else
-    lua_pushliteral(L, "ECLOSED: the stream is closed");
+  lua_pushfstring(L, "EMSGSIZE: a message of %d bytes is over the %d MiB limit", (int)len,
+                  (int)(MESH_MAX_MESSAGE >> 20));
   return 2;
 }
 
-static int core_mesh_close(lua_State *L) {
-  lstream_t *u = luaL_checkudata(L, 1, STREAM_MT);
-  if (u->p) mesh_peer_close(u->p);
+/* mesh.close(ud): closing twice is fine. */
+static int mesh_close(lua_State *L) {
+  bind_obj_t *obj = bind_obj_check(L, 1, &stream_type);
+  if (obj->ptr) mesh_peer_close(obj->ptr);
   return 0;
 }
 
 void lua_mesh_open(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"mesh_handlers", core_mesh_handlers}, {"mesh_write", core_mesh_write}, {"mesh_close", core_mesh_close},
-      {NULL, NULL}};
-  luaL_newmetatable(L, STREAM_MT);
+  static const luaL_Reg fns[] = {{"on", mesh_on}, {"write", mesh_write}, {"close", mesh_close}, {NULL, NULL}};
+  bind_type_init(L, &stream_type, "stream");
+  bind_module_open(L, "moonfork.core.mesh", fns);
   lua_pop(L, 1);
-  luaL_register(L, NULL, fns);
 }
 
-static int push_handler(lua_State *L, int ref, mesh_peer_t *p) {
-  if (ref == LUA_NOREF) return 0;
+/* The stream's object, behind the callback `cb`; 0 (nothing pushed) when there is no such callback. */
+static int push_event(lua_State *L, int cb, mesh_peer_t *p) {
+  int ref = *mesh_peer_user_ref(p);
+  if (mesh_refs[cb] == LUA_NOREF || ref == LUA_NOREF) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, *mesh_peer_user_ref(p));
+  bind_obj_t *obj = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (obj->obj_ref == LUA_NOREF) return 0; /* a peer that came before the script's handlers */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[cb]);
+  bind_obj_push_target(L, obj);
   return 1;
+}
+
+/* Calls close(target) with the stream's object on the stack top (popped). */
+static void stream_closed(lua_State *L) {
+  if (mesh_refs[CB_CLOSE] == LUA_NOREF) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[CB_CLOSE]);
+  lua_insert(L, -2);
+  mf_lua_pcall(L, 1, 0, "error in mesh 'close' handler");
 }
 
 static void on_peer(void *data, mesh_peer_t *p) {
   lua_State *L = data;
-  lstream_t *u = lua_newuserdata(L, sizeof *u);
-  u->p = p;
-  luaL_getmetatable(L, STREAM_MT);
-  lua_setmetatable(L, -2);
-  *mesh_peer_user_ref(p) = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (!push_handler(L, h_peer, p)) return;
+  bind_obj_t *obj = bind_obj_new(L, &stream_type, p);
+  *mesh_peer_user_ref(p) = obj->self_ref;
+  if (mesh_refs[CB_PEER] == LUA_NOREF) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[CB_PEER]);
+  lua_pushvalue(L, -2);
   lua_pushinteger(L, mesh_peer_id(p));
   lua_pushnumber(L, (lua_Number)mesh_peer_serial(p));
-  mf_lua_pcall(L, 3, 0, "error in mesh 'node' handler");
+  if (mf_lua_pcall(L, 3, 1, "error in mesh 'node' handler") == 0) {
+    if (obj->ptr) {
+      bind_obj_set_target(L, obj, -1);
+    } else { /* closed while Lua was making the stream: tell it now */
+      lua_pushvalue(L, -1);
+      stream_closed(L);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
 }
 
 static void on_message(void *data, mesh_peer_t *p, const char *msg, size_t len) {
   lua_State *L = data;
-  if (!push_handler(L, h_data, p)) return;
+  if (!push_event(L, CB_DATA, p)) return;
   lua_pushlstring(L, msg, len);
   mf_lua_pcall(L, 2, 0, "error in mesh 'data' handler");
 }
 
 static void on_drain(void *data, mesh_peer_t *p) {
   lua_State *L = data;
-  if (!push_handler(L, h_drain, p)) return;
+  if (!push_event(L, CB_DRAIN, p)) return;
   mf_lua_pcall(L, 1, 0, "error in mesh 'drain' handler");
 }
 
 static void on_closed(void *data, mesh_peer_t *p) {
   lua_State *L = data;
   int *ref = mesh_peer_user_ref(p);
+  if (*ref == LUA_NOREF) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
-  lstream_t *u = lua_touserdata(L, -1);
-  if (u) u->p = NULL;
-  lua_pop(L, 1);
-  if (push_handler(L, h_close, p)) mf_lua_pcall(L, 1, 0, "error in mesh 'close' handler");
-  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  bind_obj_t *obj = lua_touserdata(L, -1);
   *ref = LUA_NOREF;
+  bind_obj_push_target(L, obj);
+  bind_obj_invalidate(L, obj);
+  lua_remove(L, -2);
+  stream_closed(L);
 }
 
 void lua_mesh_leader(lua_State *L, int id, long serial, long epoch) {
-  if (h_leader == LUA_NOREF) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, h_leader);
+  if (mesh_refs[CB_LEADER] == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[CB_LEADER]);
   lua_pushinteger(L, id);
   lua_pushnumber(L, (lua_Number)serial);
   lua_pushnumber(L, (lua_Number)epoch);

@@ -1,4 +1,4 @@
-/* lua_mesh.h -- the mesh as Lua sees it: peer streams as userdata, messages and events into Lua. */
+/* lua_mesh.h -- the mesh as Lua sees it: `moonfork.core.mesh`, peer streams as binding objects. */
 #ifndef MOONFORK_LUA_MESH_H
 #define MOONFORK_LUA_MESH_H
 
@@ -6,7 +6,7 @@
 
 #include "mesh.h"
 
-/* Adds core.mesh_handlers, core.mesh_write and core.mesh_close to the core table on the stack top. */
+/* Opens package.loaded["moonfork.core.mesh"] (on, write, close). */
 void lua_mesh_open(lua_State *L);
 /* The mesh_callbacks_t for mesh_init; their `data` is the lua_State. */
 extern const mesh_callbacks_t lua_mesh_callbacks;

@@ -331,6 +331,7 @@ int worker_run(mf_config_t *cfg) {
   lua_mesh_open(W.L);
   mesh_init(W.loop, &lua_mesh_callbacks, W.L);
   lua_pop(W.L, 1);
+  if (mf_lua_require(W.L, "moonfork.sched") != 0) return 1; /* before the script: see sched.lua */
   if (W.sb) http_server_set_scoreboard(W.srv, W.board, (int)cfg->sb_index);
   http_server_set_request_limit(W.srv, request_limit(cfg));
   if (cfg->access_log) {

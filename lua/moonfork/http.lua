@@ -1,12 +1,14 @@
 -- moonfork.http: the request and response objects handed to a handler, and createServer().
 local core = require "moonfork.core"
 local sched = require "moonfork.sched"
+local chttp = package.loaded["moonfork.core.http"] or {} -- absent in the master, which never serves
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, rawget, pcall, error =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, rawget, pcall, error
+local type, tostring, tonumber, pairs, setmetatable, rawget, pcall, error =
+  type, tostring, tonumber, pairs, setmetatable, rawget, pcall, error
 local find, sub, lower, gsub, char, gmatch = string.find, string.sub, string.lower, string.gsub,
   string.char, string.gmatch
-local send, abort, log = core.send, core.abort, core.log
+local send, abort, remote, log = chttp.send, chttp.abort, chttp.remote, core.log
+local spawn, wait, notify, close_waits = sched.spawn, sched.wait, sched.notify, sched.close
 
 local cjson -- loaded on first res:json()
 
@@ -48,7 +50,7 @@ end
 _M.parse_query = parse_query
 
 -- headers, path, query and remoteAddress are worked out on first use.
-local headers_of = core.headers
+local headers_of = chttp.headers
 local Req = {}
 Req.__index = function(req, key)
   if key == "headers" then
@@ -57,7 +59,7 @@ Req.__index = function(req, key)
     return h
   end
   if key == "remoteAddress" then
-    local addr = core.remote(rawget(req, "_conn"))
+    local addr = remote(rawget(req, "_conn"))
     req.remoteAddress = addr
     return addr
   end
@@ -81,27 +83,31 @@ end
 local Res = {}
 Res.__index = Res
 
-local active = {} -- connection -> the response it is carrying (removed when it ends)
-
 local lower_of = setmetatable({}, { __mode = "k", __index = function(t, name)
   local l = lower(name)
   t[name] = l
   return l
 end })
 
-local function emit(res, event, ...)
+-- One error reporter per event name, made once: listeners run in pooled coroutines (they may sleep).
+local listener_error = setmetatable({}, { __index = function(t, event)
+  local function report(trace) log("error in res:on('" .. event .. "') callback: " .. trace) end
+  t[event] = report
+  return report
+end })
+
+local function emit(res, event)
   local list = res._on and res._on[event]
   if not list then return end
   if event == "close" then res._on[event] = nil end -- it happens once
-  for _, fn in ipairs(list) do
-    local ok, err = pcall(fn, ...)
-    if not ok then log("error in res:on('" .. event .. "') callback: " .. tostring(err)) end
-  end
+  local report = listener_error[event]
+  for i = 1, #list do spawn(list[i], report) end
 end
 
+-- The response is over (finished, failed, or its client left): "close" listeners and waiters.
 local function closed(res)
-  if active[res._conn] == res then active[res._conn] = nil end
   if res._on then emit(res, "close") end
+  close_waits(res)
 end
 
 local function check_name(name, fname)
@@ -182,7 +188,7 @@ local function body_string(chunk, fname)
 end
 
 -- Sends a piece of the body. Returns true, false when the client is slow (queue over its high-water
--- mark; wait for "drain"), or nil when the client is gone.
+-- mark; wait for "drain", or call res:drain()), or nil when the client is gone.
 function Res:write(chunk)
   if self.finished then return nil end
   chunk = body_string(chunk, "write")
@@ -190,8 +196,18 @@ function Res:write(chunk)
   if r == nil then
     self.finished = true
     closed(self)
+  elseif r == false then
+    self._full = true
   end
   return r
+end
+
+-- Waits (in the calling coroutine) until the send queue is below half its high-water mark: true at
+-- once when it is not full, nil, "closed" when the response is over or the client leaves meanwhile.
+function Res:drain()
+  if self.finished then return nil, "closed" end
+  if not self._full then return true end
+  return wait(nil, self)
 end
 
 function Res:finish(chunk)
@@ -221,10 +237,8 @@ end
 
 function Res:on(event, fn)
   if type(fn) ~= "function" then error("res:on(event, fn): fn must be a function", 2) end
-  if event == "close" and self.finished and active[self._conn] ~= self then
-    -- already over: run it now rather than never
-    local ok, err = pcall(fn)
-    if not ok then log("error in res:on('close') callback: " .. tostring(err)) end
+  if event == "close" and self.finished then
+    spawn(fn, listener_error.close) -- already over: run it now rather than never
     return self
   end
   local on = self._on or {}
@@ -265,36 +279,39 @@ local function handler_error(trace, req, res)
   end
 end
 
--- Builds the function the C core calls for each request.
+-- Builds the function the C core calls for each request; it returns the response, which the core
+-- keeps and hands to on_conn_drain and on_conn_closed.
 function _M.dispatcher(server)
-  local spawn = sched.spawn
   return function(conn, gen, method, url, version, head, body)
     local req = setmetatable({
       method = method, url = url, httpVersion = version, _head = head, body = body, _conn = conn,
     }, Req)
     -- every field a response sets is there from the start: adding keys later would resize the table
-    local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false }, Res)
-    active[conn] = res
+    local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false,
+      _full = false }, Res)
     spawn(server.handler, handler_error, req, res)
+    return res
   end
 end
 
 -- The C core calls this when a response that was told to slow down may write again.
-function _M.on_conn_drain(conn)
-  local res = active[conn]
-  if res then emit(res, "drain") end
+function _M.on_conn_drain(res)
+  res._full = false
+  if res._on then emit(res, "drain") end
+  notify(res, true)
 end
 
--- The C core calls this when a connection that carried requests is gone.
-function _M.on_conn_closed(conn)
-  local res = active[conn]
-  if res then
-    active[conn] = nil
-    if not res.finished then
-      res.finished = true
-      emit(res, "close")
-    end
+-- The C core calls this when the connection of a response in flight is gone.
+function _M.on_conn_closed(res)
+  if not res.finished then
+    res.finished = true
+    closed(res)
   end
+end
+
+-- Registers the Lua half with the C core (moonfork.listen; once).
+function _M.serve(server)
+  chttp.on { request = _M.dispatcher(server), close = _M.on_conn_closed, drain = _M.on_conn_drain }
 end
 
 return _M

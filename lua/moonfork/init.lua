@@ -1,7 +1,7 @@
 -- moonfork: what scripts require: listen(), http.createServer(), timers and sleep.
 local core = require "moonfork.core"
 
-local type, select, unpack, error, ipairs, xpcall, tostring = type, select, unpack, error, ipairs, xpcall, tostring
+local type, select, error = type, select, error
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -18,8 +18,7 @@ function _M.listen(opts, server)
     error("moonfork.listen(options, server): server must come from moonfork.http.createServer(handler)", 2)
   end
   if master then core.probe_listen(opts) end -- does not return
-  local http = _M.http
-  core.serve(http.dispatcher(server), http.on_conn_closed, http.on_conn_drain)
+  _M.http.serve(server)
   local nodes = require("moonfork.mesh").nodes
   _M.nodes = nodes
   return nodes
@@ -30,7 +29,9 @@ if master then
   _M.setTimeout = function() return false end
   _M.setInterval = _M.setTimeout
   _M.clearTimer = function() end
-  _M.sleep = function() error("moonfork.sleep() can only be called from a request handler or a timer callback", 2) end
+  _M.sleep = function()
+    error("moonfork.sleep() can only be called from a request handler, a timer or another moonfork callback", 2)
+  end
   _M.static = function() return function() return false end end
   _M.log = function() end
   _M.on = function() end
@@ -41,7 +42,9 @@ local sched = require "moonfork.sched"
 
 -- moonfork.on("drain", fn): this worker stops taking connections (a reload, a shutdown): end long
 -- polls and streams so their clients reconnect to another worker. moonfork.on("exit", fn): just
--- before the worker exits (close connections to databases). Errors are logged.
+-- before the worker exits (close connections to databases). Each listener runs in a coroutine of
+-- its own (it may sleep); errors are logged.
+local spawn = sched.spawn
 local listeners = { drain = {}, exit = {} }
 function _M.on(event, fn)
   if not listeners[event] then error("moonfork.on(event, fn): event must be 'drain' or 'exit'", 2) end
@@ -50,14 +53,17 @@ function _M.on(event, fn)
   list[#list + 1] = fn
 end
 _M.draining = false -- true once this worker stops taking connections: answer long waits at once
-core.events(function(event)
-  if event == "drain" then _M.draining = true end
-  for _, fn in ipairs(listeners[event] or {}) do
-    local ok, err = xpcall(fn, debug.traceback)
-    if not ok then core.log("error in moonfork.on('" .. event .. "') listener: " .. tostring(err)) end
+local function listener_error(event)
+  return function(trace) core.log("error in moonfork.on('" .. event .. "') listener: " .. trace) end
+end
+local function emitter(event)
+  local list, report = listeners[event], listener_error(event)
+  return function()
+    if event == "drain" then _M.draining = true end
+    for i = 1, #list do spawn(list[i], report) end
   end
-end)
-local timer, timer_stop, spawn = core.timer, core.timer_stop, sched.spawn
+end
+core.on { drain = emitter("drain"), exit = emitter("exit") }
 
 _M.id = core.id
 _M.workers = core.workers
@@ -72,33 +78,21 @@ local function check(ms, fn, name)
   if type(fn) ~= "function" then error("moonfork." .. name .. "(ms, fn): fn must be a function", 3) end
 end
 
-local function timer_error(trace)
-  core.log("error in timer callback: " .. trace)
-end
-
--- The function a timer runs: fn(...) in a coroutine of its own (so it may sleep).
-local function runner(fn, ...)
-  local n = select("#", ...)
-  if n == 0 then return function() spawn(fn, timer_error) end end
-  local args = { ... }
-  return function() spawn(function() fn(unpack(args, 1, n)) end, timer_error) end
-end
-
--- Runs fn(...) once after ms milliseconds.
+-- Runs fn(...) once after ms milliseconds, in a coroutine of its own (so it may sleep).
 function _M.setTimeout(ms, fn, ...)
   check(ms, fn, "setTimeout")
-  return timer(ms, 0, runner(fn, ...))
+  return sched.timer(ms, 0, fn, select("#", ...), ...)
 end
 
 -- Runs fn(...) every ms milliseconds (at least 1).
 function _M.setInterval(ms, fn, ...)
   check(ms, fn, "setInterval")
   if ms < 1 then ms = 1 end
-  return timer(ms, ms, runner(fn, ...))
+  return sched.timer(ms, ms, fn, select("#", ...), ...)
 end
 
 function _M.clearTimer(t)
-  if t then timer_stop(t) end
+  if t then sched.timer_stop(t) end
 end
 
 return _M

@@ -1,24 +1,32 @@
 -- moonfork.mesh: the `nodes` object listen() returns: this worker's peers, as streams of messages.
 local core = require "moonfork.core"
+local sched = require "moonfork.sched"
+local cmesh = package.loaded["moonfork.core.mesh"] or {} -- absent in the master
 
-local type, pairs, ipairs, xpcall, error, tostring = type, pairs, ipairs, xpcall, error, tostring
-local traceback, sort = debug.traceback, table.sort
-local mesh_write, mesh_close, log = core.mesh_write, core.mesh_close, core.log
+local type, pairs, ipairs, error, tostring, setmetatable = type, pairs, ipairs, error, tostring, setmetatable
+local sort = table.sort
+local mesh_write, mesh_close, log, spawn = cmesh.write, cmesh.close, core.log, sched.spawn
 
 local _M = {}
 
 local Stream = {}
 Stream.__index = Stream
 
-local function call(fn, what, ...)
-  local ok, err = xpcall(fn, traceback, ...)
-  if not ok then log("error in mesh '" .. what .. "' callback: " .. tostring(err)) end
+-- One error reporter per event, made once: every handler runs in a pooled coroutine (it may sleep).
+local reporters = {}
+for _, event in ipairs { "data", "close", "drain", "node", "leader" } do
+  reporters[event] = function(trace) log("error in mesh '" .. event .. "' callback: " .. trace) end
 end
 
-local function emit(obj, event, ...)
+local function call(fn, event, a, b)
+  spawn(fn, reporters[event], a, b)
+end
+
+local function emit(obj, event, a, b)
   local list = obj._on[event]
   if not list then return end
-  for i = 1, #list do call(list[i], event, ...) end
+  local report = reporters[event]
+  for i = 1, #list do spawn(list[i], report, a, b) end
 end
 
 local function on(obj, event, fn, events)
@@ -53,7 +61,6 @@ function Stream:close()
 end
 
 local nodes = { id = core.id, serial = core.serial, epoch = 0, _on = {} }
-local streams = {} -- userdata -> stream
 local open = {}    -- id -> stream, the live peers
 
 local nodes_events = { node = true, leader = true }
@@ -94,33 +101,26 @@ function nodes:leader()
   return self._leader
 end
 
-core.mesh_handlers(
-  function(ud, id, serial)
+-- The C core calls these (lua_mesh.c); it keeps the stream `peer` returns and calls back with it.
+cmesh.on {
+  peer = function(ud, id, serial)
     local s = setmetatable({ id = id, serial = serial, _ud = ud, _on = {} }, Stream)
-    streams[ud] = s
     open[id] = s
     emit(nodes, "node", s)
+    return s
   end,
-  function(ud, msg)
-    local s = streams[ud]
-    if s then emit(s, "data", msg) end
-  end,
-  function(ud)
-    local s = streams[ud]
-    if s then emit(s, "drain") end
-  end,
-  function(ud)
-    local s = streams[ud]
-    if not s then return end
-    streams[ud] = nil
+  data = function(s, msg) emit(s, "data", msg) end,
+  drain = function(s) emit(s, "drain") end,
+  close = function(s)
     if open[s.id] == s then open[s.id] = nil end
     s.closed = true
     emit(s, "close")
   end,
-  function(id, serial, epoch)
+  leader = function(id, serial, epoch)
     nodes._leader, nodes.leader_serial, nodes.epoch = id, serial, epoch
     emit(nodes, "leader", id, epoch)
-  end)
+  end,
+}
 
 _M.nodes = nodes
 return _M

@@ -1,20 +1,38 @@
--- moonfork.sched: runs request handlers and timer callbacks in coroutines, and lets them sleep.
+-- moonfork.sched: runs every user callback in a pooled coroutine, and is the one way to wait.
 --
 -- Coroutines are pooled: each runs a loop that calls one function under xpcall (LuaJIT can yield
 -- across it), then parks itself in the pool until the next one. A request costs a resume, not a new
 -- coroutine; a function that fails is reported by its error handler, and its coroutine is reused too.
+--
+-- wait(ms, owner) suspends the caller until wake(co, ...), a timeout (nil, "timeout") or the
+-- owner's close (nil, "closed"). The caller may be a coroutine the user made inside a callback (a
+-- coroutine.wrap iterator): the worker's coroutine.resume/wrap are replaced so that a yield for the
+-- scheduler (its first value is WAIT, which no user code can name) is passed up through every user
+-- coroutine to the pooled one, and the scheduler's resume is passed back down to the waiter. User
+-- yields go to their resumer as always; only user-made coroutines pay for the replacement.
 local core = require "moonfork.core"
+local timer = package.loaded["moonfork.core.timer"] or {} -- absent in the master, which never waits
 
-local create, resume, running, yield = coroutine.create, coroutine.resume, coroutine.running, coroutine.yield
-local xpcall, traceback, tostring, type, getmetatable = xpcall, debug.traceback, tostring, type, getmetatable
-local log = core.log
+local create, resume, running, yield, status = coroutine.create, coroutine.resume, coroutine.running,
+  coroutine.yield, coroutine.status
+local xpcall, traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack =
+  xpcall, debug.traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack
+local log, start_timer, stop_timer = core.log, timer.start, timer.stop
 
 local _M = {}
 
-local DONE = {}        -- what a pooled coroutine yields when its function has returned
+local DONE = {}    -- what a pooled coroutine yields when its function has returned
+local WAIT = {}    -- the first value of a yield meant for the scheduler
+local WAITERS = {} -- the key of an owner's set of waiting coroutines
 local POOL_MAX = 256
 local pool, npool = {}, 0
-local ours = setmetatable({}, { __mode = "k" }) -- every coroutine made here (for sleep's check)
+local weak = { __mode = "k" }
+local ours = setmetatable({}, weak)    -- every pooled coroutine
+local parent = setmetatable({}, weak)  -- a user coroutine -> its resumer, while it runs or waits
+local blocked = setmetatable({}, weak) -- coroutines suspended for the scheduler: not for user code to resume
+local waiting = setmetatable({}, weak) -- a waiting coroutine -> the pooled coroutine to resume
+local timeout = setmetatable({}, weak) -- a waiting coroutine -> its timeout's timer
+local owner_of = setmetatable({}, weak) -- a waiting coroutine -> the owner it waits on
 
 local function message(err)
   if type(err) == "string" then return err end
@@ -55,11 +73,6 @@ local function park(co, ok, r)
   end
 end
 
--- Resumes a suspended coroutine of ours with the given values.
-function _M.resume(co, ...)
-  park(co, resume(co, ...))
-end
-
 -- Runs fn(a, b, c) in a coroutine (pooled); on_error(trace, a, b, c) gets its error with a traceback,
 -- else the error is logged.
 function _M.spawn(fn, on_error, a, b, c)
@@ -76,15 +89,165 @@ function _M.spawn(fn, on_error, a, b, c)
   return co
 end
 
+---------------------------------------------------------------------------------------------------
+-- one way to wait
+
+-- Suspends the calling coroutine until wake(co, ...) (returns those values), `ms` milliseconds
+-- (nil, "timeout"; no timeout when ms is nil) or close(owner) (nil, "closed"). Raises when called
+-- outside a callback moonfork runs (the script's main chunk, a coroutine resumed from there).
+local function root_of(co)
+  while co and not ours[co] do co = parent[co] end
+  return co
+end
+
+function _M.wait(ms, owner)
+  local co = running()
+  local root = root_of(co)
+  if not root then
+    error("moonfork: cannot wait here: only in a request handler, a timer or another moonfork callback", 2)
+  end
+  if owner then
+    local set = owner[WAITERS]
+    if not set then
+      set = {}
+      owner[WAITERS] = set
+    end
+    set[co] = true
+    owner_of[co] = owner
+  end
+  if ms then timeout[co] = start_timer(ms, 0, co) end
+  waiting[co], blocked[co] = root, true
+  return yield(WAIT)
+end
+
+-- Resumes `co`, suspended in wait(), with the given values; false when it was not waiting.
+local function wake(co, ...)
+  local root = waiting[co]
+  if not root then return false end
+  waiting[co], blocked[co] = nil, nil
+  local t = timeout[co]
+  if t then
+    timeout[co] = nil
+    stop_timer(t)
+  end
+  local owner = owner_of[co]
+  if owner then
+    owner_of[co] = nil
+    local set = owner[WAITERS]
+    if set then set[co] = nil end
+  end
+  park(root, resume(root, ...))
+  return true
+end
+_M.wake = wake
+
+-- Wakes every coroutine waiting on `owner` with the given values.
+function _M.notify(owner, ...)
+  local set = owner[WAITERS]
+  if not set then return end
+  owner[WAITERS] = nil -- those who wait again from here on start a new set
+  for co in pairs(set) do wake(co, ...) end
+end
+
+-- The owner is closed: every coroutine waiting on it gets nil, "closed". (The owner's own state tells
+-- a later caller not to wait.)
+function _M.close(owner)
+  local set = owner[WAITERS]
+  if set then _M.notify(owner, nil, "closed") end
+end
+
 -- Suspends the calling coroutine for `ms` milliseconds without blocking the worker.
 function _M.sleep(ms)
-  local co = running()
-  if co == nil or not ours[co] then
-    error("moonfork.sleep() can only be called from a request handler or a timer callback", 2)
-  end
   if type(ms) ~= "number" or ms < 0 then error("moonfork.sleep(ms): ms must be a number >= 0", 2) end
-  core.timer(ms, 0, function() _M.resume(co) end)
-  return yield()
+  if not root_of(running()) then
+    error("moonfork.sleep() can only be called from a request handler, a timer or another moonfork callback", 2)
+  end
+  _M.wait(ms)
+end
+
+---------------------------------------------------------------------------------------------------
+-- timers: one `fire` callback for all, with the timer's target
+
+local function timer_error(trace)
+  log("error in timer callback: " .. trace)
+end
+
+local function run_job(job) -- job = { fn, n, arg1 .. argn }
+  return job[1](unpack(job, 3, job[2] + 2))
+end
+
+local function fire(target, t)
+  local kind = type(target)
+  if kind == "function" then
+    _M.spawn(target, timer_error)
+  elseif kind == "thread" then
+    if timeout[target] == t then
+      timeout[target] = nil
+      wake(target, nil, "timeout")
+    end
+  else
+    _M.spawn(run_job, timer_error, target)
+  end
+end
+
+-- Runs fn(...) in a pooled coroutine after ms, then every repeat_ms when given; returns the timer.
+function _M.timer(ms, repeat_ms, fn, n, ...)
+  if n == 0 then return start_timer(ms, repeat_ms, fn) end
+  return start_timer(ms, repeat_ms, { fn, n, ... })
+end
+
+function _M.timer_stop(t)
+  return stop_timer(t)
+end
+
+---------------------------------------------------------------------------------------------------
+-- user coroutines: a yield for the scheduler goes up through them and comes back down
+
+local function unblock(me, ...)
+  blocked[me] = nil
+  return ...
+end
+
+-- What resume(co) gave; a yield for the scheduler is passed up (this coroutine yields it to its own
+-- resumer), and what the scheduler resumes this one with goes down to co.
+local function passed(co, ok, first, ...)
+  if ok and first == WAIT then
+    local me = running()
+    blocked[me] = true
+    return passed(co, resume(co, unblock(me, yield(WAIT))))
+  end
+  parent[co] = nil
+  return ok, first, ...
+end
+
+local function co_resume(co, ...)
+  if blocked[co] then return false, "cannot resume non-suspended coroutine" end
+  if status(co) ~= "suspended" then return resume(co, ...) end -- its own error
+  parent[co] = running()
+  return passed(co, resume(co, ...))
+end
+
+local function wrapped(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
+end
+
+local function co_wrap(fn)
+  local co = create(fn)
+  return function(...) return wrapped(co_resume(co, ...)) end
+end
+
+local function co_status(co)
+  if blocked[co] then return "normal" end
+  return status(co)
+end
+
+-- In a worker (the master never runs callbacks): the replaced coroutine functions, and the timers'
+-- one callback. lua_env.c loads this module before the script, so a script that keeps its own
+-- reference to coroutine.resume gets the replaced one.
+if core.role == "worker" then
+  coroutine.resume, coroutine.wrap, coroutine.status = co_resume, co_wrap, co_status
+  timer.on { fire = fire }
 end
 
 return _M

@@ -9,13 +9,11 @@
 -- directory serves its index.html. Files are sent in 64 KiB pieces, waiting for the client to take
 -- each ("drain") before reading the next, so a large file is never held whole in memory.
 local core = require "moonfork.core"
-local sched = require "moonfork.sched"
 
 local type, tonumber, ipairs, error, format = type, tonumber, ipairs, error, string.format
 local find, sub, lower, match, gmatch, byte = string.find, string.sub, string.lower, string.match,
   string.gmatch, string.byte
 local concat, open, date = table.concat, io.open, os.date
-local running, yield = coroutine.running, coroutine.yield
 local stat, realpath = core.fs_stat, core.fs_realpath
 
 local CHUNK = 64 * 1024
@@ -67,24 +65,6 @@ local function parse_http_date(s)
 end
 _M.parse_http_date = parse_http_date
 
--- Waits (in the handler's coroutine) until the response may be written again or the client left.
-local function wait_drain(res)
-  res._drain_co = running()
-  if not res._drain_hooked then -- one pair of listeners per response, however many waits
-    res._drain_hooked = true
-    local function wake()
-      local co = res._drain_co
-      if co then
-        res._drain_co = nil
-        sched.resume(co)
-      end
-    end
-    res:on("drain", wake)
-    res:on("close", wake)
-  end
-  yield()
-end
-
 local function send_file(res, path, size)
   local f, err = open(path, "rb")
   if not f then
@@ -101,7 +81,7 @@ local function send_file(res, path, size)
     if left == 0 then
       res:finish(piece)
     elseif res:write(piece) == false then
-      wait_drain(res)
+      res:drain()
     end
   end
   f:close()
