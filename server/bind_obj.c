@@ -8,6 +8,8 @@
 
 #include <uv.h>
 
+#include "lua_env.h"
+
 void bind_type_init(lua_State *L, bind_type_t *type, const char *name) {
   type->name = name;
   lua_newtable(L);
@@ -63,6 +65,46 @@ void bind_obj_invalidate(lua_State *L, bind_obj_t *obj) {
   int self = obj->self_ref;
   obj->self_ref = LUA_NOREF;
   luaL_unref(L, LUA_REGISTRYINDEX, self);
+}
+
+bind_obj_t *bind_obj_at(lua_State *L, int self_ref) {
+  if (self_ref == LUA_NOREF) return NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, self_ref);
+  bind_obj_t *obj = lua_touserdata(L, -1);
+  lua_pop(L, 1); /* still pinned by self_ref */
+  return obj;
+}
+
+void bind_obj_closed(lua_State *L, int *slot, int cb_ref, int call, const char *what) {
+  bind_obj_t *obj = bind_obj_at(L, *slot);
+  *slot = LUA_NOREF;
+  if (obj == NULL) return;
+  bind_obj_push(L, obj); /* on the stack: not collected before we are done */
+  int has_target = obj->obj_ref != LUA_NOREF;
+  bind_obj_push_target(L, obj);
+  bind_obj_invalidate(L, obj);
+  if (call && has_target)
+    bind_call(L, cb_ref, 1, what);
+  else
+    lua_pop(L, 1);
+  lua_pop(L, 1);
+}
+
+int bind_push_call(lua_State *L, int cb_ref, const bind_obj_t *obj) {
+  if (cb_ref == LUA_NOREF || obj == NULL || obj->obj_ref == LUA_NOREF) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, obj->obj_ref);
+  return 1;
+}
+
+void bind_call(lua_State *L, int cb_ref, int nargs, const char *what) {
+  if (cb_ref == LUA_NOREF) {
+    lua_pop(L, nargs);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref);
+  lua_insert(L, -nargs - 1);
+  mf_lua_pcall(L, nargs, 0, what);
 }
 
 int bind_push_closed(lua_State *L, const bind_type_t *type) {

@@ -39,6 +39,17 @@ void bind_obj_push_target(lua_State *L, const bind_obj_t *obj);
  * collected from here on, unless it is on the stack). */
 void bind_obj_invalidate(lua_State *L, bind_obj_t *obj);
 
+/* The object pinned under the registry ref `self_ref` (a C object's slot), NULL for LUA_NOREF. */
+bind_obj_t *bind_obj_at(lua_State *L, int self_ref);
+/* The C object behind *slot is gone: invalidates its binding object and sets *slot to LUA_NOREF;
+ * then, if `call` and the object had a target, calls cb(target) (see bind_call). */
+void bind_obj_closed(lua_State *L, int *slot, int cb_ref, int call, const char *what);
+/* Pushes the callback cb_ref and the object's target; 0 (nothing pushed) when either is missing. */
+int bind_push_call(lua_State *L, int cb_ref, const bind_obj_t *obj);
+/* Calls the callback cb_ref with the nargs values on the stack top (popped), under mf_lua_pcall
+ * (errors logged as "`what`: ..."); with cb_ref LUA_NOREF they are only popped. */
+void bind_call(lua_State *L, int cb_ref, int nargs, const char *what);
+
 /* Pushes nil, "ECLOSED: the <type> is closed"; returns 2 (a call on an object whose C side closed). */
 int bind_push_closed(lua_State *L, const bind_type_t *type);
 /* Pushes nil, "ENAME: message" for the libuv error r; returns 2. */

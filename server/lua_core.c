@@ -79,15 +79,19 @@ static int timer_on(lua_State *L) {
   return 0;
 }
 
+/* Runs the blocking uv_fs_* call `fn` on the path in argument 1: 0, or (it failed) nil, err pushed and 2.
+ * On 0 the caller owns req and cleans it up. */
+static int fs_run(lua_State *L, int (*fn)(uv_loop_t *, uv_fs_t *, const char *, uv_fs_cb), uv_fs_t *req) {
+  int r = fn(NULL, req, luaL_checkstring(L, 1), NULL);
+  if (r >= 0) return 0;
+  uv_fs_req_cleanup(req);
+  return bind_push_uv_error(L, r);
+}
+
 /* core.fs_stat(path) -> { size, mtime, type = "file"|"dir"|"other" } | nil, "ENOENT: ..." (blocking) */
 static int core_fs_stat(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
   uv_fs_t req;
-  int r = uv_fs_stat(NULL, &req, path, NULL);
-  if (r < 0) {
-    uv_fs_req_cleanup(&req);
-    return bind_push_uv_error(L, r);
-  }
+  if (fs_run(L, uv_fs_stat, &req) != 0) return 2;
   lua_createtable(L, 0, 3);
   lua_pushnumber(L, (lua_Number)req.statbuf.st_size);
   lua_setfield(L, -2, "size");
@@ -102,13 +106,8 @@ static int core_fs_stat(lua_State *L) {
 
 /* core.fs_realpath(path) -> the canonical path, symlinks resolved | nil, err (blocking) */
 static int core_fs_realpath(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
   uv_fs_t req;
-  int r = uv_fs_realpath(NULL, &req, path, NULL);
-  if (r < 0) {
-    uv_fs_req_cleanup(&req);
-    return bind_push_uv_error(L, r);
-  }
+  if (fs_run(L, uv_fs_realpath, &req) != 0) return 2;
   lua_pushstring(L, req.ptr);
   uv_fs_req_cleanup(&req);
   return 1;

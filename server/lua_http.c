@@ -309,20 +309,9 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
 
 /* The connection is gone: its object is invalidated; close(res) when a response was in flight. */
 void lua_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
-  lua_State *L = data;
   int *ref = http_conn_user_ref(c);
   if (*ref <= 0) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
-  bind_obj_t *obj = lua_touserdata(L, -1);
-  *ref = LUA_NOREF;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, http_refs[CB_CLOSE]);
-  bind_obj_push_target(L, obj);
-  bind_obj_invalidate(L, obj);
-  if (in_flight && !lua_isnil(L, -1)) /* else no response is waiting on it: nothing to clean up */
-    mf_lua_pcall(L, 1, 0, "error in close handler");
-  else
-    lua_pop(L, 2);
-  lua_pop(L, 1);
+  bind_obj_closed(data, ref, http_refs[CB_CLOSE], in_flight, "error in close handler");
 }
 
 /* http.remote(conn) -> the peer's address, or nil, "ECLOSED: ..." */
@@ -336,10 +325,6 @@ static int core_remote(lua_State *L) {
 void lua_http_on_drain(void *data, http_conn_t *c) {
   lua_State *L = data;
   int *ref = http_conn_user_ref(c);
-  if (*ref <= 0) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, http_refs[CB_DRAIN]);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
-  bind_obj_push_target(L, lua_touserdata(L, -1));
-  lua_remove(L, -2);
+  if (*ref <= 0 || !bind_push_call(L, http_refs[CB_DRAIN], bind_obj_at(L, *ref))) return;
   mf_lua_pcall(L, 1, 0, "error in drain handler");
 }

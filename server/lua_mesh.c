@@ -55,30 +55,6 @@ void lua_mesh_open(lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* The stream's object, behind the callback `cb`; 0 (nothing pushed) when there is no such callback. */
-static int push_event(lua_State *L, int cb, mesh_peer_t *p) {
-  int ref = *mesh_peer_user_ref(p);
-  if (mesh_refs[cb] == LUA_NOREF || ref == LUA_NOREF) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-  bind_obj_t *obj = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (obj->obj_ref == LUA_NOREF) return 0; /* a peer that came before the script's handlers */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[cb]);
-  bind_obj_push_target(L, obj);
-  return 1;
-}
-
-/* Calls close(target) with the stream's object on the stack top (popped). */
-static void stream_closed(lua_State *L) {
-  if (mesh_refs[CB_CLOSE] == LUA_NOREF) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[CB_CLOSE]);
-  lua_insert(L, -2);
-  mf_lua_pcall(L, 1, 0, "error in mesh 'close' handler");
-}
-
 static void on_peer(void *data, mesh_peer_t *p) {
   lua_State *L = data;
   bind_obj_t *obj = bind_obj_new(L, &stream_type, p);
@@ -96,7 +72,7 @@ static void on_peer(void *data, mesh_peer_t *p) {
       bind_obj_set_target(L, obj, -1);
     } else { /* closed while Lua was making the stream: tell it now */
       lua_pushvalue(L, -1);
-      stream_closed(L);
+      bind_call(L, mesh_refs[CB_CLOSE], 1, "error in mesh 'close' handler");
     }
     lua_pop(L, 1);
   }
@@ -105,28 +81,19 @@ static void on_peer(void *data, mesh_peer_t *p) {
 
 static void on_message(void *data, mesh_peer_t *p, const char *msg, size_t len) {
   lua_State *L = data;
-  if (!push_event(L, CB_DATA, p)) return;
+  if (!bind_push_call(L, mesh_refs[CB_DATA], bind_obj_at(L, *mesh_peer_user_ref(p)))) return;
   lua_pushlstring(L, msg, len);
   mf_lua_pcall(L, 2, 0, "error in mesh 'data' handler");
 }
 
 static void on_drain(void *data, mesh_peer_t *p) {
   lua_State *L = data;
-  if (!push_event(L, CB_DRAIN, p)) return;
+  if (!bind_push_call(L, mesh_refs[CB_DRAIN], bind_obj_at(L, *mesh_peer_user_ref(p)))) return;
   mf_lua_pcall(L, 1, 0, "error in mesh 'drain' handler");
 }
 
 static void on_closed(void *data, mesh_peer_t *p) {
-  lua_State *L = data;
-  int *ref = mesh_peer_user_ref(p);
-  if (*ref == LUA_NOREF) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
-  bind_obj_t *obj = lua_touserdata(L, -1);
-  *ref = LUA_NOREF;
-  bind_obj_push_target(L, obj);
-  bind_obj_invalidate(L, obj);
-  lua_remove(L, -2);
-  stream_closed(L);
+  bind_obj_closed(data, mesh_peer_user_ref(p), mesh_refs[CB_CLOSE], 1, "error in mesh 'close' handler");
 }
 
 void lua_mesh_leader(lua_State *L, int id, long serial, long epoch) {
