@@ -13,8 +13,8 @@
 local core = require "moonfork.core"
 local timer = package.loaded["moonfork.core.timer"] or {} -- absent in the master, which never waits
 
-local create, resume, running, yield, status = coroutine.create, coroutine.resume, coroutine.running,
-  coroutine.yield, coroutine.status
+local create, resume, running, yield, status, isyieldable = coroutine.create, coroutine.resume,
+  coroutine.running, coroutine.yield, coroutine.status, coroutine.isyieldable
 local xpcall, traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack =
   xpcall, debug.traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack
 local log, start_timer, stop_timer = core.log, timer.start, timer.stop
@@ -106,6 +106,7 @@ function _M.wait(ms, owner)
   if not root then
     error("moonfork: cannot wait here: only in a request handler, a timer or another moonfork callback", 2)
   end
+  if not isyieldable() then error("moonfork: cannot wait inside a function called from C (sort, gsub...)", 2) end
   if owner then
     local set = owner[WAITERS]
     if not set then
@@ -117,13 +118,11 @@ function _M.wait(ms, owner)
   end
   if ms then timeout[co] = start_timer(ms, 0, co) end
   waiting[co], blocked[co] = root, true
-  return yield(WAIT)
+  return yield(WAIT, co)
 end
 
--- Resumes `co`, suspended in wait(), with the given values; false when it was not waiting.
-local function wake(co, ...)
-  local root = waiting[co]
-  if not root then return false end
+-- Forgets co's wait (its timeout, its owner) without resuming it.
+local function forget(co)
   waiting[co], blocked[co] = nil, nil
   local t = timeout[co]
   if t then
@@ -136,6 +135,13 @@ local function wake(co, ...)
     local set = owner[WAITERS]
     if set then set[co] = nil end
   end
+end
+
+-- Resumes `co`, suspended in wait(), with the given values; false when it was not waiting.
+local function wake(co, ...)
+  local root = waiting[co]
+  if not root or not blocked[root] then return false end
+  forget(co)
   park(root, resume(root, ...))
   return true
 end
@@ -162,7 +168,8 @@ function _M.sleep(ms)
   if not root_of(running()) then
     error("moonfork.sleep() can only be called from a request handler, a timer or another moonfork callback", 2)
   end
-  _M.wait(ms)
+  local _, err = _M.wait(ms)
+  if err ~= nil and err ~= "timeout" then error(err, 2) end
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -209,15 +216,20 @@ local function unblock(me, ...)
 end
 
 -- What resume(co) gave; a yield for the scheduler is passed up (this coroutine yields it to its own
--- resumer), and what the scheduler resumes this one with goes down to co.
-local function passed(co, ok, first, ...)
+-- resumer), and what the scheduler resumes this one with goes down to co. Where this coroutine cannot
+-- yield (co was resumed from inside a C function), the waiter is told at once instead.
+local function passed(co, ok, first, waiter, ...)
   if ok and first == WAIT then
+    if not isyieldable() then
+      forget(waiter)
+      return passed(co, resume(co, nil, "moonfork: cannot wait in a coroutine resumed from C (sort, gsub...)"))
+    end
     local me = running()
     blocked[me] = true
-    return passed(co, resume(co, unblock(me, yield(WAIT))))
+    return passed(co, resume(co, unblock(me, yield(WAIT, waiter))))
   end
   parent[co] = nil
-  return ok, first, ...
+  return ok, first, waiter, ...
 end
 
 local function co_resume(co, ...)
