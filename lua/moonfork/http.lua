@@ -107,7 +107,7 @@ end
 -- The response is over (finished, failed, or its client left): "close" listeners and waiters.
 local function closed(res)
   if res._on then emit(res, "close") end
-  close_waits(res)
+  if res._full then close_waits(res) end -- only res:drain() waits on a response, and only when full
 end
 
 local function check_name(name, fname)
