@@ -52,6 +52,11 @@ describe("waiting", function()
       assert.are.equal("normal", got.parent_status)
     end)
 
+    it("sched.wait returns nil, 'timeout', sched.wake's values, or nil, 'closed' when its owner closes", function()
+      assert.are.same({ b = "timeout", c = "woken", d = 42, f = "closed", g = "deep", stale = false },
+        helpers.json_decode(assert(srv:get("/wait-wake")).body))
+    end)
+
     it("raises, instead of hanging, where a wait cannot reach the scheduler (inside a function C calls)", function()
       local got = helpers.json_decode(assert(srv:get("/sleep-in-c")).body)
       assert.is_false(got.ok1)

@@ -92,21 +92,24 @@ end
 ---------------------------------------------------------------------------------------------------
 -- one way to wait
 
--- Suspends the calling coroutine until wake(co, ...) (returns those values), `ms` milliseconds
--- (nil, "timeout"; no timeout when ms is nil) or close(owner) (nil, "closed"). Raises when called
--- outside a callback moonfork runs (the script's main chunk, a coroutine resumed from there).
 local function root_of(co)
   while co and not ours[co] do co = parent[co] end
   return co
 end
 
-function _M.wait(ms, owner)
+-- The calling coroutine and the pooled one its wait resumes; raises at the level of the caller of
+-- `name` where a wait cannot reach the scheduler.
+local function waiter(name)
   local co = running()
   local root = root_of(co)
   if not root then
-    error("moonfork: cannot wait here: only in a request handler, a timer or another moonfork callback", 2)
+    error(name .. " can only be called from a request handler, a timer or another moonfork callback", 3)
   end
-  if not isyieldable() then error("moonfork: cannot wait inside a function called from C (sort, gsub...)", 2) end
+  if not isyieldable() then error(name .. ": cannot wait inside a function called from C (sort, gsub...)", 3) end
+  return co, root
+end
+
+local function suspend(co, root, ms, owner)
   if owner then
     local set = owner[WAITERS]
     if not set then
@@ -119,6 +122,16 @@ function _M.wait(ms, owner)
   if ms then timeout[co] = start_timer(ms, 0, co) end
   waiting[co], blocked[co] = root, true
   return yield(WAIT, co)
+end
+
+-- Suspends the calling coroutine until wake(co, ...) (returns those values), `ms` milliseconds
+-- (nil, "timeout"; no timeout when ms is nil) or close(owner) (nil, "closed"). Raises when called
+-- outside a callback moonfork runs (the script's main chunk, a coroutine resumed from there).
+function _M.wait(ms, owner)
+  if ms ~= nil and (type(ms) ~= "number" or ms < 0) then error("sched.wait(ms): ms must be a number >= 0 or nil", 2) end
+  if owner ~= nil and type(owner) ~= "table" then error("sched.wait(ms, owner): owner must be a table", 2) end
+  local co, root = waiter("sched.wait()")
+  return suspend(co, root, ms, owner)
 end
 
 -- Forgets co's wait (its timeout, its owner) without resuming it.
@@ -165,10 +178,8 @@ end
 -- Suspends the calling coroutine for `ms` milliseconds without blocking the worker.
 function _M.sleep(ms)
   if type(ms) ~= "number" or ms < 0 then error("moonfork.sleep(ms): ms must be a number >= 0", 2) end
-  if not root_of(running()) then
-    error("moonfork.sleep() can only be called from a request handler, a timer or another moonfork callback", 2)
-  end
-  local _, err = _M.wait(ms)
+  local co, root = waiter("moonfork.sleep()")
+  local _, err = suspend(co, root, ms)
   if err ~= nil and err ~= "timeout" then error(err, 2) end
 end
 
