@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http_parse.h"
 #include "util.h"
 
 #include "lua_env.h"
@@ -247,48 +248,26 @@ static void push_conn(lua_State *L, http_conn_t *c) {
   *ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* The request's headers travel to Lua as one packed string (per header: the name's and the value's
- * lengths as native uint32s, then the name and the value), and become a table only when the handler
- * first reads req.headers (core.headers). One string instead of a table and two strings per header:
- * most handlers never look, and an unchanged head (a client sending the same headers again) is
- * already interned. */
-static mf_buf_t packed;
-
-static void push_packed_headers(lua_State *L, const http_request_t *req) {
-  packed.len = 0;
-  for (size_t i = 0; i < req->nheaders; i++) {
-    uint32_t lens[2] = {(uint32_t)req->name_lens[i], (uint32_t)req->value_lens[i]};
-    if (mf_buf_reserve(&packed, sizeof lens + lens[0] + lens[1]) != 0) break;
-    mf_buf_append(&packed, lens, sizeof lens);
-    mf_buf_append(&packed, req->names[i], lens[0]);
-    mf_buf_append(&packed, req->values[i], lens[1]);
-  }
-  lua_pushlstring(L, packed.data ? packed.data : "", packed.len);
-  if (packed.cap > 64 * 1024) mf_buf_free(&packed);
-}
+/* The request's headers travel to Lua as one packed string, in the form the parser stored them as
+ * they arrived (http_parse.h: per header the name's and the value's lengths as native uint32s, then
+ * the name and the value), and become a table only when the handler first reads req.headers
+ * (core.headers). One string instead of a table and two strings per header: most handlers never
+ * look, and an unchanged head (a client sending the same headers again) is already interned. */
 
 /* core.headers(packed) -> { name = value, or an array of values once a name repeats }, names in
  * lower case. */
 static int core_headers(lua_State *L) {
-  size_t len;
-  const char *p = luaL_checklstring(L, 1, &len), *end = p + len;
+  size_t len, off = 0, n, vlen;
+  const char *block = luaL_checklstring(L, 1, &len), *p, *value;
   char small[64];
+  int more;
   lua_newtable(L);
-  while ((size_t)(end - p) >= 2 * sizeof(uint32_t)) {
-    uint32_t lens[2];
-    memcpy(lens, p, sizeof lens);
-    p += sizeof lens;
-    if (lens[0] > (size_t)(end - p) || lens[1] > (size_t)(end - p) - lens[0])
-      return luaL_error(L, "core.headers: not a packed header block");
-    size_t n = lens[0];
+  while ((more = http_headers_next(block, len, &off, &p, &n, &value, &vlen)) == 1) {
     char *name = n <= sizeof small ? small : malloc(n);
     if (name == NULL) return luaL_error(L, "out of memory");
     for (size_t k = 0; k < n; k++) name[k] = lower_byte((unsigned char)p[k]);
     lua_pushlstring(L, name, n);
     if (name != small) free(name);
-    const char *value = p + n;
-    size_t vlen = lens[1];
-    p = value + vlen;
     lua_pushvalue(L, -1);
     lua_rawget(L, -3);
     int t = lua_type(L, -1);
@@ -309,6 +288,7 @@ static int core_headers(lua_State *L) {
       lua_pop(L, 2);
     }
   }
+  if (more < 0) return luaL_error(L, "core.headers: not a packed header block");
   return 1;
 }
 
@@ -325,7 +305,7 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
     lua_pushliteral(L, "1.0");
   else
     lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
-  push_packed_headers(L, req);
+  lua_pushlstring(L, req->headers, req->headers_len); /* as the parser packed them */
   lua_pushlstring(L, req->body, req->body_len);
   return mf_lua_pcall(L, 7, 0, "internal error dispatching a request");
 }
