@@ -333,15 +333,7 @@ static int on_head(http_parse_t *p) {
 
 static int on_body(http_parse_t *p, const char *at, size_t len) {
   http_conn_t *c = conn_of(p);
-  if (c->body.len + len > c->srv->cfg->max_body) {
-    p->err_status = 413;
-    return -1;
-  }
-  if (mf_buf_append(&c->body, at, len) != 0) {
-    p->err_status = 500;
-    return -1;
-  }
-  return 0;
+  return http_parse_append(p, &c->body, at, len, c->body.len + len, c->srv->cfg->max_body, 413);
 }
 
 static const http_parse_callbacks_t conn_parse_callbacks = {on_message_begin, on_head, on_body};

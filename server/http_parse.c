@@ -12,18 +12,23 @@
 
 static http_parse_t *parse_of(llhttp_t *l) { return mf_container_of(l, http_parse_t, llhttp); }
 
-/* Appends URL or header bytes, counting them against max_head. */
-static int store_add(http_parse_t *p, const char *at, size_t len) {
-  p->head_bytes += (uint32_t)len;
-  if (p->head_bytes > p->max_head) {
-    p->err_status = 431;
+int http_parse_append(http_parse_t *p, mf_buf_t *b, const char *at, size_t len, uint64_t counted, uint64_t max,
+                      int over_status) {
+  if (counted > max) {
+    p->err_status = over_status;
     return -1;
   }
-  if (mf_buf_append(&p->head, at, len) != 0) {
+  if (mf_buf_append(b, at, len) != 0) {
     p->err_status = 500;
     return -1;
   }
   return 0;
+}
+
+/* Appends URL or header bytes, counting them against max_head. */
+static int store_add(http_parse_t *p, const char *at, size_t len) {
+  p->head_bytes += (uint32_t)len;
+  return http_parse_append(p, &p->head, at, len, p->head_bytes, p->max_head, 431);
 }
 
 /* Adds len to the name (which = 0) or value (which = 1) length of the open entry. */

@@ -76,6 +76,12 @@ static inline int http_parse_status(const http_parse_t *p) { return p->llhttp.st
 /* The value of the first header `name` (lower case), or NULL. */
 const char *http_parse_find(const http_parse_t *p, const char *name, size_t *vlen);
 
+/* Appends len bytes at `at` to b, a part of p's message: refuses the message with over_status when
+ * `counted` (its size so far, these bytes included) is over max, with 500 when out of memory.
+ * Returns 0 or -1 (the callback's answer to llhttp). */
+int http_parse_append(http_parse_t *p, mf_buf_t *b, const char *at, size_t len, uint64_t counted, uint64_t max,
+                      int over_status);
+
 /* Walks a packed header block: fills name/value of the entry at *off and advances it. Returns 1, 0 at
  * the end, -1 when the block is not a packed one. */
 int http_headers_next(const char *block, size_t len, size_t *off, const char **name, size_t *nlen,

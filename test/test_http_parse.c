@@ -152,10 +152,12 @@ static void test_response(size_t step) {
   CHECK(http_parse_finish(&p) == HTTP_PARSE_DONE);
   CHECK(m.body.len == 9 && memcmp(m.body.data, "until EOF", 9) == 0 && !p.keep_alive);
   http_parse_free(&p);
+  mf_buf_free(&m.body);
   /* malformed */
   start(&p, &m, HTTP_RESPONSE);
   CHECK(feed(&p, "HTTP/1.1 2x0 OK\r\n\r\n", step, &used) == HTTP_PARSE_ERROR);
   http_parse_free(&p);
+  mf_buf_free(&m.body);
   start(&p, &m, HTTP_RESPONSE);
   CHECK(feed(&p, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", step, &used) == HTTP_PARSE_ERROR);
   http_parse_free(&p);
