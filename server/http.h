@@ -19,7 +19,6 @@ typedef struct {
   const char *url;
   size_t url_len;
   int http_major, http_minor;
-  size_t nheaders;
   /* The headers in arrival order, packed as the parser stored them (see http_parse.h: per header two
    * native uint32 lengths, the name, the value); http_headers_next walks them. */
   const char *headers;
@@ -73,6 +72,17 @@ uint64_t http_server_requests(const http_server_t *srv);
 void http_server_set_request_limit(http_server_t *srv, uint64_t n);
 /* The most connections open at once since the last call (a crowd seen between two samples counts). */
 size_t http_server_take_conn_peak(http_server_t *srv);
+
+/* What the core makes of a response header the handler set (name: a token, any case). Which header
+ * wins is decided in C only, in http_respond.c: the handler's lines come first and the core adds the
+ * framing (Content-Length, chunked, Connection) that they leave to it. */
+enum {
+  HTTP_HEADER_OWN,        /* written as given */
+  HTTP_HEADER_FRAMING,    /* Transfer-Encoding: dropped, the core frames the body itself */
+  HTTP_HEADER_CONNECTION, /* dropped: the core says keep-alive or close ("close" asks for it) */
+  HTTP_HEADER_LENGTH,     /* Content-Length: written, and the core adds no framing of its own */
+};
+int http_respond_header_role(const char *name, size_t len);
 
 /* Flags for http_conn_respond. */
 #define HTTP_RESP_CLOSE 1 /* the handler asked for "Connection: close" */

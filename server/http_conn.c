@@ -169,7 +169,6 @@ static void conn_dispatch(http_conn_t *c) {
   req.url = http_parse_url(p, &req.url_len);
   req.http_major = p->llhttp.http_major;
   req.http_minor = p->llhttp.http_minor;
-  req.nheaders = p->nheaders;
   req.headers = http_parse_headers(p, &req.headers_len);
   req.body = c->body.data ? c->body.data : "";
   req.body_len = c->body.len;

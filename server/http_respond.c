@@ -1,12 +1,14 @@
 /* http_respond.c -- response framing: the head builder, chunked bodies, our own error answers.
  *
- * Which response header wins is decided here, in C, and nowhere else: the handler's lines (built by
- * lua_http.c, which drops Transfer-Encoding and Connection and reports Content-Length) come first,
+ * Which response header wins is decided here, in C, and nowhere else (not in moonfork.http):
+ * http_respond_header_role says which of the handler's headers the core owns (lua_http.c drops
+ * Transfer-Encoding and Connection and reports Content-Length by it), the handler's lines come first,
  * then this file adds the framing: Content-Length when the whole body is known, chunked for a stream
  * on HTTP/1.1, "Connection: close" when the body ends with the connection (HTTP/1.0) or anyone asked
  * to close. Heads are written for every response, so they are assembled without printf into one
  * buffer per worker. */
 #include <string.h>
+#include <strings.h>
 
 #include "http_internal.h"
 #include "log.h"
@@ -41,6 +43,19 @@ static void append_status_line(mf_buf_t *b, int status) {
   mf_buf_append(b, line, 13);
   mf_buf_append(b, reason, strlen(reason));
   mf_buf_append(b, "\r\n", 2);
+}
+
+int http_respond_header_role(const char *name, size_t len) {
+  switch (len) { /* the length first: most headers are none of these */
+    case 17:
+      return strncasecmp(name, "transfer-encoding", 17) == 0 ? HTTP_HEADER_FRAMING : HTTP_HEADER_OWN;
+    case 10:
+      return strncasecmp(name, "connection", 10) == 0 ? HTTP_HEADER_CONNECTION : HTTP_HEADER_OWN;
+    case 14:
+      return strncasecmp(name, "content-length", 14) == 0 ? HTTP_HEADER_LENGTH : HTTP_HEADER_OWN;
+    default:
+      return HTTP_HEADER_OWN;
+  }
 }
 
 unsigned http_respond_head(mf_buf_t *out, const http_head_t *h) {

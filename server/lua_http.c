@@ -80,15 +80,6 @@ static void token_init(void) {
 /* ch in lower case if it is a token byte, else as it is. */
 static inline char lower_byte(unsigned char ch) { return (char)(token_lower[ch] ? token_lower[ch] : ch); }
 
-/* Whether s (n bytes, a token) is, ignoring case, the lower-case literal lit of length m. */
-static int lower_eq(const char *s, size_t n, const char *lit, size_t m) {
-  if (n != m) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (token_lower[(unsigned char)s[i]] != (unsigned char)lit[i]) return 0;
-  return 1;
-}
-#define LOWER_EQ(s, n, lit) lower_eq(s, n, lit, sizeof lit - 1)
-
 static int is_token(const char *s, size_t n) {
   if (n == 0) return 0;
   for (size_t i = 0; i < n; i++)
@@ -119,18 +110,24 @@ static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
 /* The header `name` with the value at index v (a string, a number, or an array of them). */
 static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
   if (!is_token(name, nlen)) luaL_error(L, "bad header name '%s'", name);
-  if (LOWER_EQ(name, nlen, "transfer-encoding")) return; /* the core frames the body itself */
-  if (LOWER_EQ(name, nlen, "connection")) {
-    const char *val = lua_tostring(L, v);
-    if (val && strcasecmp(val, "close") == 0) H.flags |= HTTP_RESP_CLOSE;
-    return; /* the core says keep-alive or close */
-  }
-  if (LOWER_EQ(name, nlen, "content-length")) {
-    lua_Number n = lua_tonumber(L, v);
-    if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
-        (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
-      luaL_error(L, "header Content-Length: not a length");
-    H.clen = (int64_t)n;
+  switch (http_respond_header_role(name, nlen)) { /* which header wins: see http_respond.c */
+    case HTTP_HEADER_FRAMING:
+      return;
+    case HTTP_HEADER_CONNECTION: {
+      const char *val = lua_tostring(L, v);
+      if (val && strcasecmp(val, "close") == 0) H.flags |= HTTP_RESP_CLOSE;
+      return;
+    }
+    case HTTP_HEADER_LENGTH: {
+      lua_Number n = lua_tonumber(L, v);
+      if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
+          (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
+        luaL_error(L, "header Content-Length: not a length");
+      H.clen = (int64_t)n;
+      break;
+    }
+    default:
+      break;
   }
   if (lua_type(L, v) == LUA_TTABLE) {
     int n = (int)lua_objlen(L, v);

@@ -69,7 +69,18 @@ static void test_connection(void) {
   CHECK(strncmp(build(odd, &f), "HTTP/1.1 599 ", 13) == 0);
 }
 
+static void test_roles(void) {
+  CHECK(http_respond_header_role("Transfer-Encoding", 17) == HTTP_HEADER_FRAMING);
+  CHECK(http_respond_header_role("CONNECTION", 10) == HTTP_HEADER_CONNECTION);
+  CHECK(http_respond_header_role("content-length", 14) == HTTP_HEADER_LENGTH);
+  CHECK(http_respond_header_role("Content-Type", 12) == HTTP_HEADER_OWN);
+  CHECK(http_respond_header_role("Connectionx", 11) == HTTP_HEADER_OWN);
+  CHECK(http_respond_header_role("content-lengtx", 14) == HTTP_HEADER_OWN);
+  CHECK(http_respond_header_role("Date", 4) == HTTP_HEADER_OWN); /* ours and the handler's both go */
+}
+
 int main(void) {
+  test_roles();
   test_length();
   test_streams();
   test_connection();
