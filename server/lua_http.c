@@ -65,7 +65,7 @@ typedef struct {
   int flags;     /* HTTP_RESP_* */
 } head_t;
 
-static head_t H;
+static head_t resp_head; /* the head being built (one response at a time: Lua runs on one thread) */
 
 /* Header names are tokens (RFC 9110): letters, digits and !#$%&'*+-.^_`|~. token_lower[c] is the
  * lower-case form of a token byte, 0 for a byte that cannot be in a token. */
@@ -96,15 +96,15 @@ static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
   for (size_t i = 0; i < vlen; i++)
     if ((unsigned char)value[i] <= '\r' && (value[i] == '\r' || value[i] == '\n' || value[i] == '\0'))
       luaL_error(L, "header %s: the value must not contain CR, LF or NUL", name);
-  if (mf_buf_reserve(&H.out, nlen + vlen + 4) != 0) luaL_error(L, "out of memory");
-  char *p = H.out.data + H.out.len;
+  if (mf_buf_reserve(&resp_head.out, nlen + vlen + 4) != 0) luaL_error(L, "out of memory");
+  char *p = resp_head.out.data + resp_head.out.len;
   memcpy(p, name, nlen);
   p[nlen] = ':';
   p[nlen + 1] = ' ';
   memcpy(p + nlen + 2, value, vlen);
   p[nlen + 2 + vlen] = '\r';
   p[nlen + 3 + vlen] = '\n';
-  H.out.len += nlen + vlen + 4;
+  resp_head.out.len += nlen + vlen + 4;
 }
 
 /* The header `name` with the value at index v (a string, a number, or an array of them). */
@@ -115,7 +115,7 @@ static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
       return;
     case HTTP_HEADER_CONNECTION: {
       const char *val = lua_tostring(L, v);
-      if (val && strcasecmp(val, "close") == 0) H.flags |= HTTP_RESP_CLOSE;
+      if (val && strcasecmp(val, "close") == 0) resp_head.flags |= HTTP_RESP_CLOSE;
       return;
     }
     case HTTP_HEADER_LENGTH: {
@@ -123,7 +123,7 @@ static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
       if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
           (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
         luaL_error(L, "header Content-Length: not a length");
-      H.clen = (int64_t)n;
+      resp_head.clen = (int64_t)n;
       break;
     }
     default:
@@ -144,9 +144,9 @@ static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
 /* Builds the head from the handler's tables: `h` (lower-case name -> value or false) with `names`
  * (lower-case -> the name as written) first, then `user` (writeHead's table) minus what `h` holds. */
 static void head_build(lua_State *L, int user, int h, int names) {
-  H.out.len = 0;
-  H.clen = -1;
-  H.flags = 0;
+  resp_head.out.len = 0;
+  resp_head.clen = -1;
+  resp_head.flags = 0;
   if (lua_istable(L, h)) {
     lua_pushnil(L);
     while (lua_next(L, h) != 0) {
@@ -198,8 +198,8 @@ static int core_send(lua_State *L) {
   int r;
   if (status != 0) {
     head_build(L, 4, 5, 6);
-    r = http_conn_respond(c, gen, status, H.out.data ? H.out.data : "", H.out.len, body, blen, final, H.clen,
-                          H.flags);
+    r = http_conn_respond(c, gen, status, resp_head.out.data ? resp_head.out.data : "", resp_head.out.len, body, blen, final, resp_head.clen,
+                          resp_head.flags);
   } else {
     r = http_conn_respond(c, gen, 200, "", 0, body, blen, final, -1, 0); /* the head went out before */
   }
