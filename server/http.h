@@ -103,7 +103,7 @@ typedef void (*http_takeover_cb)(void *arg, int fd, const char *rest, size_t res
  * 101 head (not final), and once everything written has gone out, cb gets the socket and the HTTP
  * side closes (on_conn_closed says not in flight). Without a takeover an upgrade is answered and the
  * connection closed. Returns 0, UV_EPIPE when the request is gone, UV_EINVAL when it asked for no
- * upgrade. */
+ * upgrade or no head was written. */
 int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *arg);
 /* The connection's slot for its owner's use (the Lua binding keeps a registry ref there). */
 int *http_conn_user_ref(http_conn_t *c);

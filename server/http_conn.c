@@ -278,7 +278,7 @@ static void takeover_finish(http_conn_t *c) {
 
 int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *arg) {
   if (c == NULL || c->closing || c->state != HTTP_CONN_HANDLING || gen != c->gen) return UV_EPIPE;
-  if (!c->upgrade) return UV_EINVAL;
+  if (!c->upgrade || !c->head_sent) return UV_EINVAL; /* no Upgrade asked for, or no 101 written */
   c->state = HTTP_CONN_TAKEN;
   c->takeover_cb = cb;
   c->takeover_arg = arg;

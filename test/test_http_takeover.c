@@ -18,6 +18,7 @@ static struct {
   mf_buf_t got;          /* what the client read */
   char rest[64];         /* what the new owner was handed */
   int taken_fd, requests, takeover_r;
+  size_t big;            /* bytes of an extra header: enough that the 101 head is still queued */
   uv_timer_t guard;
 } takeover;
 
@@ -36,8 +37,19 @@ static int on_request(void *data, http_conn_t *c, uint32_t gen, const http_reque
   (void)data;
   (void)req;
   takeover.requests++;
-  const char *head = "Upgrade: test\r\n";
-  CHECK(http_conn_respond(c, gen, 101, head, strlen(head), "", 0, 0, -1, 0) == 1);
+  mf_buf_t head;
+  mf_buf_init(&head);
+  mf_buf_append(&head, "Upgrade: test\r\n", 15);
+  if (takeover.big) {
+    mf_buf_append(&head, "X-Big: ", 7);
+    mf_buf_reserve(&head, takeover.big + 2);
+    memset(head.data + head.len, 'a', takeover.big);
+    head.len += takeover.big;
+    mf_buf_append(&head, "\r\n", 2);
+  }
+  CHECK(http_conn_takeover(c, gen, on_taken, NULL) == UV_EINVAL); /* the 101 first */
+  CHECK(http_conn_respond(c, gen, 101, head.data, head.len, "", 0, 0, -1, 0) >= 0);
+  mf_buf_free(&head);
   takeover.takeover_r = http_conn_takeover(c, gen, on_taken, NULL);
   CHECK(http_conn_takeover(c, gen, on_taken, NULL) == UV_EPIPE); /* once */
   return 0;
@@ -85,6 +97,31 @@ static int listen_local(struct sockaddr_in *sa) {
   return fd;
 }
 
+/* One upgrade: connects, sends the request and EARLY bytes, reads until both sides closed. */
+static void scenario(const struct sockaddr_in *sa, size_t big) {
+  takeover.big = big;
+  takeover.taken_fd = -100;
+  takeover.rest[0] = '\0';
+  mf_buf_init(&takeover.got);
+  uv_tcp_init(takeover.loop, &takeover.client);
+  uv_tcp_connect(&takeover.connect, &takeover.client, (const struct sockaddr *)sa, on_connect);
+  uv_timer_start(&takeover.guard, on_guard, 10000, 0);
+  uv_run(takeover.loop, UV_RUN_DEFAULT);
+  uv_timer_stop(&takeover.guard);
+  mf_buf_append(&takeover.got, "", 1);
+  const char *got = takeover.got.data ? takeover.got.data : "";
+  size_t n = strlen(got);
+  CHECK(takeover.takeover_r == 0);
+  CHECK(takeover.taken_fd >= 0);
+  CHECK_STR(takeover.rest, "EARLY");
+  CHECK(strncmp(got, "HTTP/1.1 101 Switching Protocols\r\n", 34) == 0);
+  CHECK(strstr(got, "\r\nUpgrade: test\r\n") != NULL);
+  CHECK(strstr(got, "Connection: close") == NULL);
+  CHECK(n > 9 && strcmp(got + n - 9, "\r\n\r\nhello") == 0); /* the head whole, then the new owner's bytes */
+  CHECK(n > big);
+  mf_buf_free(&takeover.got);
+}
+
 int main(void) {
   struct sockaddr_in sa;
   int lfd = listen_local(&sa);
@@ -92,30 +129,17 @@ int main(void) {
   mf_config_t cfg;
   mf_config_defaults(&cfg);
   takeover.loop = uv_default_loop();
-  takeover.taken_fd = -100;
   http_callbacks_t cb = {.on_request = on_request};
   char err[256];
   http_server_t *srv = http_server_new(takeover.loop, &cfg, lfd, &cb, NULL, err, sizeof err);
   CHECK(srv != NULL);
   if (srv == NULL) TEST_DONE();
   CHECK(http_server_start(srv) == 0);
-  uv_tcp_init(takeover.loop, &takeover.client);
-  uv_tcp_connect(&takeover.connect, &takeover.client, (struct sockaddr *)&sa, on_connect);
   uv_timer_init(takeover.loop, &takeover.guard);
-  uv_timer_start(&takeover.guard, on_guard, 5000, 0);
   uv_unref((uv_handle_t *)&takeover.guard);
-  uv_run(takeover.loop, UV_RUN_DEFAULT);
-  mf_buf_append(&takeover.got, "", 1);
-  const char *got = takeover.got.data ? takeover.got.data : "";
-  CHECK(takeover.requests == 1 && takeover.takeover_r == 0);
-  CHECK(takeover.taken_fd >= 0);
-  CHECK_STR(takeover.rest, "EARLY");
-  CHECK(strncmp(got, "HTTP/1.1 101 Switching Protocols\r\n", 34) == 0);
-  CHECK(strstr(got, "\r\nUpgrade: test\r\n") != NULL);
-  CHECK(strstr(got, "Connection: close") == NULL);
-  size_t n = strlen(got);
-  CHECK(n > 9 && strcmp(got + n - 9, "\r\n\r\nhello") == 0);
-  CHECK(http_server_conn_count(srv) == 0 && http_server_requests(srv) == 1);
-  mf_buf_free(&takeover.got);
+  scenario(&sa, 0);              /* the 101 went at once: handed over at once */
+  scenario(&sa, 8 * 1024 * 1024); /* the 101 is still queued: handed over once it is out */
+  CHECK(takeover.requests == 2 && http_server_requests(srv) == 2);
+  CHECK(http_server_conn_count(srv) == 0);
   TEST_DONE();
 }
