@@ -35,13 +35,13 @@ static int core_mesh_write(lua_State *L) {
   lstream_t *u = luaL_checkudata(L, 1, STREAM_MT);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
-  int r = u->p ? mesh_peer_write(u->p, msg, len) : -1;
+  int r = u->p ? mesh_peer_write(u->p, msg, len) : UV_EPIPE;
   if (r >= 0) {
     lua_pushboolean(L, r);
     return 1;
   }
   lua_pushnil(L);
-  if (r == -2)
+  if (r == UV_EMSGSIZE)
     lua_pushfstring(L, "EMSGSIZE: a message of %d bytes is over the %d MiB limit", (int)len,
                     (int)(MESH_MAX_MESSAGE >> 20));
   else
