@@ -1,4 +1,5 @@
-/* http.h -- HTTP/1.1 connections in a worker: accept, parse, limits, timeouts, pipelining, responses. */
+/* http.h -- HTTP/1.1 in a worker: the server (http_server.c), its connections (http_conn.c), responses
+ * (http_respond.c) and the access log (http_alog.c). The parser is http_parse.h. */
 #ifndef MOONFORK_HTTP_H
 #define MOONFORK_HTTP_H
 
@@ -18,11 +19,10 @@ typedef struct {
   const char *url;
   size_t url_len;
   int http_major, http_minor;
-  size_t nheaders;
-  const char *const *names; /* names[i], values[i] and their lengths, in arrival order */
-  const size_t *name_lens;
-  const char *const *values;
-  const size_t *value_lens;
+  /* The headers in arrival order, packed as the parser stored them (see http_parse.h: per header two
+   * native uint32 lengths, the name, the value); http_headers_next walks them. */
+  const char *headers;
+  size_t headers_len;
   const char *body;
   size_t body_len;
 } http_request_t;
@@ -66,8 +66,6 @@ void http_server_set_draining(http_server_t *srv);
 /* Appends a combined-format line per response to fd (-1: none, after writing out what is buffered).
  * The fd is the caller's. */
 void http_server_set_access_log(http_server_t *srv, int fd);
-/* Closes every connection now (the grace period is over). */
-void http_server_close_all(http_server_t *srv);
 size_t http_server_conn_count(const http_server_t *srv);
 uint64_t http_server_requests(const http_server_t *srv);
 /* Calls on_limit when the response count reaches n (0: never). */
@@ -75,17 +73,38 @@ void http_server_set_request_limit(http_server_t *srv, uint64_t n);
 /* The most connections open at once since the last call (a crowd seen between two samples counts). */
 size_t http_server_take_conn_peak(http_server_t *srv);
 
+/* What the core makes of a response header the handler set (name: a token, any case). Which header
+ * wins is decided in C only, in http_respond.c: the handler's lines come first and the core adds the
+ * framing (Content-Length, chunked, Connection) that they leave to it. */
+enum {
+  HTTP_HEADER_OWN,        /* written as given */
+  HTTP_HEADER_FRAMING,    /* Transfer-Encoding: dropped, the core frames the body itself */
+  HTTP_HEADER_CONNECTION, /* dropped: the core says keep-alive or close ("close" asks for it) */
+  HTTP_HEADER_LENGTH,     /* Content-Length: written, and the core adds no framing of its own */
+};
+int http_respond_header_role(const char *name, size_t len);
+
 /* Flags for http_conn_respond. */
 #define HTTP_RESP_CLOSE 1 /* the handler asked for "Connection: close" */
 
 /* Writes part or all of the response to request `gen`. `head` holds the handler's header lines
  * ("Name: value\r\n" each), used on the first call only; `clen` is the Content-Length the handler set, or -1.
  * The bytes are copied or written before it returns. Returns 1 when written, 0 when written but the
- * connection's send queue is over its high-water mark, -1 when the request is gone (client closed, timed out). */
+ * connection's send queue is over its high-water mark (on_drain follows), UV_EPIPE when the request is
+ * gone (client closed, timed out). */
 int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head, size_t head_len,
                       const char *body, size_t body_len, int final, int64_t clen, int flags);
 /* Drops the connection of request `gen` (a handler failed after its headers went out). */
 void http_conn_abort(http_conn_t *c, uint32_t gen);
+/* Called once a taken-over connection's 101 response is out: fd is the socket (the callee's to close),
+ * or a negative UV_E* code; rest holds the bytes read past the request (valid during the call). */
+typedef void (*http_takeover_cb)(void *arg, int fd, const char *rest, size_t rest_len);
+/* Takes the connection of request `gen` away from HTTP after an Upgrade: the handler has written its
+ * 101 head (not final), and once everything written has gone out, cb gets the socket and the HTTP
+ * side closes (on_conn_closed says not in flight). Without a takeover an upgrade is answered and the
+ * connection closed. Returns 0, UV_EPIPE when the request is gone, UV_EINVAL when it asked for no
+ * upgrade or no head was written. */
+int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *arg);
 /* The connection's slot for its owner's use (the Lua binding keeps a registry ref there). */
 int *http_conn_user_ref(http_conn_t *c);
 /* The peer's address ("127.0.0.1"), looked up on first use. */

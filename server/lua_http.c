@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http_parse.h"
 #include "util.h"
 
 #include "bind_obj.h"
@@ -44,7 +45,7 @@ typedef struct {
   int flags;     /* HTTP_RESP_* */
 } head_t;
 
-static head_t H;
+static head_t resp_head; /* the head being built (one response at a time: Lua runs on one thread) */
 
 /* Header names are tokens (RFC 9110): letters, digits and !#$%&'*+-.^_`|~. token_lower[c] is the
  * lower-case form of a token byte, 0 for a byte that cannot be in a token. */
@@ -58,15 +59,6 @@ static void token_init(void) {
 
 /* ch in lower case if it is a token byte, else as it is. */
 static inline char lower_byte(unsigned char ch) { return (char)(token_lower[ch] ? token_lower[ch] : ch); }
-
-/* Whether s (n bytes, a token) is, ignoring case, the lower-case literal lit of length m. */
-static int lower_eq(const char *s, size_t n, const char *lit, size_t m) {
-  if (n != m) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (token_lower[(unsigned char)s[i]] != (unsigned char)lit[i]) return 0;
-  return 1;
-}
-#define LOWER_EQ(s, n, lit) lower_eq(s, n, lit, sizeof lit - 1)
 
 static int is_token(const char *s, size_t n) {
   if (n == 0) return 0;
@@ -84,32 +76,38 @@ static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
   for (size_t i = 0; i < vlen; i++)
     if ((unsigned char)value[i] <= '\r' && (value[i] == '\r' || value[i] == '\n' || value[i] == '\0'))
       luaL_error(L, "header %s: the value must not contain CR, LF or NUL", name);
-  if (mf_buf_reserve(&H.out, nlen + vlen + 4) != 0) luaL_error(L, "out of memory");
-  char *p = H.out.data + H.out.len;
+  if (mf_buf_reserve(&resp_head.out, nlen + vlen + 4) != 0) luaL_error(L, "out of memory");
+  char *p = resp_head.out.data + resp_head.out.len;
   memcpy(p, name, nlen);
   p[nlen] = ':';
   p[nlen + 1] = ' ';
   memcpy(p + nlen + 2, value, vlen);
   p[nlen + 2 + vlen] = '\r';
   p[nlen + 3 + vlen] = '\n';
-  H.out.len += nlen + vlen + 4;
+  resp_head.out.len += nlen + vlen + 4;
 }
 
 /* The header `name` with the value at index v (a string, a number, or an array of them). */
 static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
   if (!is_token(name, nlen)) luaL_error(L, "bad header name '%s'", name);
-  if (LOWER_EQ(name, nlen, "transfer-encoding")) return; /* the core frames the body itself */
-  if (LOWER_EQ(name, nlen, "connection")) {
-    const char *val = lua_tostring(L, v);
-    if (val && strcasecmp(val, "close") == 0) H.flags |= HTTP_RESP_CLOSE;
-    return; /* the core says keep-alive or close */
-  }
-  if (LOWER_EQ(name, nlen, "content-length")) {
-    lua_Number n = lua_tonumber(L, v);
-    if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
-        (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
-      luaL_error(L, "header Content-Length: not a length");
-    H.clen = (int64_t)n;
+  switch (http_respond_header_role(name, nlen)) { /* which header wins: see http_respond.c */
+    case HTTP_HEADER_FRAMING:
+      return;
+    case HTTP_HEADER_CONNECTION: {
+      const char *val = lua_tostring(L, v);
+      if (val && strcasecmp(val, "close") == 0) resp_head.flags |= HTTP_RESP_CLOSE;
+      return;
+    }
+    case HTTP_HEADER_LENGTH: {
+      lua_Number n = lua_tonumber(L, v);
+      if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
+          (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
+        luaL_error(L, "header Content-Length: not a length");
+      resp_head.clen = (int64_t)n;
+      break;
+    }
+    default:
+      break;
   }
   if (lua_type(L, v) == LUA_TTABLE) {
     int n = (int)lua_objlen(L, v);
@@ -126,9 +124,9 @@ static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
 /* Builds the head from the handler's tables: `h` (lower-case name -> value or false) with `names`
  * (lower-case -> the name as written) first, then `user` (writeHead's table) minus what `h` holds. */
 static void head_build(lua_State *L, int user, int h, int names) {
-  H.out.len = 0;
-  H.clen = -1;
-  H.flags = 0;
+  resp_head.out.len = 0;
+  resp_head.clen = -1;
+  resp_head.flags = 0;
   if (lua_istable(L, h)) {
     lua_pushnil(L);
     while (lua_next(L, h) != 0) {
@@ -177,8 +175,8 @@ static int core_send(lua_State *L) {
   int r;
   if (status != 0) {
     head_build(L, 4, 5, 6);
-    r = http_conn_respond(c, gen, status, H.out.data ? H.out.data : "", H.out.len, body, blen, final, H.clen,
-                          H.flags);
+    r = http_conn_respond(c, gen, status, resp_head.out.data ? resp_head.out.data : "", resp_head.out.len, body, blen, final, resp_head.clen,
+                          resp_head.flags);
   } else {
     r = http_conn_respond(c, gen, 200, "", 0, body, blen, final, -1, 0); /* the head went out before */
   }
@@ -220,48 +218,26 @@ static bind_obj_t *push_conn(lua_State *L, http_conn_t *c) {
   return obj;
 }
 
-/* The request's headers travel to Lua as one packed string (per header: the name's and the value's
- * lengths as native uint32s, then the name and the value), and become a table only when the handler
- * first reads req.headers (core.headers). One string instead of a table and two strings per header:
- * most handlers never look, and an unchanged head (a client sending the same headers again) is
- * already interned. */
-static mf_buf_t packed;
-
-static void push_packed_headers(lua_State *L, const http_request_t *req) {
-  packed.len = 0;
-  for (size_t i = 0; i < req->nheaders; i++) {
-    uint32_t lens[2] = {(uint32_t)req->name_lens[i], (uint32_t)req->value_lens[i]};
-    if (mf_buf_reserve(&packed, sizeof lens + lens[0] + lens[1]) != 0) break;
-    mf_buf_append(&packed, lens, sizeof lens);
-    mf_buf_append(&packed, req->names[i], lens[0]);
-    mf_buf_append(&packed, req->values[i], lens[1]);
-  }
-  lua_pushlstring(L, packed.data ? packed.data : "", packed.len);
-  if (packed.cap > 64 * 1024) mf_buf_free(&packed);
-}
+/* The request's headers travel to Lua as one packed string, in the form the parser stored them as
+ * they arrived (http_parse.h: per header the name's and the value's lengths as native uint32s, then
+ * the name and the value), and become a table only when the handler first reads req.headers
+ * (core.headers). One string instead of a table and two strings per header: most handlers never
+ * look, and an unchanged head (a client sending the same headers again) is already interned. */
 
 /* core.headers(packed) -> { name = value, or an array of values once a name repeats }, names in
  * lower case. */
 static int core_headers(lua_State *L) {
-  size_t len;
-  const char *p = luaL_checklstring(L, 1, &len), *end = p + len;
+  size_t len, off = 0, n, vlen;
+  const char *block = luaL_checklstring(L, 1, &len), *p, *value;
   char small[64];
+  int more;
   lua_newtable(L);
-  while ((size_t)(end - p) >= 2 * sizeof(uint32_t)) {
-    uint32_t lens[2];
-    memcpy(lens, p, sizeof lens);
-    p += sizeof lens;
-    if (lens[0] > (size_t)(end - p) || lens[1] > (size_t)(end - p) - lens[0])
-      return luaL_error(L, "core.headers: not a packed header block");
-    size_t n = lens[0];
+  while ((more = http_headers_next(block, len, &off, &p, &n, &value, &vlen)) == 1) {
     char *name = n <= sizeof small ? small : malloc(n);
     if (name == NULL) return luaL_error(L, "out of memory");
     for (size_t k = 0; k < n; k++) name[k] = lower_byte((unsigned char)p[k]);
     lua_pushlstring(L, name, n);
     if (name != small) free(name);
-    const char *value = p + n;
-    size_t vlen = lens[1];
-    p = value + vlen;
     lua_pushvalue(L, -1);
     lua_rawget(L, -3);
     int t = lua_type(L, -1);
@@ -282,6 +258,7 @@ static int core_headers(lua_State *L) {
       lua_pop(L, 2);
     }
   }
+  if (more < 0) return luaL_error(L, "core.headers: not a packed header block");
   return 1;
 }
 
@@ -298,7 +275,7 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
     lua_pushliteral(L, "1.0");
   else
     lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
-  push_packed_headers(L, req);
+  lua_pushlstring(L, req->headers, req->headers_len); /* as the parser packed them */
   lua_pushlstring(L, req->body, req->body_len);
   /* res.conn keeps obj alive across the call, even if the connection closed during it */
   if (mf_lua_pcall(L, 7, 1, "internal error dispatching a request") != 0) return -1;

@@ -34,7 +34,7 @@ static int mesh_write(lua_State *L) {
     lua_pushboolean(L, r);
     return 1;
   }
-  if (r != -2) return bind_push_closed(L, &stream_type);
+  if (r != UV_EMSGSIZE) return bind_push_closed(L, &stream_type);
   lua_pushnil(L);
   lua_pushfstring(L, "EMSGSIZE: a message of %d bytes is over the %d MiB limit", (int)len,
                   (int)(MESH_MAX_MESSAGE >> 20));

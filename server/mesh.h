@@ -22,12 +22,11 @@ void mesh_init(uv_loop_t *loop, const mesh_callbacks_t *cb, void *data);
 /* Takes over `pipe` (an accepted, open uv_pipe_t the mesh now owns and frees) as the stream to worker
  * `id`, spawned as number `serial`. */
 void mesh_add_peer(uv_pipe_t *pipe, int id, long serial);
-/* Queues one message. Returns 1 when sent, 0 when sent but the queue is over high water, -1 when the
- * peer is gone, -2 when the message is over MESH_MAX_MESSAGE (nothing sent). */
+/* Queues one message. Returns 1 when sent, 0 when sent but the queue is over high water (on_drain
+ * follows), UV_EPIPE when the peer is gone, UV_EMSGSIZE when the message is over MESH_MAX_MESSAGE
+ * (nothing sent). */
 int mesh_peer_write(mesh_peer_t *p, const char *msg, size_t len);
 void mesh_peer_close(mesh_peer_t *p);
-/* Closes every stream (the worker is leaving). */
-void mesh_close_all(void);
 int mesh_peer_id(const mesh_peer_t *p);
 long mesh_peer_serial(const mesh_peer_t *p);
 int *mesh_peer_user_ref(mesh_peer_t *p);

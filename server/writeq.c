@@ -2,7 +2,8 @@
  *
  * HTTP responses and mesh messages are written the same way: straight to the socket when nothing is
  * queued ahead (the common case: no allocation), and only the part the kernel did not take is copied
- * into one allocation with its uv_write_t. */
+ * into one allocation with its uv_write_t. The backpressure rule (a high-water mark, "drain" once the
+ * queue is back under half of it) is written here once, for every owner of a stream. */
 #include "writeq.h"
 
 #include <errno.h>
@@ -47,7 +48,8 @@ static int try_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, size_t tot
   return uv_try_write(s, bufs, n);
 }
 
-int mf_writeq(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb) {
+/* mf_writeq, telling the caller the request it queued (*queued stays NULL when all went at once). */
+static int writeq_queue(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb, writeq_req_t **queued) {
   size_t total = 0, done = 0;
   for (unsigned i = 0; i < n; i++) total += bufs[i].len;
   if (total == 0) return 0;
@@ -69,7 +71,48 @@ int mf_writeq(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb) 
   uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
   int r = uv_write(&w->req, s, &b, 1, cb);
   if (r != 0) free(w);
+  else *queued = w;
   return r;
 }
 
+int mf_writeq(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb) {
+  writeq_req_t *w = NULL;
+  return writeq_queue(s, bufs, n, cb, &w);
+}
+
 void mf_writeq_done(uv_write_t *req) { free(mf_container_of(req, writeq_req_t, req)); }
+
+static void writeq_on_write(uv_write_t *req, int status) {
+  writeq_t *q = req->data;
+  mf_writeq_done(req);
+  if (status < 0) {
+    if (status != UV_ECANCELED && q->on_error) q->on_error(q, status);
+    return;
+  }
+  if (q->above && writeq_size(q) <= q->high_water / 2) {
+    q->above = 0;
+    if (q->on_drain) q->on_drain(q);
+  }
+}
+
+void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_drain_cb on_drain,
+                 writeq_error_cb on_error) {
+  q->stream = stream;
+  q->high_water = high_water;
+  q->on_drain = on_drain;
+  q->on_error = on_error;
+  q->above = 0;
+}
+
+int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n) {
+  writeq_req_t *w = NULL;
+  int r = writeq_queue(q->stream, bufs, n, writeq_on_write, &w);
+  if (r != 0) return r;
+  if (w == NULL) return 0; /* all went at once: nothing queued, so nothing over high water either */
+  w->req.data = q;
+  if (writeq_size(q) > q->high_water) {
+    q->above = 1;
+    return 1;
+  }
+  return 0;
+}

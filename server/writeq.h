@@ -12,4 +12,37 @@ int mf_writeq(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb);
 /* Frees what mf_writeq queued; call it first thing in the uv_write_cb. */
 void mf_writeq_done(uv_write_t *req);
 
+/* A stream's send queue with backpressure, embedded in its owner (an HTTP connection, a mesh peer).
+ * A write that leaves more than high_water bytes queued says "slow down"; on_drain then runs once,
+ * when the queue has fallen to half of it. on_error runs when a queued write fails (not when it is
+ * cancelled by uv_close): the owner should close the stream. Both get the queue; container_of finds
+ * the owner. */
+typedef struct writeq_s writeq_t;
+typedef void (*writeq_drain_cb)(writeq_t *q);
+typedef void (*writeq_error_cb)(writeq_t *q, int status);
+
+struct writeq_s {
+  uv_stream_t *stream;
+  size_t high_water;
+  writeq_drain_cb on_drain;
+  writeq_error_cb on_error;
+  unsigned above : 1; /* a write said "slow down": on_drain is due */
+};
+
+void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_drain_cb on_drain,
+                 writeq_error_cb on_error);
+/* Writes bufs (as mf_writeq). Returns 0 when the queue is under high water, 1 when it is over it
+ * (on_drain will follow), or a negative UV_E* code (nothing queued; the stream should be closed). */
+int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n);
+/* Bytes waiting to be written. */
+static inline size_t writeq_size(const writeq_t *q) { return uv_stream_get_write_queue_size(q->stream); }
+/* Forgets a "slow down" said before: no on_drain for it (the writer it was for is gone). */
+static inline void writeq_forget_drain(writeq_t *q) { q->above = 0; }
+
+/* Makes on_drain run once the queue is empty (a hand-over waits for everything written to go out). */
+static inline void writeq_drain_when_empty(writeq_t *q) {
+  q->high_water = 0;
+  q->above = 1;
+}
+
 #endif

@@ -53,14 +53,15 @@ start_contestant() {
   local name=$1 port=$2 dir="$OUT/$1"
   mkdir -p "$dir"
   case "$name" in
-    moonfork|moonfork-reuseport|moonfork-noslice)
+    moonfork|moonfork-reuseport|moonfork-noslice|moonfork-base)
       # moonfork-reuseport: a listening socket per worker; moonfork-noslice: the kernel's CPU time
-      # slice (--sched-slice 0) instead of moonfork's 0.3 ms
+      # slice (--sched-slice 0) instead of moonfork's 0.3 ms; moonfork-base: bench/run --base's build
       rm -f "$dir/control.sock"
-      local flag=""
+      local flag="" bin=$MF_BIN lua_dir=${MOONFORK_LUA_DIR:-}
+      [ "$name" = moonfork-base ] && bin=$MF_BASE_BIN lua_dir=""
       [ "$name" = moonfork-reuseport ] && flag=--reuseport
       [ "$name" = moonfork-noslice ] && flag="--sched-slice=0"
-      "$MF_BIN" --port "$port" --workers "$WORKERS" --control "$dir/control.sock" \
+      MOONFORK_LUA_DIR=$lua_dir "$bin" --port "$port" --workers "$WORKERS" --control "$dir/control.sock" \
         --keepalive-timeout 60 --max-connections 20000 $flag \
         "$BENCH/apps/server.lua" >"$dir/stdout.log" 2>"$dir/error.log" &
       ;;

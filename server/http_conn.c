@@ -1,0 +1,424 @@
+/* http_conn.c -- an HTTP/1.1 connection: reading, the request/response cycle, timers, pipelining.
+ *
+ * A connection handles one request at a time. The parser (http_parse.c) pauses at the end of each
+ * message; bytes that arrive after it (pipelined requests) wait in `pending` until the response is
+ * finished, so responses always leave in request order. Lua never runs inside an llhttp callback: the
+ * request is handed over only after the parser returned, and a response finished from inside Lua
+ * resumes the parser later, from an idle handle, never re-entering the Lua state that called us.
+ *
+ * Reads land in one buffer shared by the whole worker (libuv hands it back before the next read), so an
+ * idle keep-alive connection costs only its struct: no per-connection read buffer. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "http_internal.h"
+#include "log.h"
+#include "scoreboard.h"
+
+#define HTTP_LINGER_MS 2000 /* after our FIN, how long we drain what the client still sends */
+
+static void conn_process(http_conn_t *c, const char *data, size_t len);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void takeover_finish(http_conn_t *c);
+
+/* ---- timers ---------------------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t) {
+  http_conn_t *c = mf_container_of(t, http_conn_t, timer);
+  if (c->deadline == 0) return; /* disarmed since */
+  uint64_t now = uv_now(c->srv->loop);
+  if (now < c->deadline) { /* moved later since: sleep again until then */
+    c->timer_due = c->deadline;
+    uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+    return;
+  }
+  c->deadline = 0;
+  switch (c->state) {
+    case HTTP_CONN_IDLE:
+    case HTTP_CONN_CLOSING:
+      http_conn_close(c);
+      break;
+    case HTTP_CONN_HEAD:
+    case HTTP_CONN_BODY:
+      http_conn_fail(c, 408);
+      break;
+    case HTTP_CONN_HANDLING:
+      if (!c->head_sent) {
+        mf_log("request timed out after %.1f s without a response; answering 503",
+               (double)c->srv->cfg->request_timeout_ms / 1000.0);
+        http_conn_fail(c, 503);
+      }
+      break;
+    case HTTP_CONN_TAKEN:
+      break;
+  }
+}
+
+/* Sets the connection's one deadline, `ms` from now; 0 clears it. A request moves the deadline four
+ * times (headers, handler, response started, keep-alive), so the timer is only re-armed when the
+ * deadline comes sooner than it is set for; when it fires early it sleeps again until the deadline. */
+void http_conn_timer(http_conn_t *c, uint64_t ms) {
+  if (ms == 0) {
+    c->deadline = 0;
+    return;
+  }
+  c->deadline = uv_now(c->srv->loop) + ms;
+  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= c->deadline) return;
+  c->timer_due = c->deadline;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* ---- writing and ending ---------------------------------------------------------------------- */
+
+static void on_write_error(writeq_t *q, int status) {
+  (void)status;
+  http_conn_close(mf_container_of(q, http_conn_t, wq));
+}
+
+static void on_write_drain(writeq_t *q) {
+  http_conn_t *c = mf_container_of(q, http_conn_t, wq);
+  if (c->closing) return;
+  if (c->state == HTTP_CONN_TAKEN) takeover_finish(c); /* the 101 is out: hand over now */
+  else if (c->state == HTTP_CONN_HANDLING && c->srv->cb.on_drain) c->srv->cb.on_drain(c->srv->data, c);
+}
+
+/* Sends bufs (see writeq.c). Returns 0, 1 when the queue is over high water, or a negative UV_E* code
+ * when the connection failed (it is then closing). */
+int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
+  if (c->closing) return UV_EPIPE;
+  int r = writeq_write(&c->wq, bufs, n);
+  if (r < 0) http_conn_close(c);
+  return r;
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  http_conn_t *c = req->handle->data;
+  if (status < 0 || c->closing) {
+    http_conn_close(c);
+    return;
+  }
+  /* Keep reading (and dropping) what the client still sends: closing with unread input makes the
+   * kernel send RST, which can destroy our last response before the client reads it. */
+  http_conn_timer(c, HTTP_LINGER_MS);
+}
+
+static void conn_read_again(http_conn_t *c) {
+  if (!c->read_paused) return;
+  c->read_paused = 0;
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* The response that ends this connection is written: send FIN once it is flushed, then linger. */
+void http_conn_end(http_conn_t *c) {
+  if (c->closing || c->state == HTTP_CONN_CLOSING || c->state == HTTP_CONN_TAKEN) return;
+  c->state = HTTP_CONN_CLOSING;
+  c->pending.len = 0;
+  http_conn_timer(c, HTTP_LINGER_MS);
+  conn_read_again(c); /* so the linger sees the client's FIN */
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
+}
+
+/* ---- the request/response cycle ------------------------------------------------------------- */
+
+static void on_idle(uv_idle_t *idle);
+
+static void conn_queue_resume(http_conn_t *c) {
+  if (c->queued || c->closing) return;
+  c->queued = 1;
+  c->resume_next = c->srv->resume_head;
+  c->srv->resume_head = c;
+  uv_idle_start(&c->srv->idle, on_idle);
+}
+
+/* The response is finished: get ready for the next request on this connection, or end it. */
+void http_conn_request_done(http_conn_t *c) {
+  http_server_t *srv = c->srv;
+  c->lua_owned = 0;
+  http_server_count_response(srv);
+  http_alog_response(c);
+  if (!c->keep_alive || c->upgrade) {
+    /* A client that asked to close sends nothing more: with nothing unread and nothing queued, no RST
+     * can hurt the response, so close now instead of lingering for its FIN. */
+    if (c->client_close && !c->upgrade && c->pending.len == 0 && writeq_size(&c->wq) == 0)
+      http_conn_close(c);
+    else
+      http_conn_end(c);
+    return;
+  }
+  if (srv->draining) { /* its head promised keep-alive before the drain began */
+    http_conn_end(c);
+    return;
+  }
+  c->state = HTTP_CONN_IDLE;
+  c->head_sent = 0;
+  http_conn_timer(c, srv->cfg->keepalive_timeout_ms);
+  if (!c->in_process && (c->pending.len > 0 || c->read_paused)) conn_queue_resume(c);
+}
+
+/* Hands the complete request to the handler. The headers go as the parser stored them (packed). */
+static void conn_dispatch(http_conn_t *c) {
+  http_server_t *srv = c->srv;
+  http_parse_t *p = &c->parser;
+  http_request_t req;
+  req.method = http_parse_method(p);
+  req.url = http_parse_url(p, &req.url_len);
+  req.http_major = p->llhttp.http_major;
+  req.http_minor = p->llhttp.http_minor;
+  req.headers = http_parse_headers(p, &req.headers_len);
+  req.body = c->body.data ? c->body.data : "";
+  req.body_len = c->body.len;
+  if (srv->access_fd >= 0) http_alog_request(c, req.method);
+  mf_scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
+  c->state = HTTP_CONN_HANDLING;
+  c->head_sent = 0;
+  writeq_forget_drain(&c->wq);
+  c->lua_owned = 1;
+  c->gen++;
+  http_conn_timer(c, srv->cfg->request_timeout_ms);
+  int r = srv->cb.on_request(srv->data, c, c->gen, &req);
+  http_parse_next(p, HTTP_KEEP_BUF);
+  mf_buf_reset(&c->body, HTTP_KEEP_BUF);
+  if (r != 0) http_conn_fail(c, 500);
+}
+
+/* A request the parser refused: our own error answer. */
+static void conn_refuse(http_conn_t *c) {
+  int status = c->parser.err_status ? c->parser.err_status : 400;
+  if (status == 400)
+    mf_log("bad request from %s: %s (%s)", http_conn_remote(c), llhttp_errno_name(llhttp_get_errno(&c->parser.llhttp)),
+           http_parse_error(&c->parser));
+  http_conn_fail(c, status);
+}
+
+/* Keeps input that arrived while a request is handled. Returns 0, or -1 when the connection closed. */
+static int conn_hold(http_conn_t *c, const char *data, size_t len) {
+  if (mf_buf_append(&c->pending, data, len) != 0) {
+    http_conn_close(c);
+    return -1;
+  }
+  const mf_config_t *cfg = c->srv->cfg;
+  if (c->pending.len > cfg->max_header_size + cfg->max_body && !c->read_paused && c->state != HTTP_CONN_TAKEN) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->read_paused = 1;
+  }
+  return 0;
+}
+
+/* Feeds input to the parser, one request at a time. */
+static void conn_process(http_conn_t *c, const char *data, size_t len) {
+  c->in_process = 1;
+  while (len > 0 && !c->closing && c->state != HTTP_CONN_CLOSING && c->state != HTTP_CONN_TAKEN) {
+    if (c->state == HTTP_CONN_HANDLING) { /* a pipelined request: it waits for the current response */
+      conn_hold(c, data, len);
+      break;
+    }
+    size_t used;
+    int r = http_parse_feed(&c->parser, data, len, &used);
+    if (r == HTTP_PARSE_MORE) break;
+    if (r == HTTP_PARSE_ERROR) {
+      conn_refuse(c);
+      break;
+    }
+    data += used;
+    len -= used;
+    c->keep_alive = c->parser.keep_alive;
+    c->client_close = !c->keep_alive;
+    c->is_head = c->parser.llhttp.method == HTTP_HEAD;
+    c->http11 = c->parser.llhttp.http_major == 1 && c->parser.llhttp.http_minor >= 1;
+    if (r == HTTP_PARSE_UPGRADE) { /* what follows is another protocol's: kept for a takeover */
+      c->upgrade = 1;
+      if (len > 0 && conn_hold(c, data, len) != 0) break;
+      len = 0;
+    }
+    conn_dispatch(c);
+  }
+  c->in_process = 0;
+}
+
+/* Runs input that waited behind a finished response. */
+static void conn_resume(http_conn_t *c) {
+  if (c->closing || c->state == HTTP_CONN_HANDLING || c->state == HTTP_CONN_TAKEN) return;
+  mf_buf_t input = c->pending;
+  mf_buf_init(&c->pending);
+  if (input.len > 0) conn_process(c, input.data, input.len);
+  mf_buf_free(&input);
+  if (c->closing) return;
+  if (c->state != HTTP_CONN_HANDLING) conn_read_again(c);
+}
+
+static void on_idle(uv_idle_t *idle) {
+  http_server_t *srv = mf_container_of(idle, http_server_t, idle);
+  http_conn_t *list = srv->resume_head;
+  srv->resume_head = NULL;
+  uv_idle_stop(idle);
+  while (list != NULL) {
+    http_conn_t *c = list;
+    list = c->resume_next;
+    c->queued = 0;
+    conn_resume(c);
+  }
+}
+
+/* ---- taking over after an Upgrade ---------------------------------------------------------- */
+
+/* Everything written is out: the new owner gets the socket and what was read past the request. */
+static void takeover_finish(http_conn_t *c) {
+  uv_os_fd_t fd;
+  int nfd = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (nfd < 0) nfd = uv_translate_sys_error(errno);
+  c->takeover_cb(c->takeover_arg, nfd, c->pending.data ? c->pending.data : "", c->pending.len);
+  c->pending.len = 0;
+  http_conn_close(c); /* our copy of the socket: the new owner's lives on */
+}
+
+int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *arg) {
+  if (c == NULL || c->closing || c->state != HTTP_CONN_HANDLING || gen != c->gen) return UV_EPIPE;
+  if (!c->upgrade || !c->head_sent) return UV_EINVAL; /* no Upgrade asked for, or no 101 written */
+  c->state = HTTP_CONN_TAKEN;
+  c->takeover_cb = cb;
+  c->takeover_arg = arg;
+  c->lua_owned = 0; /* the request is over: its handler hears no "close" */
+  http_conn_timer(c, 0);
+  uv_read_stop((uv_stream_t *)&c->tcp); /* what comes next is read by the new owner */
+  http_server_count_response(c->srv);
+  http_alog_response(c);
+  if (writeq_size(&c->wq) == 0)
+    takeover_finish(c);
+  else
+    writeq_drain_when_empty(&c->wq); /* on_write_drain finishes it */
+  return 0;
+}
+
+/* ---- parser callbacks ------------------------------------------------------------------------ */
+
+static http_conn_t *conn_of(http_parse_t *p) { return mf_container_of(p, http_conn_t, parser); }
+
+static int on_message_begin(http_parse_t *p) {
+  http_conn_t *c = conn_of(p);
+  c->state = HTTP_CONN_HEAD;
+  c->keep_alive = 0;
+  c->upgrade = 0;
+  http_conn_timer(c, c->srv->cfg->header_timeout_ms);
+  return 0;
+}
+
+static int on_head(http_parse_t *p) {
+  http_conn_t *c = conn_of(p);
+  llhttp_t *l = &p->llhttp;
+  c->state = HTTP_CONN_BODY;
+  c->http11 = l->http_major == 1 && l->http_minor >= 1;
+  int has_body = (l->flags & F_CHUNKED) || ((l->flags & F_CONTENT_LENGTH) && l->content_length > 0);
+  if ((l->flags & F_CONTENT_LENGTH) && l->content_length > c->srv->cfg->max_body) {
+    p->err_status = 413;
+    return -1;
+  }
+  size_t vlen;
+  const char *expect = has_body && c->http11 ? http_parse_find(p, "expect", &vlen) : NULL;
+  if (expect != NULL) {
+    if (vlen != 12 || strncasecmp(expect, "100-continue", 12) != 0) {
+      p->err_status = 417;
+      return -1;
+    }
+    uv_buf_t b = uv_buf_init("HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (http_conn_write(c, &b, 1) < 0) return -1;
+  }
+  return 0;
+}
+
+static int on_body(http_parse_t *p, const char *at, size_t len) {
+  http_conn_t *c = conn_of(p);
+  return http_parse_append(p, &c->body, at, len, c->body.len + len, c->srv->cfg->max_body, 413);
+}
+
+static const http_parse_callbacks_t conn_parse_callbacks = {on_message_begin, on_head, on_body};
+
+/* ---- connections ----------------------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h) {
+  http_conn_t *c = h->data;
+  if (--c->handles_open > 0) return;
+  http_server_t *srv = c->srv;
+  if (c->user_ref != 0 && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
+  http_server_conn_removed(srv, c);
+  mf_buf_free(&c->body);
+  mf_buf_free(&c->pending);
+  mf_buf_free(&c->alog);
+  http_parse_free(&c->parser);
+  free(c);
+  http_server_conn_gone(srv);
+}
+
+void http_conn_close(http_conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  http_conn_t *c = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  http_conn_t *c = s->data;
+  if (nread < 0) {
+    http_conn_close(c); /* EOF or error: the client is gone, even mid-request (as nginx treats it) */
+    return;
+  }
+  if (nread == 0 || c->closing || c->state == HTTP_CONN_CLOSING) return;
+  if (c->state == HTTP_CONN_BODY) http_conn_timer(c, c->srv->cfg->header_timeout_ms); /* between body reads */
+  if (c->pending.len > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
+    /* older input is still waiting its turn: keep the order */
+    if (mf_buf_append(&c->pending, buf->base, (size_t)nread) != 0) http_conn_close(c);
+    return;
+  }
+  conn_process(c, buf->base, (size_t)nread);
+}
+
+/* A new connection on `fd` (ours now). */
+void http_conn_new(http_server_t *srv, int fd) {
+  http_conn_t *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    close(fd);
+    return;
+  }
+  c->srv = srv;
+  uv_tcp_init(srv->loop, &c->tcp);
+  uv_timer_init(srv->loop, &c->timer);
+  c->tcp.data = c->timer.data = c;
+  c->handles_open = 2;
+  http_server_conn_added(srv, c);
+  if (uv_tcp_open(&c->tcp, fd) != 0) {
+    close(fd);
+    http_conn_close(c);
+    return;
+  }
+  writeq_init(&c->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
+  http_parse_init(&c->parser, HTTP_REQUEST, &conn_parse_callbacks, c, (uint32_t)srv->cfg->max_header_size);
+  c->state = HTTP_CONN_IDLE;
+  http_conn_timer(c, srv->cfg->header_timeout_ms);
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+int *http_conn_user_ref(http_conn_t *c) { return &c->user_ref; }
+
+const char *http_conn_remote(http_conn_t *c) {
+  if (c->remote[0] == '\0') { /* a syscall per connection, so only for those that ask */
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0)
+      snprintf(c->remote, sizeof c->remote, "-");
+    else if (ss.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)&ss, c->remote, sizeof c->remote);
+    else
+      uv_ip4_name((struct sockaddr_in *)&ss, c->remote, sizeof c->remote);
+  }
+  return c->remote;
+}

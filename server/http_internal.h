@@ -1,0 +1,139 @@
+/* http_internal.h -- what the http_*.c files share: the server and connection structs, their links. */
+#ifndef MOONFORK_HTTP_INTERNAL_H
+#define MOONFORK_HTTP_INTERNAL_H
+
+#include <time.h>
+
+#include "http.h"
+#include "http_parse.h"
+#include "util.h"
+#include "writeq.h"
+
+#define HTTP_READ_BUF (64 * 1024)
+#define HTTP_HIGH_WATER (256 * 1024) /* send queue above which respond() says "slow down" */
+#define HTTP_KEEP_BUF 4096           /* buffers above this are given back between requests */
+
+enum http_conn_state {
+  HTTP_CONN_IDLE,     /* between requests: waiting for the first byte */
+  HTTP_CONN_HEAD,     /* receiving the request line and headers */
+  HTTP_CONN_BODY,     /* receiving the body */
+  HTTP_CONN_HANDLING, /* the handler has the request; its response is not finished */
+  HTTP_CONN_CLOSING,  /* our response is out, FIN sent: discarding input until the client closes */
+  HTTP_CONN_TAKEN,    /* handed over to another protocol (http_conn_takeover) */
+};
+
+struct http_conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_shutdown_t shutdown_req;
+  writeq_t wq;
+  http_parse_t parser;
+  http_server_t *srv;
+  http_conn_t *prev, *next;  /* the server's list of connections */
+  http_conn_t *resume_next;  /* the server's list of connections whose pipelined input waits */
+  enum http_conn_state state;
+  unsigned closing : 1;      /* uv_close called */
+  unsigned in_process : 1;   /* inside conn_process: it will pick up the next request itself */
+  unsigned queued : 1;       /* on the resume list */
+  unsigned read_paused : 1;  /* stopped reading: too much pipelined input waits */
+  unsigned head_sent : 1;
+  unsigned chunked : 1;
+  unsigned keep_alive : 1;
+  unsigned client_close : 1; /* the client itself asked to close after this request */
+  unsigned is_head : 1;
+  unsigned http11 : 1;
+  unsigned upgrade : 1;
+  unsigned lua_owned : 1;    /* a handler has the current request: tell it when the connection goes */
+  unsigned nodelay : 1;      /* TCP_NODELAY is set */
+  int status;                /* of the response, for the access log */
+  uint64_t bytes_out;        /* body bytes of the response */
+  mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
+  int handles_open;
+  uint32_t gen;
+  int user_ref;
+  mf_buf_t body;
+  mf_buf_t pending;          /* input received while a request is being handled */
+  uint64_t deadline;         /* loop time (ms) the current timeout ends, 0 = none (see http_conn_timer) */
+  uint64_t timer_due;        /* when the timer is set to fire */
+  http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
+  void *takeover_arg;
+  char remote[64];           /* the peer's address, looked up on first use ("" until then) */
+};
+
+struct http_server_s {
+  uv_loop_t *loop;
+  uv_poll_t listener;        /* the shared listening socket; we accept ourselves (see on_listener) */
+  uv_timer_t accept_retry;   /* after EMFILE and the like */
+  int listen_fd;
+  uv_idle_t idle;
+  const mf_config_t *cfg;
+  http_callbacks_t cb;
+  void *data;
+  http_conn_t *conns;
+  http_conn_t *resume_head;
+  size_t nconns;
+  size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
+  uint64_t requests;
+  uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */
+  int listener_closed, accept_paused, draining, drained_fired;
+
+  mf_buf_t out;              /* response head being assembled (reused) */
+  mf_scoreboard_t *sb;       /* where the master sees what this worker runs (may be NULL) */
+  mf_board_t *board;         /* every worker's entry (may be NULL) */
+  int sb_index;
+  int access_fd;
+  mf_buf_t access;           /* access log lines, written once per loop turn */
+  uv_prepare_t flush;
+  time_t alog_at;
+  char alog_time[40];
+  time_t date_at;
+  char date[48];             /* "Date: ...\r\n" for date_at */
+  size_t date_len;
+  char readbuf[HTTP_READ_BUF];
+};
+
+/* http_server.c */
+void http_server_conn_added(http_server_t *srv, http_conn_t *c);
+void http_server_conn_removed(http_server_t *srv, http_conn_t *c); /* before it is freed */
+void http_server_conn_gone(http_server_t *srv);                     /* after */
+void http_server_count_response(http_server_t *srv);
+
+/* http_conn.c */
+void http_conn_new(http_server_t *srv, int fd);
+void http_conn_close(http_conn_t *c);
+void http_conn_end(http_conn_t *c);
+void http_conn_timer(http_conn_t *c, uint64_t ms);
+int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n);
+void http_conn_request_done(http_conn_t *c);
+
+/* http_respond.c */
+
+/* What a response head is built from. */
+typedef struct {
+  int status;
+  int http11;            /* the request was HTTP/1.1 (or later) */
+  int keep_alive;        /* the connection may stay open (request, handler and server agree) */
+  int final;             /* the whole body comes with the head */
+  int64_t clen;          /* the Content-Length among the handler's lines, or -1 */
+  size_t body_len;       /* this call's body */
+  const char *lines;     /* the handler's header lines, "Name: value\r\n" each */
+  size_t lines_len;
+  const char *date;      /* "Date: ...\r\n" */
+  size_t date_len;
+} http_head_t;
+
+#define HTTP_HEAD_CHUNKED 1    /* the body goes in chunks */
+#define HTTP_HEAD_KEEP_ALIVE 2 /* the connection stays open after the response */
+
+/* Appends the head (status line to the blank line) to out; returns HTTP_HEAD_* flags. */
+unsigned http_respond_head(mf_buf_t *out, const http_head_t *h);
+/* Appends the chunk-size line for a chunk of len bytes (len > 0). */
+void http_respond_chunk_size(mf_buf_t *out, size_t len);
+void http_conn_fail(http_conn_t *c, int status);
+
+/* http_alog.c */
+void http_alog_request(http_conn_t *c, const char *method);
+void http_alog_response(http_conn_t *c);
+void http_alog_flush(http_server_t *srv);
+
+#endif

@@ -1,0 +1,177 @@
+/* test_http_parse.c -- unit tests for server/http_parse.c: llhttp glue and the header store, fed raw
+ * bytes in request and response mode (whole, split anywhere, pipelined, chunked, malformed). */
+#include "../server/http_parse.h"
+#include "test.h"
+
+typedef struct {
+  int begins, heads;
+  mf_buf_t body;
+  int skip_body; /* on_head says "no body" (a response to HEAD) */
+} msg_t;
+
+static int on_begin(http_parse_t *p) {
+  ((msg_t *)p->data)->begins++;
+  return 0;
+}
+
+static int on_head(http_parse_t *p) {
+  msg_t *m = p->data;
+  m->heads++;
+  return m->skip_body ? 1 : 0;
+}
+
+static int on_body(http_parse_t *p, const char *at, size_t len) {
+  return mf_buf_append(&((msg_t *)p->data)->body, at, len);
+}
+
+static const http_parse_callbacks_t callbacks = {on_begin, on_head, on_body};
+
+static void start(http_parse_t *p, msg_t *m, llhttp_type_t type) {
+  memset(m, 0, sizeof *m);
+  http_parse_init(p, type, &callbacks, m, 8192);
+}
+
+/* Feeds s in pieces of `step` bytes (0: at once); returns the last result, *used the bytes taken of s. */
+static int feed(http_parse_t *p, const char *s, size_t step, size_t *used) {
+  size_t len = strlen(s), off = 0;
+  int r = HTTP_PARSE_MORE;
+  while (off < len) {
+    size_t n = step && len - off > step ? step : len - off, took;
+    r = http_parse_feed(p, s + off, n, &took);
+    off += took;
+    if (r != HTTP_PARSE_MORE) break;
+  }
+  *used = off;
+  return r;
+}
+
+/* The value of header `name` as a string ("" when missing, to compare). */
+static const char *header(const http_parse_t *p, const char *name) {
+  static char v[256];
+  size_t n;
+  const char *at = http_parse_find(p, name, &n);
+  snprintf(v, sizeof v, "%.*s", at ? (int)n : 0, at ? at : "");
+  return v;
+}
+
+static void test_request(size_t step) {
+  http_parse_t p;
+  msg_t m;
+  size_t used, len;
+  start(&p, &m, HTTP_REQUEST);
+  const char *req = "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nContent-Length: 3\r\n\r\nabc";
+  CHECK(feed(&p, req, step, &used) == HTTP_PARSE_DONE && used == strlen(req));
+  CHECK(m.begins == 1 && m.heads == 1);
+  CHECK_STR(http_parse_method(&p), "POST");
+  const char *url = http_parse_url(&p, &len);
+  CHECK(len == 6 && memcmp(url, "/a?b=1", 6) == 0);
+  CHECK(p.nheaders == 3 && p.keep_alive);
+  CHECK_STR(header(&p, "host"), "x");
+  CHECK_STR(header(&p, "content-length"), "3");
+  CHECK(http_parse_find(&p, "x-empty", &len) != NULL && len == 0);
+  CHECK(http_parse_find(&p, "cookie", &len) == NULL);
+  CHECK(m.body.len == 3 && memcmp(m.body.data, "abc", 3) == 0);
+  /* the packed block: per header two uint32 lengths, the name, the value */
+  const char *block = http_parse_headers(&p, &len);
+  uint32_t lens[2];
+  memcpy(lens, block, sizeof lens);
+  CHECK(lens[0] == 4 && lens[1] == 1 && memcmp(block + 8, "Hostx", 5) == 0);
+  size_t off = 0, nl, vl;
+  const char *name, *value;
+  int count = 0;
+  while (http_headers_next(block, len, &off, &name, &nl, &value, &vl) == 1) count++;
+  CHECK(count == 3 && off == len);
+  CHECK(http_headers_next(block, len - 1, &(size_t){0}, &name, &nl, &value, &vl) == 1);
+  off = 8 + 5 + 8 + 7 + 8;
+  CHECK(http_headers_next(block, len - 1, &off, &name, &nl, &value, &vl) == -1); /* cut short */
+  http_parse_next(&p, 4096);
+  http_parse_free(&p);
+  mf_buf_free(&m.body);
+}
+
+static void test_pipelined(void) {
+  http_parse_t p;
+  msg_t m;
+  size_t used, len;
+  start(&p, &m, HTTP_REQUEST);
+  const char *two = "GET /1 HTTP/1.1\r\nA: 1\r\n\r\nGET /2 HTTP/1.0\r\nB: 2\r\n\r\n";
+  CHECK(http_parse_feed(&p, two, strlen(two), &used) == HTTP_PARSE_DONE);
+  CHECK(used == 25 && p.keep_alive);
+  CHECK(memcmp(http_parse_url(&p, &len), "/1", 2) == 0 && len == 2);
+  CHECK_STR(header(&p, "a"), "1");
+  http_parse_next(&p, 4096);
+  CHECK(http_parse_feed(&p, two + used, strlen(two) - used, &used) == HTTP_PARSE_DONE);
+  CHECK(memcmp(http_parse_url(&p, &len), "/2", 2) == 0 && len == 2);
+  CHECK(p.nheaders == 1 && strcmp(header(&p, "b"), "2") == 0 && strcmp(header(&p, "a"), "") == 0);
+  CHECK(!p.keep_alive && p.llhttp.http_minor == 0); /* HTTP/1.0 without keep-alive */
+  CHECK(m.begins == 2);
+  http_parse_free(&p);
+}
+
+static void test_refused(void) {
+  http_parse_t p;
+  msg_t m;
+  size_t used;
+  start(&p, &m, HTTP_REQUEST);
+  CHECK(feed(&p, "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 0, &used) == HTTP_PARSE_ERROR);
+  CHECK(p.err_status == 0 && http_parse_error(&p)[0] != '\0'); /* a 400, with a reason to log */
+  http_parse_free(&p);
+  start(&p, &m, HTTP_REQUEST);
+  p.max_head = 40; /* the URL and headers over the limit: 431 */
+  CHECK(feed(&p, "GET /a-long-url-for-a-small-limit HTTP/1.1\r\nHost: example\r\n\r\n", 7, &used) ==
+        HTTP_PARSE_ERROR);
+  CHECK(p.err_status == 431);
+  http_parse_free(&p);
+  start(&p, &m, HTTP_REQUEST);
+  const char *up = "GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nNOT-HTTP";
+  CHECK(feed(&p, up, 0, &used) == HTTP_PARSE_UPGRADE && strcmp(up + used, "NOT-HTTP") == 0);
+  http_parse_free(&p);
+}
+
+static void test_response(size_t step) {
+  http_parse_t p;
+  msg_t m;
+  size_t used, len;
+  start(&p, &m, HTTP_RESPONSE);
+  const char *chunked = "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n"
+                        "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+  CHECK(feed(&p, chunked, step, &used) == HTTP_PARSE_DONE && used == strlen(chunked));
+  CHECK(http_parse_status(&p) == 201 && p.keep_alive);
+  const char *reason = http_parse_url(&p, &len);
+  CHECK(len == 7 && memcmp(reason, "Created", 7) == 0);
+  CHECK_STR(header(&p, "x-a"), "b");
+  CHECK(m.body.len == 11 && memcmp(m.body.data, "hello world", 11) == 0);
+  http_parse_next(&p, 4096);
+  /* a response to HEAD: a length but no body; then one whose body ends with the connection */
+  m.skip_body = 1;
+  CHECK(feed(&p, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", step, &used) == HTTP_PARSE_DONE);
+  http_parse_next(&p, 4096);
+  m.skip_body = 0;
+  m.body.len = 0;
+  CHECK(feed(&p, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil EOF", step, &used) == HTTP_PARSE_MORE);
+  CHECK(http_parse_finish(&p) == HTTP_PARSE_DONE);
+  CHECK(m.body.len == 9 && memcmp(m.body.data, "until EOF", 9) == 0 && !p.keep_alive);
+  http_parse_free(&p);
+  mf_buf_free(&m.body);
+  /* malformed */
+  start(&p, &m, HTTP_RESPONSE);
+  CHECK(feed(&p, "HTTP/1.1 2x0 OK\r\n\r\n", step, &used) == HTTP_PARSE_ERROR);
+  http_parse_free(&p);
+  mf_buf_free(&m.body);
+  start(&p, &m, HTTP_RESPONSE);
+  CHECK(feed(&p, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", step, &used) == HTTP_PARSE_ERROR);
+  http_parse_free(&p);
+  mf_buf_free(&m.body);
+}
+
+int main(void) {
+  test_request(0);
+  test_request(1); /* one byte per feed: every piece split */
+  test_request(7);
+  test_pipelined();
+  test_refused();
+  test_response(0);
+  test_response(1);
+  test_response(5);
+  TEST_DONE();
+}
