@@ -175,7 +175,9 @@ int chan_open(chan_t *ch, uv_loop_t *loop, int fd, chan_msg_cb on_msg, chan_eof_
   return uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_read);
 }
 
-int chan_is_open(const chan_t *ch) { return !uv_is_closing((const uv_handle_t *)&ch->pipe); }
+int chan_is_open(const chan_t *ch) {
+  return ch->on_msg != NULL && !uv_is_closing((const uv_handle_t *)&ch->pipe);
+}
 
 void chan_close(chan_t *ch, uv_close_cb cb) {
   if (chan_is_open(ch)) uv_close((uv_handle_t *)&ch->pipe, cb);

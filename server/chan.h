@@ -66,7 +66,7 @@ struct chan_s {
 /* Opens the channel on fd (taken over) and starts reading. Returns 0 or a UV_E* code; either way the
  * pipe was initialised and must be closed with chan_close. */
 int chan_open(chan_t *ch, uv_loop_t *loop, int fd, chan_msg_cb on_msg, chan_eof_cb on_eof, void *data);
-/* Is it open (not closing)? */
+/* Is it open (opened and not closing)? A zeroed chan_t is not. */
 int chan_is_open(const chan_t *ch);
 /* Sends m: now, or a queued copy (writeq.c). Returns 0 or a UV_E* code. */
 int chan_send(chan_t *ch, const chan_msg_t *m);

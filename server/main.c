@@ -6,6 +6,7 @@
 #include "config.h"
 #include "control.h"
 #include "master.h"
+#include "status.h"
 #include "util.h"
 #include "worker.h"
 
@@ -13,7 +14,7 @@ static const char *const commands[] = {"status", "reload", "scale", "stop"};
 
 /* Prints a status reply as a table (the reply is JSON; --json prints it as it came). */
 static void print_status(const char *json) {
-  /* A small scan for the fields we print: the reply's shape is ours (master.c status_json). */
+  /* A small scan for the master's fields: the reply's shape is ours (status.c). */
   const char *p = strstr(json, "\"master\":{");
   int pid = 0, workers = 0;
   double up = 0;
@@ -28,22 +29,7 @@ static void print_status(const char *json) {
   }
   printf("master  pid %d, up %.0f s, %s, %d workers, %llu restarts%s\n", pid, up, url, workers, restarts,
          strstr(json, "\"reloading\":true") ? ", reloading" : "");
-  printf("%4s %8s %7s %-9s %9s %10s %7s %9s\n", "id", "pid", "serial", "state", "uptime", "requests", "conns",
-         "rss");
-  const char *w = strstr(json, "\"workers\":[");
-  while (w && (w = strstr(w, "{\"id\":")) != NULL) {
-    int id, wpid;
-    long serial;
-    char state[16];
-    double wup;
-    unsigned long long req, conns, rss;
-    if (sscanf(w, "{\"id\":%d,\"pid\":%d,\"serial\":%ld,\"state\":\"%15[^\"]\",\"uptime\":%lf,\"requests\":%llu,"
-                  "\"connections\":%llu,\"rss_kb\":%llu",
-               &id, &wpid, &serial, state, &wup, &req, &conns, &rss) == 8)
-      printf("%4d %8d %7ld %-9s %8.0fs %10llu %7llu %7.1fMB\n", id, wpid, serial, state, wup, req, conns,
-             (double)rss / 1024.0);
-    w++;
-  }
+  status_print_workers(stdout, json);
 }
 
 /* moonfork status|reload|scale N|stop [--json] [--control PATH] [--port PORT] */

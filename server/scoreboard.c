@@ -8,6 +8,8 @@
 #define _GNU_SOURCE
 #include "scoreboard.h"
 
+#include "fds.h"
+
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
