@@ -65,6 +65,10 @@ void leader_elect(group_t *g, child_t *gone) {
     if (group_child_running(c)) leader_tell(c);
 }
 
+void leader_forget(const child_t *c) {
+  if (leader.child == c) leader.child = NULL;
+}
+
 void leader_settle(group_t *g, int announced) {
   if (leader.child != NULL || g->stopping) return;
   if (announced || uv_now(g->loop) - leader.started_ms > LEADER_WAIT_MS) leader_elect(g, NULL);

@@ -12,6 +12,8 @@ void leader_join(group_t *g, child_t *c);
 void leader_tell(child_t *c);
 /* Names the oldest ready child the leader when there is none, or when `gone` (leaving) was it. */
 void leader_elect(group_t *g, child_t *gone);
+/* c is gone (freed): it leads no more. */
+void leader_forget(const child_t *c);
 /* Names a first leader once the first children were all ready (`announced`) or 5 s have passed. */
 void leader_settle(group_t *g, int announced);
 

@@ -69,7 +69,8 @@ int listen_bind(mf_config_t *cfg, char *url, size_t urllen, char *err, size_t er
   int fd = bind_first(res, (int)cfg->reuseport, &e);
   freeaddrinfo(res);
   if (fd < 0) {
-    snprintf(err, errlen, "cannot listen on %s:%ld: %s", cfg->host, cfg->port, uv_strerror(uv_translate_sys_error(e)));
+    snprintf(err, errlen, "cannot listen on %s:%ld: %s", cfg->host, cfg->port,
+             uv_strerror(uv_translate_sys_error(e)));
     return -1;
   }
   bound_url(fd, cfg, url, urllen);

@@ -140,6 +140,7 @@ static int worker_prepare(child_t *c, group_spawn_t *sp, char *err, size_t errle
 
 static void worker_release(child_t *c) {
   mf_scoreboard_t *sb = c->data;
+  leader_forget(c); /* it still led when the server began to stop */
   if (sb) mf_board_release(master.board, (int)(sb - master.board->e));
 }
 

@@ -23,14 +23,15 @@ static const struct {
   const char *head;
   int width;
 } status_fields[] = {
-#define STATUS_ROW(name, type, head, width) {#name, STATUS_##type, offsetof(status_worker_t, name), head, width},
+#define STATUS_ROW(name, type, head, width) \
+  {#name, STATUS_##type, offsetof(status_worker_t, name), head, width},
     STATUS_WORKER_FIELDS(STATUS_ROW)
 #undef STATUS_ROW
 };
 
 #define NFIELDS (sizeof status_fields / sizeof status_fields[0])
 
-void status_escape(mf_buf_t *b, const char *s) {
+static void status_escape(mf_buf_t *b, const char *s) {
   for (; *s; s++) {
     unsigned char ch = (unsigned char)*s;
     if (ch == '"' || ch == '\\') mf_buf_appendf(b, "\\%c", ch);
@@ -87,7 +88,8 @@ void status_json(mf_buf_t *b, const status_master_t *m, const group_t *g) {
     int sockets = 0;
     uint64_t handed = 0;
     reuseport_stats(&sockets, &handed);
-    mf_buf_appendf(b, ",\"reuseport\":{\"sockets\":%d,\"handed_off\":%llu}", sockets, (unsigned long long)handed);
+    mf_buf_appendf(b, ",\"reuseport\":{\"sockets\":%d,\"handed_off\":%llu}", sockets,
+                   (unsigned long long)handed);
   }
   mf_buf_append(b, "},\"workers\":[", 13);
   int first = 1;

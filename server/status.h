@@ -51,7 +51,5 @@ void status_json(mf_buf_t *b, const status_master_t *m, const group_t *g);
 void status_print_workers(FILE *out, const char *json);
 /* Appends {"ok":true|false,"KEY":"TEXT"} with TEXT escaped. */
 void status_reply(mf_buf_t *b, int ok, const char *key, const char *text);
-/* Appends s as the inside of a JSON string. */
-void status_escape(mf_buf_t *b, const char *s);
 
 #endif

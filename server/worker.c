@@ -1,24 +1,26 @@
 /* worker.c -- a worker process: its event loop, the Lua state running the script, the master link.
  *
- * A worker inherits the listening socket (fd 3) and one end of a socketpair to the master (fd 4, the
- * control channel). It runs the whole script, and only once moonfork.listen() was reached and the
- * script returned does it start accepting and tell the master "ready". It stops on "stop" from the
- * master, on SIGTERM, or when the control channel closes (the master died; PR_SET_PDEATHSIG is the
- * backstop): it stops accepting, lets in-flight requests finish for up to --grace, and exits. Timers
- * and other Lua handles never keep a draining worker alive: it exits when its connections are gone.
+ * A worker inherits the listening socket (MF_FD_LISTEN) and one end of a socketpair to the master
+ * (MF_FD_CONTROL, the channel of chan.c; fds.h names them all). It runs the whole script, and only once
+ * moonfork.listen() was reached and the script returned does it start accepting and tell the master
+ * "ready" (or, when it cannot start, "error" and why). It stops on "stop" from the master, on SIGTERM,
+ * or when the channel closes (the master died; PR_SET_PDEATHSIG is the backstop): it stops accepting,
+ * lets in-flight requests finish for up to --grace, and exits. Timers and other Lua handles never keep
+ * a draining worker alive: it exits when its connections are gone.
  *
  * The master also sends "peer ID SERIAL" lines, each with one end of a socketpair attached: the
  * worker's stream to that peer in the mesh (mesh.c); and, with --reuseport, "conn" lines with a client
- * connection attached that it accepted from a parked socket (reuseport.c). With --reuseport, fd 3 is
- * the worker's slot's own socket.
+ * connection attached that it accepted from a parked socket (reuseport.c). With --reuseport,
+ * MF_FD_LISTEN is the worker's slot's own socket. At --max-requests the worker asks for its own
+ * replacement with "recycle N".
  *
  * "retire" (a reload or recycling) drains more gently than "stop": idle keep-alive connections stay
  * open until their next request (answered with "Connection: close") or their keep-alive timeout, so
  * a client that sends just as the drain begins is not cut off. Scripts hear moonfork.on("drain") when
  * a drain begins (to end long polls and streams) and moonfork.on("exit") just before the exit.
  *
- * A timer writes a heartbeat and the counters to this worker's scoreboard entry (fd 5) ten times a
- * second; the master's watchdog reads it, and a loop stuck in a handler stops it. */
+ * A timer writes a heartbeat and the counters to this worker's scoreboard entry (MF_FD_SCOREBOARD) ten
+ * times a second; the master's watchdog reads it, and a loop stuck in a handler stops it. */
 #include "worker.h"
 
 #include <errno.h>

@@ -12,7 +12,8 @@ static void test_parse_each(void) {
   CHECK(chan_parse("stop", &m) == 0 && m.type == CHAN_STOP);
   CHECK(chan_parse("conn", &m) == 0 && m.type == CHAN_CONN);
   CHECK(chan_parse("peer 3 17", &m) == 0 && m.type == CHAN_PEER && m.id == 3 && m.serial == 17);
-  CHECK(chan_parse("leader 2 5 9", &m) == 0 && m.type == CHAN_LEADER && m.id == 2 && m.serial == 5 && m.epoch == 9);
+  CHECK(chan_parse("leader 2 5 9", &m) == 0 && m.type == CHAN_LEADER && m.id == 2 && m.serial == 5 &&
+        m.epoch == 9);
   CHECK(chan_parse("recycle 20", &m) == 0 && m.type == CHAN_RECYCLE && m.count == 20);
   CHECK(chan_parse("recycle 0", &m) == 0 && m.count == 0);
   CHECK(chan_parse("recycle 9223372036854775807", &m) == 0 && m.count == INT64_MAX);
