@@ -66,6 +66,7 @@ void group_retire(child_t *c, const char *why) {
   if (c->state == CHILD_DRAINING) return;
   mf_log("retiring %s %d (pid %d): %s", c->group->kind->name, c->id, c->pid, why);
   c->state = CHILD_DRAINING;
+  if (c->slot && c->slot->cur == c) c->slot->cur = NULL; /* no slot keeps a pointer to it */
   c->slot = NULL;
   chan_send(&c->chan, &(chan_msg_t){.type = CHAN_RETIRE});
   c->group->kind->on_leave(c);
@@ -171,9 +172,10 @@ static void on_child_exit(uv_process_t *p, int64_t status, int sig) {
   child_t *c = p->data;
   group_t *g = c->group;
   char what[768];
+  int serving = c->state != CHILD_DRAINING; /* a retired child has left already */
   c->state = CHILD_DRAINING;
   uv_close((uv_handle_t *)p, on_proc_closed);
-  if (!g->stopping) g->kind->on_leave(c);
+  if (serving && !g->stopping) g->kind->on_leave(c);
   chan_close(&c->chan, on_chan_closed);
   if (sig != 0) {
     const char *name = sigabbrev_np(sig);

@@ -64,7 +64,7 @@ typedef struct {
   void (*release)(child_t *c);
   /* c said "ready" and now serves its slot (before the child it replaces is retired). */
   void (*on_ready)(child_t *c);
-  /* c left service: retired, or its process exited (not called while the group stops). */
+  /* c left service, once: retired, or its process exited (not called while the group stops). */
   void (*on_leave)(child_t *c);
   /* The set of serving children changed (a ready child, an exit, a resize). */
   void (*on_change)(group_t *g);
@@ -86,7 +86,6 @@ struct group_s {
   uint64_t restarts;        /* children that died while serving */
   int rolling;              /* a rolling replacement (reload) runs: retire as "reload", recycle later */
   int stopping;             /* no respawn, no replacement */
-  void *data;               /* the owner's */
 };
 
 /* Sets up an empty group (group_resize gives it slots and starts their children). */

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include <sys/socket.h>
+#include <linux/filter.h>
 #include <uv.h>
 
 /* Called with a connection the master accepted from a parked socket (see reuseport.c): the master hands
@@ -25,7 +26,6 @@ void reuseport_stats(int *sockets, uint64_t *handed_off);
 void reuseport_close_all(void);
 /* Builds the steering program for `slots` into prog (room for REUSEPORT_PROG_MAX(n) instructions); returns
  * its length. Exposed for the unit test. */
-#include <linux/filter.h>
 #define REUSEPORT_PROG_MAX(n) (3 + 2 * (n))
 int reuseport_program(const int *slots, int n, struct sock_filter *prog);
 
