@@ -59,13 +59,14 @@ static void on_event(uv_fs_event_t *h, const char *filename, int events, int sta
   /* maybe a new directory: watch it (and what is in it) too */
   char path[PATH_MAX + 256];
   snprintf(path, sizeof path, "%s/%s", d->path, filename);
+  if (skip_dir(filename)) return;
   uv_fs_t req;
-  if (!skip_dir(filename) && uv_fs_stat(NULL, &req, path, NULL) == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR &&
-      !is_watched(path)) {
+  int dir = uv_fs_stat(NULL, &req, path, NULL) == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
+  uv_fs_req_cleanup(&req); /* only after a stat: a request never made has nothing to clean */
+  if (dir && !is_watched(path)) {
     watch_tree(path);
     uv_timer_start(&watch.debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
   }
-  uv_fs_req_cleanup(&req);
 }
 
 static void watch_dir(const char *path) {
