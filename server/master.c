@@ -348,24 +348,22 @@ static void on_watch(void) { reload_start(&master.workers, "--watch: a .lua file
 
 /* --user / --group into master.uid / master.gid. Returns 0, or -1 with err set. */
 static int resolve_user(const mf_config_t *cfg, char *err, size_t errlen) {
+  struct passwd *pw = cfg->user ? getpwnam(cfg->user) : NULL;
+  struct group *gr = cfg->group ? getgrnam(cfg->group) : NULL;
   master.uid = master.gid = -1;
-  if (cfg->user) {
-    struct passwd *pw = getpwnam(cfg->user);
-    if (pw == NULL) {
-      snprintf(err, errlen, "unknown user '%s'", cfg->user);
-      return -1;
-    }
+  if (cfg->user && pw == NULL) {
+    snprintf(err, errlen, "unknown user '%s'", cfg->user);
+    return -1;
+  }
+  if (cfg->group && gr == NULL) {
+    snprintf(err, errlen, "unknown group '%s'", cfg->group);
+    return -1;
+  }
+  if (pw) {
     master.uid = (int)pw->pw_uid;
-    if (!cfg->group) master.gid = (int)pw->pw_gid;
+    master.gid = (int)pw->pw_gid; /* the user's group, unless --group says another */
   }
-  if (cfg->group) {
-    struct group *gr = getgrnam(cfg->group);
-    if (gr == NULL) {
-      snprintf(err, errlen, "unknown group '%s'", cfg->group);
-      return -1;
-    }
-    master.gid = (int)gr->gr_gid;
-  }
+  if (gr) master.gid = (int)gr->gr_gid;
   if ((master.uid >= 0 || master.gid >= 0) && geteuid() != 0) {
     snprintf(err, errlen, "--user and --group need the master to run as root");
     return -1;
