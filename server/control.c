@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -34,7 +35,7 @@ static struct {
   control_handler_t handler;
   char path[108];
   int open;
-} CS;
+} control;
 
 static void conn_closed(uv_handle_t *h) {
   control_conn_t *c = h->data;
@@ -111,14 +112,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (nl > c->in.data && nl[-1] == '\r') nl[-1] = '\0';
   uv_read_stop(s);
   c->handled = 1;
-  CS.handler(c, c->in.data);
+  control.handler(c, c->in.data);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
   if (status < 0) return;
   control_conn_t *c = calloc(1, sizeof *c);
   if (c == NULL) return;
-  uv_pipe_init(CS.loop, &c->pipe, 0);
+  uv_pipe_init(control.loop, &c->pipe, 0);
   c->pipe.data = c;
   if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
     conn_close(c);
@@ -142,7 +143,7 @@ static int socket_alive(const char *path) {
 
 int control_server_start(uv_loop_t *loop, const char *path, control_handler_t handler, char *err, size_t errlen) {
   struct stat st;
-  if (strlen(path) >= sizeof CS.path) {
+  if (strlen(path) >= sizeof control.path) {
     snprintf(err, errlen, "control socket path too long: %s", path);
     return -1;
   }
@@ -157,62 +158,60 @@ int control_server_start(uv_loop_t *loop, const char *path, control_handler_t ha
     }
     unlink(path); /* left by a master that died */
   }
-  CS.loop = loop;
-  CS.handler = handler;
-  uv_pipe_init(loop, &CS.server, 0);
+  control.loop = loop;
+  control.handler = handler;
+  uv_pipe_init(loop, &control.server, 0);
   mode_t old = umask(0077);
-  int r = uv_pipe_bind(&CS.server, path);
+  int r = uv_pipe_bind(&control.server, path);
   umask(old);
-  if (r == 0) r = uv_listen((uv_stream_t *)&CS.server, 16, on_connection);
+  if (r == 0) r = uv_listen((uv_stream_t *)&control.server, 16, on_connection);
   if (r != 0) {
     snprintf(err, errlen, "cannot listen on %s: %s", path, uv_strerror(r));
-    uv_close((uv_handle_t *)&CS.server, NULL);
+    uv_close((uv_handle_t *)&control.server, NULL);
     return -1;
   }
   chmod(path, 0600);
-  snprintf(CS.path, sizeof CS.path, "%s", path);
-  CS.open = 1;
-  uv_unref((uv_handle_t *)&CS.server);
+  snprintf(control.path, sizeof control.path, "%s", path);
+  control.open = 1;
+  uv_unref((uv_handle_t *)&control.server);
   return 0;
 }
 
 void control_server_stop(void) {
-  if (CS.open) unlink(CS.path);
-  CS.open = 0;
+  if (control.open) unlink(control.path);
+  control.open = 0;
 }
 
-char *control_request(const char *path, const char *request, int timeout_ms, char *err, size_t errlen) {
+/* Connects to path and sends request as one line. Returns the socket, or -1 with err set. */
+static int request_send(const char *path, const char *request, char *err, size_t errlen) {
   struct sockaddr_un sa;
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
   if (strlen(path) >= sizeof sa.sun_path) {
     snprintf(err, errlen, "control socket path too long: %s", path);
-    return NULL;
+    return -1;
   }
   strcpy(sa.sun_path, path);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
     snprintf(err, errlen, "cannot reach the master at %s: %s (is it running? --control or --port selects it)",
              path, strerror(errno));
-    if (fd >= 0) close(fd);
-    return NULL;
+    goto fail_close;
   }
-  size_t n = strlen(request);
-  char *line = malloc(n + 2);
-  if (line == NULL) {
-    close(fd);
-    snprintf(err, errlen, "out of memory");
-    return NULL;
-  }
-  memcpy(line, request, n);
-  line[n] = '\n';
-  ssize_t w = write(fd, line, n + 1);
-  free(line);
-  if (w != (ssize_t)(n + 1)) {
+  struct iovec iov[2] = {{(void *)request, strlen(request)}, {"\n", 1}};
+  if (writev(fd, iov, 2) != (ssize_t)(iov[0].iov_len + 1)) {
     snprintf(err, errlen, "cannot send to %s: %s", path, strerror(errno));
-    close(fd);
-    return NULL;
+    goto fail_close;
   }
+  return fd;
+fail_close:
+  if (fd >= 0) close(fd);
+  return -1;
+}
+
+char *control_request(const char *path, const char *request, int timeout_ms, char *err, size_t errlen) {
+  int fd = request_send(path, request, err, errlen);
+  if (fd < 0) return NULL;
   mf_buf_t out;
   mf_buf_init(&out);
   for (;;) {
@@ -227,14 +226,13 @@ char *control_request(const char *path, const char *request, int timeout_ms, cha
     ssize_t got = read(fd, buf, sizeof buf);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
-      close(fd);
-      if (out.len == 0) {
-        mf_buf_free(&out);
-        snprintf(err, errlen, "the master closed the connection without answering");
-        return NULL;
+      if (out.len > 0) {
+        close(fd);
+        mf_buf_append(&out, "", 1);
+        return out.data;
       }
-      mf_buf_append(&out, "", 1);
-      return out.data;
+      snprintf(err, errlen, "the master closed the connection without answering");
+      break;
     }
     mf_buf_append(&out, buf, (size_t)got);
   }

@@ -6,6 +6,7 @@
 #include "config.h"
 #include "control.h"
 #include "master.h"
+#include "status.h"
 #include "util.h"
 #include "worker.h"
 
@@ -13,7 +14,7 @@ static const char *const commands[] = {"status", "reload", "scale", "stop"};
 
 /* Prints a status reply as a table (the reply is JSON; --json prints it as it came). */
 static void print_status(const char *json) {
-  /* A small scan for the fields we print: the reply's shape is ours (master.c status_json). */
+  /* A small scan for the master's fields: the reply's shape is ours (status.c). */
   const char *p = strstr(json, "\"master\":{");
   int pid = 0, workers = 0;
   double up = 0;
@@ -28,66 +29,90 @@ static void print_status(const char *json) {
   }
   printf("master  pid %d, up %.0f s, %s, %d workers, %llu restarts%s\n", pid, up, url, workers, restarts,
          strstr(json, "\"reloading\":true") ? ", reloading" : "");
-  printf("%4s %8s %7s %-9s %9s %10s %7s %9s\n", "id", "pid", "serial", "state", "uptime", "requests", "conns",
-         "rss");
-  const char *w = strstr(json, "\"workers\":[");
-  while (w && (w = strstr(w, "{\"id\":")) != NULL) {
-    int id, wpid;
-    long serial;
-    char state[16];
-    double wup;
-    unsigned long long req, conns, rss;
-    if (sscanf(w, "{\"id\":%d,\"pid\":%d,\"serial\":%ld,\"state\":\"%15[^\"]\",\"uptime\":%lf,\"requests\":%llu,"
-                  "\"connections\":%llu,\"rss_kb\":%llu",
-               &id, &wpid, &serial, state, &wup, &req, &conns, &rss) == 8)
-      printf("%4d %8d %7ld %-9s %8.0fs %10llu %7llu %7.1fMB\n", id, wpid, serial, state, wup, req, conns,
-             (double)rss / 1024.0);
-    w++;
+  status_print_workers(stdout, json);
+}
+
+/* A control command's own arguments (N for scale, --json) into request and *json; the rest are ordinary
+ * options (--control, --port), which give the control socket's path. Returns 0, or the exit status
+ * after a message on stderr. */
+static int parse_command(int argc, char **argv, char *request, size_t reqlen, int *json, char *path,
+                         size_t pathlen) {
+  const char *cmd = argv[1];
+  mf_config_t cfg;
+  char err[512];
+  char **rest = malloc((size_t)argc * sizeof *rest);
+  int nrest = 0, scale = strcmp(cmd, "scale") == 0;
+  long n = 0;
+  if (rest == NULL) return 1;
+  mf_config_defaults(&cfg);
+  rest[nrest++] = argv[0];
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0) {
+      *json = 1;
+    } else if (scale && argv[i][0] != '-' && n == 0) {
+      if (mf_parse_int(argv[i], 1, 1024, &n) != 0) {
+        snprintf(err, sizeof err, "scale needs a worker count from 1 to 1024, not '%s'", argv[i]);
+        goto fail;
+      }
+    } else {
+      rest[nrest++] = argv[i];
+    }
+  }
+  if (scale && n == 0) {
+    snprintf(err, sizeof err, "usage: moonfork scale N [--control PATH | --port PORT]");
+    goto fail;
+  }
+  if (mf_config_parse_args(&cfg, nrest, rest, err, sizeof err) != 0) goto fail;
+  if (cfg.script != NULL) {
+    snprintf(err, sizeof err, "a control command takes no script");
+    goto fail;
+  }
+  free(rest);
+  if (scale) snprintf(request, reqlen, "scale %ld", n);
+  else snprintf(request, reqlen, "%s", cmd);
+  mf_config_control_path(&cfg, path, pathlen);
+  return 0;
+fail:
+  free(rest);
+  fprintf(stderr, "moonfork: %s\n", err);
+  return 2;
+}
+
+/* Prints the reply to cmd: the error (stderr), the JSON (--json), the table (status) or the message. */
+static void print_reply(const char *cmd, const char *reply, int ok, int json) {
+  if (json || !ok) {
+    const char *e = strstr(reply, "\"error\":\"");
+    if (!ok && e) {
+      e += 9;
+      const char *end = strstr(e, "\"}");
+      fprintf(stderr, "moonfork: %s failed: %.*s\n", cmd, end ? (int)(end - e) : (int)strlen(e), e);
+    } else if (!ok) {
+      fprintf(stderr, "moonfork: %s failed: %s", cmd, reply);
+    }
+    if (json) fputs(reply, stdout);
+    return;
+  }
+  const char *m = strstr(reply, "\"message\":\"");
+  if (strcmp(cmd, "status") == 0) {
+    print_status(reply);
+  } else if (m) {
+    m += 11;
+    const char *end = strchr(m, '"');
+    printf("%s: %.*s\n", cmd, end ? (int)(end - m) : (int)strlen(m), m);
+  } else if (strcmp(cmd, "reload") == 0) {
+    printf("reload: done\n");
+  } else {
+    fputs(reply, stdout);
   }
 }
 
 /* moonfork status|reload|scale N|stop [--json] [--control PATH] [--port PORT] */
 static int run_command(int argc, char **argv) {
   const char *cmd = argv[1];
-  char request[64];
+  char request[64], path[512], err[512];
   int json = 0;
-  mf_config_t cfg;
-  char err[512];
-  mf_config_defaults(&cfg);
-  /* the command's own arguments: N for scale, --json; the rest are ordinary options (--control, --port) */
-  char **rest = malloc((size_t)argc * sizeof *rest);
-  int nrest = 0;
-  if (rest == NULL) return 1;
-  rest[nrest++] = argv[0];
-  snprintf(request, sizeof request, "%s", cmd);
-  for (int i = 2; i < argc; i++) {
-    if (strcmp(argv[i], "--json") == 0) {
-      json = 1;
-    } else if (strcmp(cmd, "scale") == 0 && argv[i][0] != '-' && strcmp(request, "scale") == 0) {
-      long n;
-      if (mf_parse_int(argv[i], 1, 1024, &n) != 0) {
-        fprintf(stderr, "moonfork: scale needs a worker count from 1 to 1024, not '%s'\n", argv[i]);
-        free(rest);
-        return 2;
-      }
-      snprintf(request, sizeof request, "scale %ld", n);
-    } else {
-      rest[nrest++] = argv[i];
-    }
-  }
-  if (strcmp(cmd, "scale") == 0 && strcmp(request, "scale") == 0) {
-    fprintf(stderr, "moonfork: usage: moonfork scale N [--control PATH | --port PORT]\n");
-    free(rest);
-    return 2;
-  }
-  int r = mf_config_parse_args(&cfg, nrest, rest, err, sizeof err);
-  free(rest);
-  if (r != 0 || cfg.script != NULL) {
-    fprintf(stderr, "moonfork: %s\n", r != 0 ? err : "a control command takes no script");
-    return 2;
-  }
-  char path[512];
-  mf_config_control_path(&cfg, path, sizeof path);
+  int r = parse_command(argc, argv, request, sizeof request, &json, path, sizeof path);
+  if (r != 0) return r;
   /* a reload waits for every worker to be replaced: allow for slow starts */
   char *reply = control_request(path, request, strcmp(cmd, "reload") == 0 ? 600000 : 30000, err, sizeof err);
   if (reply == NULL) {
@@ -95,32 +120,7 @@ static int run_command(int argc, char **argv) {
     return 1;
   }
   int ok = strstr(reply, "\"ok\":true") != NULL;
-  if (json || !ok) {
-    if (!ok) {
-      const char *e = strstr(reply, "\"error\":\"");
-      if (e) {
-        e += 9;
-        const char *end = strstr(e, "\"}");
-        fprintf(stderr, "moonfork: %s failed: %.*s\n", cmd, end ? (int)(end - e) : (int)strlen(e), e);
-      } else {
-        fprintf(stderr, "moonfork: %s failed: %s", cmd, reply);
-      }
-    }
-    if (json) fputs(reply, stdout);
-  } else if (strcmp(cmd, "status") == 0) {
-    print_status(reply);
-  } else {
-    const char *m = strstr(reply, "\"message\":\"");
-    if (m) {
-      m += 11;
-      const char *end = strchr(m, '"');
-      printf("%s: %.*s\n", cmd, end ? (int)(end - m) : (int)strlen(m), m);
-    } else if (strcmp(cmd, "reload") == 0) {
-      printf("reload: done\n");
-    } else {
-      fputs(reply, stdout);
-    }
-  }
+  print_reply(cmd, reply, ok, json);
   free(reply);
   return ok ? 0 : 1;
 }

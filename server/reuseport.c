@@ -28,11 +28,11 @@
 
 #include "log.h"
 
-#define RP_ACCEPTS_PER_WAKE 64
+#define REUSEPORT_ACCEPTS_PER_WAKE 64
 
 static struct {
   uv_loop_t *loop;
-  mf_rp_handoff_cb handoff;
+  reuseport_handoff_cb handoff;
   struct sockaddr_storage addr;
   socklen_t addrlen;
   int *fds;
@@ -40,9 +40,9 @@ static struct {
   int n, cap;
   int steer_failed;
   uint64_t handed_off;
-} R;
+} reuseport;
 
-int mf_rp_program(const int *slots, int n, struct sock_filter *prog) {
+int reuseport_program(const int *slots, int n, struct sock_filter *prog) {
   int k = 0;
   prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_RANDOM);
   prog[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, (uint32_t)n);
@@ -55,54 +55,54 @@ int mf_rp_program(const int *slots, int n, struct sock_filter *prog) {
 }
 
 static int grow(int need) {
-  if (need <= R.cap) return 0;
-  int cap = R.cap ? R.cap * 2 : 8;
+  if (need <= reuseport.cap) return 0;
+  int cap = reuseport.cap ? reuseport.cap * 2 : 8;
   while (cap < need) cap *= 2;
-  int *fds = realloc(R.fds, (size_t)cap * sizeof *fds);
+  int *fds = realloc(reuseport.fds, (size_t)cap * sizeof *fds);
   if (fds == NULL) return -1;
-  R.fds = fds;
-  uv_poll_t **park = realloc(R.park, (size_t)cap * sizeof *park);
+  reuseport.fds = fds;
+  uv_poll_t **park = realloc(reuseport.park, (size_t)cap * sizeof *park);
   if (park == NULL) return -1;
-  R.park = park;
-  for (int i = R.cap; i < cap; i++) R.park[i] = NULL;
-  R.cap = cap;
+  reuseport.park = park;
+  for (int i = reuseport.cap; i < cap; i++) reuseport.park[i] = NULL;
+  reuseport.cap = cap;
   return 0;
 }
 
-int mf_rp_init(uv_loop_t *loop, int first_fd, mf_rp_handoff_cb handoff, char *err, size_t errlen) {
-  R.loop = loop;
-  R.handoff = handoff;
-  R.addrlen = sizeof R.addr;
-  if (getsockname(first_fd, (struct sockaddr *)&R.addr, &R.addrlen) != 0 || grow(1) != 0) {
+int reuseport_init(uv_loop_t *loop, int first_fd, reuseport_handoff_cb handoff, char *err, size_t errlen) {
+  reuseport.loop = loop;
+  reuseport.handoff = handoff;
+  reuseport.addrlen = sizeof reuseport.addr;
+  if (getsockname(first_fd, (struct sockaddr *)&reuseport.addr, &reuseport.addrlen) != 0 || grow(1) != 0) {
     snprintf(err, errlen, "--reuseport: %s", strerror(errno));
     return -1;
   }
   int fl = fcntl(first_fd, F_GETFL);
   if (fl >= 0) fcntl(first_fd, F_SETFL, fl | O_NONBLOCK);
-  R.fds[0] = first_fd;
-  R.n = 1;
+  reuseport.fds[0] = first_fd;
+  reuseport.n = 1;
   return 0;
 }
 
-int mf_rp_fd(int index, char *err, size_t errlen) {
+int reuseport_fd(int index, char *err, size_t errlen) {
   if (grow(index + 1) != 0) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  while (R.n <= index) {
-    int fd = socket(R.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  while (reuseport.n <= index) {
+    int fd = socket(reuseport.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-        bind(fd, (struct sockaddr *)&R.addr, R.addrlen) != 0 || listen(fd, 511) != 0) {
-      snprintf(err, errlen, "--reuseport: cannot open the listening socket for worker %d: %s", R.n + 1,
+        bind(fd, (struct sockaddr *)&reuseport.addr, reuseport.addrlen) != 0 || listen(fd, 511) != 0) {
+      snprintf(err, errlen, "--reuseport: cannot open the listening socket for worker %d: %s", reuseport.n + 1,
                strerror(errno));
       if (fd >= 0) close(fd);
       return -1;
     }
-    R.fds[R.n++] = fd;
+    reuseport.fds[reuseport.n++] = fd;
   }
-  return R.fds[index];
+  return reuseport.fds[index];
 }
 
 /* A parked socket is readable: take what is queued there and hand it on. */
@@ -110,60 +110,60 @@ static void on_parked(uv_poll_t *p, int status, int events) {
   int fd = (int)(intptr_t)p->data;
   (void)events;
   if (status < 0) return;
-  for (int i = 0; i < RP_ACCEPTS_PER_WAKE; i++) {
+  for (int i = 0; i < REUSEPORT_ACCEPTS_PER_WAKE; i++) {
     int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (c < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
         mf_log("--reuseport: accept on a parked socket: %s", strerror(errno));
       return;
     }
-    R.handed_off++;
-    R.handoff(c);
+    reuseport.handed_off++;
+    reuseport.handoff(c);
   }
 }
 
 static void park(int i, int on) {
-  if (on && R.park[i] == NULL) {
+  if (on && reuseport.park[i] == NULL) {
     uv_poll_t *p = malloc(sizeof *p);
-    if (p == NULL || uv_poll_init(R.loop, p, R.fds[i]) != 0) {
+    if (p == NULL || uv_poll_init(reuseport.loop, p, reuseport.fds[i]) != 0) {
       free(p);
       mf_log("--reuseport: cannot watch the parked socket of worker %d", i + 1);
       return;
     }
-    p->data = (void *)(intptr_t)R.fds[i];
+    p->data = (void *)(intptr_t)reuseport.fds[i];
     uv_poll_start(p, UV_READABLE, on_parked);
-    R.park[i] = p;
-  } else if (!on && R.park[i] != NULL) {
-    uv_close((uv_handle_t *)R.park[i], (uv_close_cb)free);
-    R.park[i] = NULL;
+    reuseport.park[i] = p;
+  } else if (!on && reuseport.park[i] != NULL) {
+    uv_close((uv_handle_t *)reuseport.park[i], (uv_close_cb)free);
+    reuseport.park[i] = NULL;
   }
 }
 
-void mf_rp_steer(const int *slots, int n, int active) {
-  for (int i = 0; i < R.n; i++) park(i, i >= active);
-  if (n <= 0 || R.n == 0) return;
+void reuseport_steer(const int *slots, int n, int active) {
+  for (int i = 0; i < reuseport.n; i++) park(i, i >= active);
+  if (n <= 0 || reuseport.n == 0) return;
   if (getenv("MOONFORK_TEST_NO_STEER")) return; /* spec/reuseport_spec.lua: the kernel's hash, parked sockets included */
-  struct sock_filter *prog = malloc((size_t)MF_RP_PROG_MAX(n) * sizeof *prog);
+  struct sock_filter *prog = malloc((size_t)REUSEPORT_PROG_MAX(n) * sizeof *prog);
   if (prog == NULL) return;
-  struct sock_fprog fp = {.len = (unsigned short)mf_rp_program(slots, n, prog), .filter = prog};
-  if (setsockopt(R.fds[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) != 0) {
-    if (!R.steer_failed)
+  struct sock_fprog fp = {.len = (unsigned short)reuseport_program(slots, n, prog), .filter = prog};
+  if (setsockopt(reuseport.fds[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) != 0) {
+    if (!reuseport.steer_failed)
       mf_log("--reuseport: cannot attach the steering program (%s): the kernel spreads connections by "
              "hash, and the master hands on those that reach a parked socket", strerror(errno));
-    R.steer_failed = 1;
+    reuseport.steer_failed = 1;
   }
   free(prog);
 }
 
-void mf_rp_stats(int *sockets, uint64_t *handed_off) {
-  *sockets = R.n;
-  *handed_off = R.handed_off;
+void reuseport_stats(int *sockets, uint64_t *handed_off) {
+  *sockets = reuseport.n;
+  *handed_off = reuseport.handed_off;
 }
 
-void mf_rp_close_all(void) {
-  for (int i = 0; i < R.n; i++) {
+void reuseport_close_all(void) {
+  for (int i = 0; i < reuseport.n; i++) {
     park(i, 0);
-    close(R.fds[i]);
+    close(reuseport.fds[i]);
   }
-  R.n = 0;
+  reuseport.n = 0;
 }

@@ -2,11 +2,13 @@
  *
  * Apache's idea: the master learns how each worker is doing without asking it, so it learns it even
  * when the worker's event loop is stuck in a handler (which is exactly when the watchdog needs to know
- * what the worker was doing). One memfd holds an entry per worker; the master passes it as fd 5 and
+ * what the worker was doing). One memfd holds an entry per worker; the master passes it as MF_FD_SCOREBOARD and
  * tells each worker its entry. Workers read each other's connection counts to share the accept queue
  * evenly (http.c). */
 #define _GNU_SOURCE
 #include "scoreboard.h"
+
+#include "fds.h"
 
 #include <string.h>
 #include <sys/mman.h>
@@ -18,12 +20,12 @@
 int mf_board_create(mf_board_t **out) {
   int fd = memfd_create("moonfork-scoreboard", MFD_CLOEXEC);
   if (fd < 0) return -1;
-  if (ftruncate(fd, sizeof(mf_board_t)) != 0) goto fail;
+  if (ftruncate(fd, sizeof(mf_board_t)) != 0) goto fail_close;
   void *p = mmap(NULL, sizeof(mf_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) goto fail;
+  if (p == MAP_FAILED) goto fail_close;
   *out = p; /* a new memfd reads as zeros */
   return fd;
-fail:
+fail_close:
   close(fd);
   return -1;
 }

@@ -5,7 +5,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MF_FD_SCOREBOARD 5
 #define MF_SB_ENTRIES 1024 /* entry 0 is never used; live workers (old and new in a reload) fit easily */
 
 /* One worker's entry. Written only by that worker (the master sets state at spawn and clears the
@@ -34,7 +33,7 @@ int mf_board_create(mf_board_t **out);
 int mf_board_take(mf_board_t *b);
 /* Master: clears entry i after its worker is gone. */
 void mf_board_release(mf_board_t *b, int i);
-/* Worker: maps the board the master passed as MF_FD_SCOREBOARD; NULL when there is none. */
+/* Worker: maps the board the master passed as MF_FD_SCOREBOARD (fds.h); NULL when there is none. */
 mf_board_t *mf_board_attach(void);
 /* Is there another ready, live worker with clearly fewer connections than `mine`? (See http.c.) */
 int mf_board_fewer_elsewhere(const mf_board_t *b, int self, uint64_t mine);

@@ -28,7 +28,7 @@ static struct {
   uv_timer_t debounce;
   void (*on_change)(void);
   int active;
-} W;
+} watch;
 
 static void watch_tree(const char *dir);
 
@@ -38,49 +38,50 @@ static int skip_dir(const char *name) {
 
 static void on_debounce(uv_timer_t *t) {
   (void)t;
-  if (W.active) W.on_change();
+  if (watch.active) watch.on_change();
 }
 
 static int is_watched(const char *path) {
-  for (int i = 0; i < W.ndirs; i++)
-    if (strcmp(W.dirs[i]->path, path) == 0) return 1;
+  for (int i = 0; i < watch.ndirs; i++)
+    if (strcmp(watch.dirs[i]->path, path) == 0) return 1;
   return 0;
 }
 
 static void on_event(uv_fs_event_t *h, const char *filename, int events, int status) {
   wdir_t *d = h->data;
   (void)events;
-  if (status < 0 || filename == NULL || !W.active) return;
+  if (status < 0 || filename == NULL || !watch.active) return;
   size_t n = strlen(filename);
   if (n > 4 && strcmp(filename + n - 4, ".lua") == 0) {
-    uv_timer_start(&W.debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
+    uv_timer_start(&watch.debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
     return;
   }
   /* maybe a new directory: watch it (and what is in it) too */
   char path[PATH_MAX + 256];
   snprintf(path, sizeof path, "%s/%s", d->path, filename);
+  if (skip_dir(filename)) return;
   uv_fs_t req;
-  if (!skip_dir(filename) && uv_fs_stat(NULL, &req, path, NULL) == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR &&
-      !is_watched(path)) {
+  int dir = uv_fs_stat(NULL, &req, path, NULL) == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
+  uv_fs_req_cleanup(&req); /* only after a stat: a request never made has nothing to clean */
+  if (dir && !is_watched(path)) {
     watch_tree(path);
-    uv_timer_start(&W.debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
+    uv_timer_start(&watch.debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
   }
-  uv_fs_req_cleanup(&req);
 }
 
 static void watch_dir(const char *path) {
-  if (W.ndirs >= WATCH_MAX_DIRS || is_watched(path)) return;
+  if (watch.ndirs >= WATCH_MAX_DIRS || is_watched(path)) return;
   wdir_t *d = calloc(1, sizeof *d);
   if (d == NULL) return;
   snprintf(d->path, sizeof d->path, "%s", path);
-  uv_fs_event_init(W.loop, &d->ev);
+  uv_fs_event_init(watch.loop, &d->ev);
   d->ev.data = d;
   if (uv_fs_event_start(&d->ev, on_event, path, 0) != 0) {
     uv_close((uv_handle_t *)&d->ev, (uv_close_cb)free);
     return;
   }
   uv_unref((uv_handle_t *)&d->ev);
-  W.dirs[W.ndirs++] = d;
+  watch.dirs[watch.ndirs++] = d;
 }
 
 static void watch_tree(const char *dir) {
@@ -109,23 +110,23 @@ int watch_start(uv_loop_t *loop, const char *script, void (*on_change)(void), ch
   char *slash = strrchr(real, '/');
   if (slash == real) slash[1] = '\0';
   else if (slash) *slash = '\0';
-  W.loop = loop;
-  W.on_change = on_change;
-  uv_timer_init(loop, &W.debounce);
-  uv_unref((uv_handle_t *)&W.debounce);
-  W.active = 1;
+  watch.loop = loop;
+  watch.on_change = on_change;
+  uv_timer_init(loop, &watch.debounce);
+  uv_unref((uv_handle_t *)&watch.debounce);
+  watch.active = 1;
   watch_tree(real);
-  if (W.ndirs == 0) {
+  if (watch.ndirs == 0) {
     snprintf(err, errlen, "cannot watch %s", real);
-    W.active = 0;
+    watch.active = 0;
     return -1;
   }
-  mf_log("--watch: watching %d director%s under %s", W.ndirs, W.ndirs == 1 ? "y" : "ies", real);
+  mf_log("--watch: watching %d director%s under %s", watch.ndirs, watch.ndirs == 1 ? "y" : "ies", real);
   return 0;
 }
 
 void watch_stop(void) {
-  if (!W.active) return;
-  W.active = 0;
-  for (int i = 0; i < W.ndirs; i++) uv_fs_event_stop(&W.dirs[i]->ev);
+  if (!watch.active) return;
+  watch.active = 0;
+  for (int i = 0; i < watch.ndirs; i++) uv_fs_event_stop(&watch.dirs[i]->ev);
 }

@@ -8,7 +8,7 @@
 #include "../server/reuseport.h"
 #include "test.h"
 
-/* Runs the program with `rnd` as the random number, for the instructions mf_rp_program emits. */
+/* Runs the program with `rnd` as the random number, for the instructions reuseport_program emits. */
 static int64_t run(const struct sock_filter *p, int len, uint32_t rnd) {
   uint32_t a = 0;
   for (int pc = 0; pc < len; pc++) {
@@ -31,9 +31,9 @@ static int64_t run(const struct sock_filter *p, int len, uint32_t rnd) {
 }
 
 static void check_slots(const int *slots, int n) {
-  struct sock_filter prog[MF_RP_PROG_MAX(16)];
-  int len = mf_rp_program(slots, n, prog);
-  CHECK(len == MF_RP_PROG_MAX(n));
+  struct sock_filter prog[REUSEPORT_PROG_MAX(16)];
+  int len = reuseport_program(slots, n, prog);
+  CHECK(len == REUSEPORT_PROG_MAX(n));
   for (uint32_t r = 0; r < 200; r++) CHECK(run(prog, len, r) == slots[r % (uint32_t)n]);
   CHECK(run(prog, len, 0xffffffffu) == slots[0xffffffffu % (uint32_t)n]);
 }
@@ -51,8 +51,8 @@ int main(void) {
   CHECK(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0);
   CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
   CHECK(listen(fd, 8) == 0);
-  struct sock_filter prog[MF_RP_PROG_MAX(3)];
-  struct sock_fprog fp = {.len = (unsigned short)mf_rp_program((int[]){0, 1, 2}, 3, prog), .filter = prog};
+  struct sock_filter prog[REUSEPORT_PROG_MAX(3)];
+  struct sock_fprog fp = {.len = (unsigned short)reuseport_program((int[]){0, 1, 2}, 3, prog), .filter = prog};
   CHECK(setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) == 0);
   close(fd);
   TEST_DONE();
