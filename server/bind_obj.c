@@ -9,6 +9,9 @@
 #include <uv.h>
 
 #include "lua_env.h"
+#include "util.h"
+
+_Static_assert(MF_NO_REF == LUA_NOREF, "a C object's empty binding slot must read as LUA_NOREF");
 
 void bind_type_init(lua_State *L, bind_type_t *type, const char *name) {
   type->name = name;

@@ -343,7 +343,7 @@ static void on_handle_closed(uv_handle_t *h) {
   http_conn_t *c = h->data;
   if (--c->handles_open > 0) return;
   http_server_t *srv = c->srv;
-  if (c->user_ref != 0 && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
+  if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   http_server_conn_removed(srv, c);
   mf_buf_free(&c->body);
   mf_buf_free(&c->pending);
@@ -390,6 +390,7 @@ void http_conn_new(http_server_t *srv, int fd) {
     return;
   }
   c->srv = srv;
+  c->user_ref = MF_NO_REF;
   uv_tcp_init(srv->loop, &c->tcp);
   uv_timer_init(srv->loop, &c->timer);
   c->tcp.data = c->timer.data = c;

@@ -205,11 +205,11 @@ void lua_http_open(lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* Pushes the connection's binding object, making it on first use. http.c's slot starts at 0 (its
- * calloc) and holds the object's self_ref while Lua knows the connection; a ref is always > 0. */
+/* Pushes the connection's binding object, making it on first use. The connection's slot holds the
+ * object's self_ref while Lua knows the connection, LUA_NOREF (MF_NO_REF) before and after. */
 static bind_obj_t *push_conn(lua_State *L, http_conn_t *c) {
   int *ref = http_conn_user_ref(c);
-  if (*ref > 0) {
+  if (*ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
     return lua_touserdata(L, -1);
   }
@@ -287,7 +287,7 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
 /* The connection is gone: its object is invalidated; close(res) when a response was in flight. */
 void lua_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
   int *ref = http_conn_user_ref(c);
-  if (*ref <= 0) return;
+  if (*ref == LUA_NOREF) return;
   bind_obj_closed(data, ref, http_refs[CB_CLOSE], in_flight, "error in close handler");
 }
 
@@ -302,6 +302,6 @@ static int core_remote(lua_State *L) {
 void lua_http_on_drain(void *data, http_conn_t *c) {
   lua_State *L = data;
   int *ref = http_conn_user_ref(c);
-  if (*ref <= 0 || !bind_push_call(L, http_refs[CB_DRAIN], bind_obj_at(L, *ref))) return;
+  if (*ref == LUA_NOREF || !bind_push_call(L, http_refs[CB_DRAIN], bind_obj_at(L, *ref))) return;
   mf_lua_pcall(L, 1, 0, "error in drain handler");
 }

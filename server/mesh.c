@@ -167,6 +167,7 @@ void mesh_add_peer(uv_pipe_t *pipe, int id, long serial) {
     return;
   }
   p->pipe = pipe;
+  p->user_ref = MF_NO_REF;
   p->id = id;
   p->serial = serial;
   pipe->data = p;

@@ -8,6 +8,9 @@
 #include <time.h>
 
 #define MF_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+/* "No reference" in a C object's slot for its Lua binding (http_conn_user_ref, mesh_peer_user_ref):
+ * the value of LUA_NOREF, the binding kit's one sentinel (bind_obj.c checks that they agree). */
+#define MF_NO_REF (-2)
 #define mf_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
 /* A growable byte buffer. The buffer owns `data` (malloc'ed); mf_buf_free releases it. */
