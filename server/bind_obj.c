@@ -1,14 +1,14 @@
 /* bind_obj.c -- the binding kit: how every C object is seen from Lua (see bind_obj.h).
  *
- * One kit instead of one way per binding: lua_core.c (timers), lua_http.c (connections) and
- * lua_mesh.c (streams) create, check, invalidate and call back through it, so the next bindings
+ * One kit instead of one way per binding: bind_core.c (timers), bind_http.c (connections) and
+ * bind_mesh.c (streams) create, check, invalidate and call back through it, so the next bindings
  * (sockets, Redis, WebSockets) start from the same shape. The check compares metatables by identity:
  * luaL_checkudata would look the name up in the registry on every call, and send is on every request. */
 #include "bind_obj.h"
 
 #include <uv.h>
 
-#include "lua_env.h"
+#include "luastate.h"
 #include "util.h"
 
 _Static_assert(MF_NO_REF == LUA_NOREF, "a C object's empty binding slot must read as LUA_NOREF");
@@ -107,7 +107,7 @@ void bind_call(lua_State *L, int cb_ref, int nargs, const char *what) {
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref);
   lua_insert(L, -nargs - 1);
-  mf_lua_pcall(L, nargs, 0, what);
+  luastate_pcall(L, nargs, 0, what);
 }
 
 int bind_push_closed(lua_State *L, const bind_type_t *type) {

@@ -46,7 +46,7 @@ bind_obj_t *bind_obj_at(lua_State *L, int self_ref);
 void bind_obj_closed(lua_State *L, int *slot, int cb_ref, int call, const char *what);
 /* Pushes the callback cb_ref and the object's target; 0 (nothing pushed) when either is missing. */
 int bind_push_call(lua_State *L, int cb_ref, const bind_obj_t *obj);
-/* Calls the callback cb_ref with the nargs values on the stack top (popped), under mf_lua_pcall
+/* Calls the callback cb_ref with the nargs values on the stack top (popped), under luastate_pcall
  * (errors logged as "`what`: ..."); with cb_ref LUA_NOREF they are only popped. */
 void bind_call(lua_State *L, int cb_ref, int nargs, const char *what);
 

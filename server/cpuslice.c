@@ -39,7 +39,7 @@ static int get_attr(sched_attr_t *a) {
   return (int)syscall(SYS_sched_getattr, 0, a, (unsigned)sizeof *a, 0u);
 }
 
-int mf_cpu_slice_set(uint64_t us) {
+int cpuslice_set(uint64_t us) {
   sched_attr_t a;
   if (get_attr(&a) != 0) return -errno;
   if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) return 1;
@@ -51,7 +51,7 @@ int mf_cpu_slice_set(uint64_t us) {
   return 0;
 }
 
-uint64_t mf_cpu_slice_get(void) {
+uint64_t cpuslice_get(void) {
   sched_attr_t a;
   if (get_attr(&a) != 0) return 0;
   if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) return 0;
@@ -72,39 +72,39 @@ static struct {
   uv_prepare_t prepare;
   uv_check_t check;
   uint64_t slice_ns, before_poll, since, idle, yields;
-} K;
+} cpuslice;
 
 static void on_before_poll(uv_prepare_t *p) {
   (void)p;
-  K.before_poll = uv_hrtime();
+  cpuslice.before_poll = uv_hrtime();
 }
 
 static void on_after_turn(uv_check_t *c) {
   uint64_t idle = uv_metrics_idle_time(c->loop), now = uv_hrtime();
-  if (idle != K.idle) { /* it slept in this turn's poll: the run began when the poll returned */
-    K.since = K.before_poll + (idle - K.idle);
-    K.idle = idle;
+  if (idle != cpuslice.idle) { /* it slept in this turn's poll: the run began when the poll returned */
+    cpuslice.since = cpuslice.before_poll + (idle - cpuslice.idle);
+    cpuslice.idle = idle;
   }
-  if (now - K.since >= K.slice_ns) {
+  if (now - cpuslice.since >= cpuslice.slice_ns) {
     sched_yield();
-    K.yields++;
-    K.since = uv_hrtime();
+    cpuslice.yields++;
+    cpuslice.since = uv_hrtime();
   }
 }
 
-int mf_cpu_slice_keep(uv_loop_t *loop, uint64_t us) {
+int cpuslice_keep(uv_loop_t *loop, uint64_t us) {
   int r = uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
-  if (r == 0) r = uv_prepare_init(loop, &K.prepare);
-  if (r == 0) r = uv_check_init(loop, &K.check);
+  if (r == 0) r = uv_prepare_init(loop, &cpuslice.prepare);
+  if (r == 0) r = uv_check_init(loop, &cpuslice.check);
   if (r != 0) return r;
-  K.slice_ns = us * 1000;
-  K.idle = uv_metrics_idle_time(loop);
-  K.before_poll = K.since = uv_hrtime();
-  uv_prepare_start(&K.prepare, on_before_poll);
-  uv_check_start(&K.check, on_after_turn);
-  uv_unref((uv_handle_t *)&K.prepare);
-  uv_unref((uv_handle_t *)&K.check);
+  cpuslice.slice_ns = us * 1000;
+  cpuslice.idle = uv_metrics_idle_time(loop);
+  cpuslice.before_poll = cpuslice.since = uv_hrtime();
+  uv_prepare_start(&cpuslice.prepare, on_before_poll);
+  uv_check_start(&cpuslice.check, on_after_turn);
+  uv_unref((uv_handle_t *)&cpuslice.prepare);
+  uv_unref((uv_handle_t *)&cpuslice.check);
   return 0;
 }
 
-uint64_t mf_cpu_slice_yields(void) { return K.yields; }
+uint64_t cpuslice_yields(void) { return cpuslice.yields; }

@@ -59,7 +59,7 @@ void http_server_adopt(http_server_t *srv, int fd);
 void http_server_drain(http_server_t *srv, int close_idle);
 /* This worker's entry `index` in the shared scoreboard: where each dispatch and the connection count
  * are recorded, and whose other entries balance accepting between workers. */
-void http_server_set_scoreboard(http_server_t *srv, mf_board_t *board, int index);
+void http_server_set_scoreboard(http_server_t *srv, scoreboard_board_t *board, int index);
 /* Marks the server draining without closing anything yet: responses from now on say "Connection:
  * close". (A drain hook can then answer long polls before http_server_drain ends the wait.) */
 void http_server_set_draining(http_server_t *srv);

@@ -173,7 +173,7 @@ static void conn_dispatch(http_conn_t *c) {
   req.body = c->body.data ? c->body.data : "";
   req.body_len = c->body.len;
   if (srv->access_fd >= 0) http_alog_request(c, req.method);
-  mf_scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
+  scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
   c->state = HTTP_CONN_HANDLING;
   c->head_sent = 0;
   writeq_forget_drain(&c->wq);

@@ -78,8 +78,8 @@ struct http_server_s {
   int listener_closed, accept_paused, draining, drained_fired;
 
   mf_buf_t out;              /* response head being assembled (reused) */
-  mf_scoreboard_t *sb;       /* where the master sees what this worker runs (may be NULL) */
-  mf_board_t *board;         /* every worker's entry (may be NULL) */
+  scoreboard_entry_t *sb;       /* where the master sees what this worker runs (may be NULL) */
+  scoreboard_board_t *board;         /* every worker's entry (may be NULL) */
   int sb_index;
   int access_fd;
   mf_buf_t access;           /* access log lines, written once per loop turn */

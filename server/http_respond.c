@@ -1,7 +1,7 @@
 /* http_respond.c -- response framing: the head builder, chunked bodies, our own error answers.
  *
  * Which response header wins is decided here, in C, and nowhere else (not in moonfork.http):
- * http_respond_header_role says which of the handler's headers the core owns (lua_http.c drops
+ * http_respond_header_role says which of the handler's headers the core owns (bind_http.c drops
  * Transfer-Encoding and Connection and reports Content-Length by it), the handler's lines come first,
  * then this file adds the framing: Content-Length when the whole body is known, chunked for a stream
  * on HTTP/1.1, "Connection: close" when the body ends with the connection (HTTP/1.0) or anyone asked

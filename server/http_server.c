@@ -95,7 +95,7 @@ static void on_listener(uv_poll_t *p, int status, int events) {
   }
   for (int i = 0; i < HTTP_ACCEPTS_PER_WAKE; i++) {
     /* (With --reuseport the socket is ours alone: what waits there waits for us.) */
-    if (!srv->cfg->reuseport && srv->board && mf_board_fewer_elsewhere(srv->board, srv->sb_index, srv->nconns)) {
+    if (!srv->cfg->reuseport && srv->board && scoreboard_fewer_elsewhere(srv->board, srv->sb_index, srv->nconns)) {
       server_pause(srv, 2);
       return;
     }
@@ -183,7 +183,7 @@ void http_server_drain(http_server_t *srv, int close_idle) {
   server_drained(srv);
 }
 
-void http_server_set_scoreboard(http_server_t *srv, mf_board_t *board, int index) {
+void http_server_set_scoreboard(http_server_t *srv, scoreboard_board_t *board, int index) {
   srv->board = board;
   srv->sb_index = index;
   srv->sb = &board->e[index];

@@ -50,7 +50,7 @@ static struct {
   int announced, killing;
   uv_signal_t sig[6];
   uv_timer_t deadline;
-  mf_board_t *board;
+  scoreboard_board_t *board;
   int board_fd;
   char control_path[108];
   int uid, gid;             /* for --user / --group, -1 when not set */
@@ -117,7 +117,7 @@ static void handoff(int fd) {
 static int worker_prepare(child_t *c, group_spawn_t *sp, char *err, size_t errlen) {
   int listen_fd = master.cfg->reuseport ? reuseport_fd(c->id - 1, err, errlen) : master.listen_fd;
   if (listen_fd < 0) return -1;
-  int sb_index = mf_board_take(master.board), n = 0;
+  int sb_index = scoreboard_take(master.board), n = 0;
   if (sb_index == 0) {
     snprintf(err, errlen, "no free scoreboard entry");
     return -1;
@@ -139,13 +139,13 @@ static int worker_prepare(child_t *c, group_spawn_t *sp, char *err, size_t errle
 }
 
 static void worker_release(child_t *c) {
-  mf_scoreboard_t *sb = c->data;
+  scoreboard_entry_t *sb = c->data;
   leader_forget(c); /* it still led when the server began to stop */
-  if (sb) mf_board_release(master.board, (int)(sb - master.board->e));
+  if (sb) scoreboard_release(master.board, (int)(sb - master.board->e));
 }
 
 static void worker_ready(child_t *c) {
-  ((mf_scoreboard_t *)c->data)->state = MF_SB_READY;
+  ((scoreboard_entry_t *)c->data)->state = MF_SB_READY;
   leader_join(c->group, c);
   leader_tell(c);
 }
@@ -398,7 +398,7 @@ static int master_open(mf_config_t *cfg, char *err, size_t errlen) {
 /* The workers' options, the scoreboard, the loop and --reuseport's sockets. Returns 0 or -1. */
 static int master_prepare(mf_config_t *cfg, char *err, size_t errlen) {
   master.nargs = mf_config_to_args(cfg, master.args, (int)MF_ARRAY_SIZE(master.args));
-  master.board_fd = mf_board_create(&master.board);
+  master.board_fd = scoreboard_create(&master.board);
   if (master.board_fd < 0) {
     snprintf(err, errlen, "cannot create the scoreboard: %s", strerror(errno));
     return -1;
@@ -411,7 +411,7 @@ static int master_prepare(mf_config_t *cfg, char *err, size_t errlen) {
 
 static void master_greet(const mf_config_t *cfg) {
   mf_log("moonfork %s starting: %ld workers", MOONFORK_VERSION, cfg->workers);
-  if (cfg->sched_slice_us > 0 && mf_cpu_slice_get() == 0)
+  if (cfg->sched_slice_us > 0 && cpuslice_get() == 0)
     mf_log("note: no per-task CPU time slices here (they need Linux 6.12+ and a fair-share policy): "
            "workers keep --sched-slice only by yielding the CPU");
   if (geteuid() == 0 && master.uid < 0)

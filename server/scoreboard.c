@@ -17,11 +17,11 @@
 
 #define BALANCE_STALE_MS 400 /* an entry whose heartbeat (every 100 ms) is older is not counted: a busy or stuck worker */
 
-int mf_board_create(mf_board_t **out) {
+int scoreboard_create(scoreboard_board_t **out) {
   int fd = memfd_create("moonfork-scoreboard", MFD_CLOEXEC);
   if (fd < 0) return -1;
-  if (ftruncate(fd, sizeof(mf_board_t)) != 0) goto fail_close;
-  void *p = mmap(NULL, sizeof(mf_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (ftruncate(fd, sizeof(scoreboard_board_t)) != 0) goto fail_close;
+  void *p = mmap(NULL, sizeof(scoreboard_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) goto fail_close;
   *out = p; /* a new memfd reads as zeros */
   return fd;
@@ -30,7 +30,7 @@ fail_close:
   return -1;
 }
 
-int mf_board_take(mf_board_t *b) {
+int scoreboard_take(scoreboard_board_t *b) {
   for (int i = 1; i < MF_SB_ENTRIES; i++) {
     if (b->e[i].state != MF_SB_FREE) continue;
     memset(&b->e[i], 0, sizeof b->e[i]);
@@ -41,7 +41,7 @@ int mf_board_take(mf_board_t *b) {
   return 0;
 }
 
-void mf_board_release(mf_board_t *b, int i) {
+void scoreboard_release(scoreboard_board_t *b, int i) {
   if (i <= 0 || i >= MF_SB_ENTRIES) return;
   memset(&b->e[i], 0, sizeof b->e[i]);
   uint32_t hi = b->hi;
@@ -49,20 +49,20 @@ void mf_board_release(mf_board_t *b, int i) {
   b->hi = hi;
 }
 
-mf_board_t *mf_board_attach(void) {
-  void *p = mmap(NULL, sizeof(mf_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, MF_FD_SCOREBOARD, 0);
+scoreboard_board_t *scoreboard_attach(void) {
+  void *p = mmap(NULL, sizeof(scoreboard_board_t), PROT_READ | PROT_WRITE, MAP_SHARED, MF_FD_SCOREBOARD, 0);
   close(MF_FD_SCOREBOARD);
   return p == MAP_FAILED ? NULL : p;
 }
 
-int mf_board_fewer_elsewhere(const mf_board_t *b, int self, uint64_t mine) {
-  uint64_t now = mf_monotonic_ms();
+int scoreboard_fewer_elsewhere(const scoreboard_board_t *b, int self, uint64_t mine) {
+  uint64_t now = scoreboard_now_ms();
   uint32_t hi = b->hi < MF_SB_ENTRIES ? b->hi : MF_SB_ENTRIES - 1;
   /* Slack: only a clear imbalance counts (8 connections, or an eighth of a large count). Counts move
    * all the time under short connections; a tighter bound makes workers take turns pausing. */
   uint64_t slack = 8 + mine / 8;
   for (uint32_t i = 1; i <= hi; i++) {
-    const mf_scoreboard_t *e = &b->e[i];
+    const scoreboard_entry_t *e = &b->e[i];
     if ((int)i == self || e->state != MF_SB_READY) continue;
     uint64_t beat = e->beat_ms;
     if (beat == 0 || now - beat > BALANCE_STALE_MS) continue;
@@ -71,13 +71,13 @@ int mf_board_fewer_elsewhere(const mf_board_t *b, int self, uint64_t mine) {
   return 0;
 }
 
-uint64_t mf_monotonic_ms(void) {
+uint64_t scoreboard_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-void mf_scoreboard_activity(mf_scoreboard_t *sb, const char *a, size_t alen, const char *b, size_t blen) {
+void scoreboard_activity(scoreboard_entry_t *sb, const char *a, size_t alen, const char *b, size_t blen) {
   if (sb == NULL) return;
   size_t cap = sizeof sb->activity - 1;
   if (alen > cap) alen = cap;

@@ -17,29 +17,29 @@ typedef struct {
   volatile uint64_t yields;      /* CPU handed on after a --sched-slice of work without a pause */
   volatile uint32_t state;       /* MF_SB_* */
   char activity[196];            /* "GET /path" of the request the worker last ran Lua for */
-} mf_scoreboard_t;
+} scoreboard_entry_t;
 
 enum { MF_SB_FREE = 0, MF_SB_STARTING = 1, MF_SB_READY = 2, MF_SB_DRAINING = 3 };
 
 typedef struct {
   volatile uint32_t hi;          /* entries 1..hi may be in use */
   char pad[60];
-  mf_scoreboard_t e[MF_SB_ENTRIES];
-} mf_board_t;
+  scoreboard_entry_t e[MF_SB_ENTRIES];
+} scoreboard_board_t;
 
 /* Master: the shared board; returns its fd (passed to every worker) and maps it at *out, or -1. */
-int mf_board_create(mf_board_t **out);
+int scoreboard_create(scoreboard_board_t **out);
 /* Master: a free entry's index (1..), marked starting; 0 when all are taken. */
-int mf_board_take(mf_board_t *b);
+int scoreboard_take(scoreboard_board_t *b);
 /* Master: clears entry i after its worker is gone. */
-void mf_board_release(mf_board_t *b, int i);
+void scoreboard_release(scoreboard_board_t *b, int i);
 /* Worker: maps the board the master passed as MF_FD_SCOREBOARD (fds.h); NULL when there is none. */
-mf_board_t *mf_board_attach(void);
+scoreboard_board_t *scoreboard_attach(void);
 /* Is there another ready, live worker with clearly fewer connections than `mine`? (See http.c.) */
-int mf_board_fewer_elsewhere(const mf_board_t *b, int self, uint64_t mine);
+int scoreboard_fewer_elsewhere(const scoreboard_board_t *b, int self, uint64_t mine);
 /* CLOCK_MONOTONIC in ms: the same clock in every process. */
-uint64_t mf_monotonic_ms(void);
+uint64_t scoreboard_now_ms(void);
 /* Records what the worker is doing (truncated to fit). */
-void mf_scoreboard_activity(mf_scoreboard_t *sb, const char *a, size_t alen, const char *b, size_t blen);
+void scoreboard_activity(scoreboard_entry_t *sb, const char *a, size_t alen, const char *b, size_t blen);
 
 #endif

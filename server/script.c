@@ -14,7 +14,7 @@
 #include <time.h>
 
 #include "log.h"
-#include "lua_env.h"
+#include "luastate.h"
 
 #define MF_PROBE_SECONDS 30
 
@@ -74,7 +74,7 @@ int mf_script_probe(mf_config_t *cfg, char *err, size_t errlen) {
     return -1;
   }
   fclose(f);
-  lua_State *L = mf_lua_new(cfg->script, "master");
+  lua_State *L = luastate_new(cfg->script, "master");
   if (L == NULL) {
     snprintf(err, errlen, "out of memory");
     return -1;
@@ -113,7 +113,7 @@ int mf_script_run(lua_State *L, const char *script, char *err, size_t errlen) {
     return -1;
   }
   int base = lua_gettop(L);
-  lua_pushcfunction(L, mf_lua_traceback);
+  lua_pushcfunction(L, luastate_traceback);
   lua_insert(L, base);
   int r = lua_pcall(L, 0, 0, base);
   lua_remove(L, base);

@@ -65,7 +65,7 @@ static const char *state_name(const child_t *c) {
 }
 
 static void child_status(const child_t *c, uint64_t now, status_worker_t *w) {
-  const mf_scoreboard_t *sb = c->data;
+  const scoreboard_entry_t *sb = c->data;
   memset(w, 0, sizeof *w);
   w->id = c->id;
   w->pid = c->pid;

@@ -50,7 +50,7 @@ static int check_start(child_t *c) {
 }
 
 /* A loop that has not turned for --watchdog. Returns 1 when it was killed. */
-static int check_beat(child_t *c, const mf_scoreboard_t *sb, uint64_t now) {
+static int check_beat(child_t *c, const scoreboard_entry_t *sb, uint64_t now) {
   uint64_t beat = sb->beat_ms, limit = master_config()->watchdog_ms;
   if (limit == 0 || beat == 0 || now <= beat || now - beat <= limit) return 0;
   char act[sizeof sb->activity];
@@ -78,11 +78,11 @@ static void check_recycle(child_t *c) {
 
 static void on_tick(uv_timer_t *t) {
   group_t *g = watchdog.group;
-  uint64_t now = mf_monotonic_ms();
+  uint64_t now = scoreboard_now_ms();
   (void)t;
   leader_settle(g, master_announced());
   for (child_t *c = g->children; c; c = c->next) {
-    const mf_scoreboard_t *sb = c->data;
+    const scoreboard_entry_t *sb = c->data;
     if (!group_child_running(c) || sb == NULL) continue;
     if (check_start(c) || c->state == CHILD_STARTING || check_beat(c, sb, now)) continue;
     if (c->state == CHILD_READY) check_recycle(c);

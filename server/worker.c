@@ -40,10 +40,10 @@
 #include "fds.h"
 #include "http.h"
 #include "log.h"
-#include "lua_core.h"
-#include "lua_env.h"
-#include "lua_http.h"
-#include "lua_mesh.h"
+#include "bind_core.h"
+#include "luastate.h"
+#include "bind_http.h"
+#include "bind_mesh.h"
 #include "mesh.h"
 #include "scoreboard.h"
 #include "script.h"
@@ -58,8 +58,8 @@ typedef struct {
   uv_timer_t grace;
   uv_timer_t beat;
   uv_signal_t sigusr1;
-  mf_board_t *board;
-  mf_scoreboard_t *sb;
+  scoreboard_board_t *board;
+  scoreboard_entry_t *sb;
   int access_fd;
   int draining;
   int idle_closed;
@@ -68,7 +68,7 @@ typedef struct {
 static worker_t worker;
 
 static void worker_exit(int status) {
-  if (worker.L && lua_http_serving()) lua_core_emit(worker.L, "exit");
+  if (worker.L && bind_http_serving()) bind_core_emit(worker.L, "exit");
   if (worker.srv && worker.access_fd >= 0) http_server_set_access_log(worker.srv, -1);
   fflush(NULL);
   exit(status);
@@ -106,7 +106,7 @@ static void worker_drain(const char *why, int close_idle) {
   /* Draining first, so what the drain hook answers (long polls, streams) says "Connection: close"
    * and its clients come back to another worker; then the hook; then the wait for connections. */
   if (worker.srv) http_server_set_draining(worker.srv);
-  if (worker.L && lua_http_serving()) lua_core_emit(worker.L, "drain");
+  if (worker.L && bind_http_serving()) bind_core_emit(worker.L, "drain");
   if (worker.srv) http_server_drain(worker.srv, close_idle);
 }
 
@@ -147,7 +147,7 @@ static void on_chan_msg(chan_t *ch, const chan_msg_t *m) {
     case CHAN_STOP: worker_drain("asked by the master", 1); break;
     case CHAN_RETIRE: worker_drain("replaced by a new worker", 0); break;
     case CHAN_PEER: on_peer(m); break;
-    case CHAN_LEADER: lua_mesh_leader(worker.L, (int)m->id, (long)m->serial, (long)m->epoch); break;
+    case CHAN_LEADER: bind_mesh_leader(worker.L, (int)m->id, (long)m->serial, (long)m->epoch); break;
     case CHAN_CONN: on_conn(); break;
     case CHAN_BAD: mf_log("bad control message '%s' ignored", m->text); break;
     default: mf_log("unknown control message '%s' ignored", chan_name(m->type));
@@ -211,10 +211,10 @@ static void trim_after_crowd(size_t conns) {
 static void on_beat(uv_timer_t *t) {
   (void)t;
   size_t conns = http_server_conn_count(worker.srv);
-  worker.sb->beat_ms = mf_monotonic_ms();
+  worker.sb->beat_ms = scoreboard_now_ms();
   worker.sb->requests = http_server_requests(worker.srv);
   worker.sb->connections = conns;
-  worker.sb->yields = mf_cpu_slice_yields();
+  worker.sb->yields = cpuslice_yields();
   trim_after_crowd(conns);
 }
 
@@ -251,7 +251,7 @@ static int worker_process(const mf_config_t *cfg) {
   signal(SIGINT, SIG_IGN); /* Ctrl-C reaches the whole process group: the master decides what happens */
   signal(SIGHUP, SIG_IGN);
   if (cfg->sched_slice_us > 0) { /* short slices: see cpuslice.c */
-    int r = mf_cpu_slice_set(cfg->sched_slice_us);
+    int r = cpuslice_set(cfg->sched_slice_us);
     if (r < 0) mf_log("--sched-slice: cannot set the CPU time slice: %s", strerror(-r));
   }
   return 0;
@@ -266,7 +266,7 @@ static int worker_link(mf_config_t *cfg) {
     return -1;
   }
   if (cfg->sched_slice_us > 0) { /* and keeps it: see cpuslice.c */
-    int r = mf_cpu_slice_keep(worker.loop, cfg->sched_slice_us);
+    int r = cpuslice_keep(worker.loop, cfg->sched_slice_us);
     if (r != 0) mf_log("--sched-slice: cannot keep the slice: %s", uv_strerror(r));
   }
   uv_signal_init(worker.loop, &worker.sigterm);
@@ -274,7 +274,7 @@ static int worker_link(mf_config_t *cfg) {
   uv_signal_init(worker.loop, &worker.sigusr1);
   uv_signal_start(&worker.sigusr1, on_sigusr1, SIGUSR1);
   uv_unref((uv_handle_t *)&worker.sigusr1);
-  worker.board = mf_board_attach();
+  worker.board = scoreboard_attach();
   if (worker.board && cfg->sb_index > 0) worker.sb = &worker.board->e[cfg->sb_index];
   worker.access_fd = -1;
   return 0;
@@ -282,21 +282,21 @@ static int worker_link(mf_config_t *cfg) {
 
 /* The Lua state, the HTTP server and the modules the script sees. Returns 0, or -1 with err set. */
 static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
-  http_callbacks_t cb = {lua_http_on_request, lua_http_on_conn_closed, lua_http_on_drain, on_drained,
+  http_callbacks_t cb = {bind_http_on_request, bind_http_on_conn_closed, bind_http_on_drain, on_drained,
                          on_request_limit};
-  worker.L = mf_lua_new(cfg->script, "worker");
+  worker.L = luastate_new(cfg->script, "worker");
   if (worker.L == NULL) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
   worker.srv = http_server_new(worker.loop, cfg, MF_FD_LISTEN, &cb, worker.L, err, errlen);
   if (worker.srv == NULL) return -1;
-  lua_core_open(worker.L, worker.loop, cfg);
-  lua_http_open(worker.L);
-  lua_mesh_open(worker.L);
-  mesh_init(worker.loop, &lua_mesh_callbacks, worker.L);
+  bind_core_open(worker.L, worker.loop, cfg);
+  bind_http_open(worker.L);
+  bind_mesh_open(worker.L);
+  mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
   lua_pop(worker.L, 1);
-  if (mf_lua_require(worker.L, "moonfork.sched") != 0) { /* before the script: see sched.lua */
+  if (luastate_require(worker.L, "moonfork.sched") != 0) { /* before the script: see sched.lua */
     snprintf(err, errlen, "cannot load moonfork.sched");
     return -1;
   }
@@ -318,7 +318,7 @@ static int worker_script(const mf_config_t *cfg) {
     report_error(err);
     return -1;
   }
-  if (!lua_http_serving()) {
+  if (!bind_http_serving()) {
     snprintf(err, sizeof err, "%s never called moonfork.listen(): nothing to serve", cfg->script);
     mf_log("%s", err);
     report_error(err);

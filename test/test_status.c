@@ -22,7 +22,7 @@ static void test_reply(void) {
 static void test_json_and_table(void) {
   static group_t g;
   static child_t c[2];
-  static mf_scoreboard_t sb[2];
+  static scoreboard_entry_t sb[2];
   uv_loop_t *loop = uv_default_loop();
   uv_update_time(loop);
   g.loop = loop;

@@ -76,7 +76,7 @@ end
 --
 -- Headers stay as the handler gave them: writeHead's table is kept as it is (`_user`), setHeader
 -- fills `_h` (lower-case name -> value, false once removed) and `_names` (lower-case -> the name as
--- written). Which header wins is decided in C, not here: `_h` over `_user` (lua_http.c, head_build),
+-- written). Which header wins is decided in C, not here: `_h` over `_user` (bind_http.c, head_build),
 -- and Content-Length, Transfer-Encoding and Connection against the core's framing
 -- (http_respond.c); getHeader only reads in that order. The C core also turns them into header
 -- lines and checks them for CR/LF, so a typical response costs no string building in Lua.

@@ -101,7 +101,7 @@ function nodes:leader()
   return self._leader
 end
 
--- The C core calls these (lua_mesh.c); it keeps the stream `peer` returns and calls back with it.
+-- The C core calls these (bind_mesh.c); it keeps the stream `peer` returns and calls back with it.
 cmesh.on {
   peer = function(ud, id, serial)
     local s = setmetatable({ id = id, serial = serial, _ud = ud, _on = {} }, Stream)

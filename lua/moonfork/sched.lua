@@ -266,7 +266,7 @@ local function co_status(co)
 end
 
 -- In a worker (the master never runs callbacks): the replaced coroutine functions, and the timers'
--- one callback. lua_env.c loads this module before the script, so a script that keeps its own
+-- one callback. luastate.c loads this module before the script, so a script that keeps its own
 -- reference to coroutine.resume gets the replaced one.
 if core.role == "worker" then
   coroutine.resume, coroutine.wrap, coroutine.status = co_resume, co_wrap, co_status

@@ -1,14 +1,14 @@
-/* lua_mesh.c -- the mesh as Lua sees it: `moonfork.core.mesh`, peer streams as binding objects.
+/* bind_mesh.c -- the mesh as Lua sees it: `moonfork.core.mesh`, peer streams as binding objects.
  *
  * A stream is a binding object (bind_obj.h) over its mesh_peer_t, pinned while the peer is open and
  * invalidated when it closes. Its target is the stream object lua/moonfork/mesh.lua made for it (the
  * `peer` callback returns it), and every later event is called with that object: no map in Lua. */
-#include "lua_mesh.h"
+#include "bind_mesh.h"
 
 #include <lauxlib.h>
 
 #include "bind_obj.h"
-#include "lua_env.h"
+#include "luastate.h"
 
 static bind_type_t stream_type;
 
@@ -48,7 +48,7 @@ static int mesh_close(lua_State *L) {
   return 0;
 }
 
-void lua_mesh_open(lua_State *L) {
+void bind_mesh_open(lua_State *L) {
   static const luaL_Reg fns[] = {{"on", mesh_on}, {"write", mesh_write}, {"close", mesh_close}, {NULL, NULL}};
   bind_type_init(L, &stream_type, "stream");
   bind_module_open(L, "moonfork.core.mesh", fns);
@@ -67,7 +67,7 @@ static void on_peer(void *data, mesh_peer_t *p) {
   lua_pushvalue(L, -2);
   lua_pushinteger(L, mesh_peer_id(p));
   lua_pushnumber(L, (lua_Number)mesh_peer_serial(p));
-  if (mf_lua_pcall(L, 3, 1, "error in mesh 'node' handler") == 0) {
+  if (luastate_pcall(L, 3, 1, "error in mesh 'node' handler") == 0) {
     if (obj->ptr) {
       bind_obj_set_target(L, obj, -1);
     } else { /* closed while Lua was making the stream: tell it now */
@@ -83,26 +83,26 @@ static void on_message(void *data, mesh_peer_t *p, const char *msg, size_t len) 
   lua_State *L = data;
   if (!bind_push_call(L, mesh_refs[CB_DATA], bind_obj_at(L, *mesh_peer_user_ref(p)))) return;
   lua_pushlstring(L, msg, len);
-  mf_lua_pcall(L, 2, 0, "error in mesh 'data' handler");
+  luastate_pcall(L, 2, 0, "error in mesh 'data' handler");
 }
 
 static void on_drain(void *data, mesh_peer_t *p) {
   lua_State *L = data;
   if (!bind_push_call(L, mesh_refs[CB_DRAIN], bind_obj_at(L, *mesh_peer_user_ref(p)))) return;
-  mf_lua_pcall(L, 1, 0, "error in mesh 'drain' handler");
+  luastate_pcall(L, 1, 0, "error in mesh 'drain' handler");
 }
 
 static void on_closed(void *data, mesh_peer_t *p) {
   bind_obj_closed(data, mesh_peer_user_ref(p), mesh_refs[CB_CLOSE], 1, "error in mesh 'close' handler");
 }
 
-void lua_mesh_leader(lua_State *L, int id, long serial, long epoch) {
+void bind_mesh_leader(lua_State *L, int id, long serial, long epoch) {
   if (mesh_refs[CB_LEADER] == LUA_NOREF) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, mesh_refs[CB_LEADER]);
   lua_pushinteger(L, id);
   lua_pushnumber(L, (lua_Number)serial);
   lua_pushnumber(L, (lua_Number)epoch);
-  mf_lua_pcall(L, 3, 0, "error in mesh 'leader' handler");
+  luastate_pcall(L, 3, 0, "error in mesh 'leader' handler");
 }
 
-const mesh_callbacks_t lua_mesh_callbacks = {on_peer, on_message, on_drain, on_closed};
+const mesh_callbacks_t bind_mesh_callbacks = {on_peer, on_message, on_drain, on_closed};

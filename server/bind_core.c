@@ -1,11 +1,11 @@
-/* lua_core.c -- the worker's core modules: `moonfork.core` (logging, process facts, files, the
+/* bind_core.c -- the worker's core modules: `moonfork.core` (logging, process facts, files, the
  * worker's events) and `moonfork.core.timer`.
  *
  * Timers are binding objects (bind_obj.h): the uv_timer_t is pinned while it runs, so a script may
  * drop its handle to an interval and the interval goes on; stopping it, or firing a one-shot, closes
  * it. A timer carries a target (a function, a job table, a waiting coroutine) that C hands back to
  * the one `fire` callback lua/moonfork/sched.lua registers: no closure per timer. */
-#include "lua_core.h"
+#include "bind_core.h"
 
 #include <lauxlib.h>
 #include <stdlib.h>
@@ -15,7 +15,7 @@
 
 #include "bind_obj.h"
 #include "log.h"
-#include "lua_env.h"
+#include "luastate.h"
 
 static uv_loop_t *core_loop;
 /* The main thread: callbacks must never run on the coroutine that happened to create the timer. */
@@ -44,7 +44,7 @@ static void timer_fired(uv_timer_t *handle) {
   bind_obj_push_target(L, obj);
   bind_obj_push(L, obj);
   if (uv_timer_get_repeat(handle) == 0) timer_close(L, obj);
-  mf_lua_pcall(L, 2, 0, "error in timer callback");
+  luastate_pcall(L, 2, 0, "error in timer callback");
 }
 
 /* timer.start(ms, repeat_ms, target) -> timer: fire(target, timer) after ms, then every repeat_ms. */
@@ -119,11 +119,11 @@ static int core_on(lua_State *L) {
   return 0;
 }
 
-void lua_core_emit(lua_State *L, const char *name) {
+void bind_core_emit(lua_State *L, const char *name) {
   for (int i = 0; i < 2; i++) {
     if (strcmp(name, event_names[i]) != 0 || event_refs[i] == LUA_NOREF) continue;
     lua_rawgeti(L, LUA_REGISTRYINDEX, event_refs[i]);
-    mf_lua_pcall(L, 0, 0, "error in moonfork.on() listener");
+    luastate_pcall(L, 0, 0, "error in moonfork.on() listener");
   }
 }
 
@@ -137,7 +137,7 @@ static int core_now(lua_State *L) {
   return 1;
 }
 
-void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
+void bind_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const luaL_Reg fns[] = {{"log", core_log}, {"now", core_now}, {"fs_stat", core_fs_stat},
                                  {"fs_realpath", core_fs_realpath}, {"on", core_on}, {NULL, NULL}};
   static const luaL_Reg timer_fns[] = {{"start", timer_start}, {"stop", timer_stop}, {"on", timer_on},

@@ -1,6 +1,6 @@
-/* lua_core.h -- the worker's core modules: `moonfork.core` and `moonfork.core.timer`. */
-#ifndef MOONFORK_LUA_CORE_H
-#define MOONFORK_LUA_CORE_H
+/* bind_core.h -- the worker's core modules: `moonfork.core` and `moonfork.core.timer`. */
+#ifndef MOONFORK_BIND_CORE_H
+#define MOONFORK_BIND_CORE_H
 
 #include <lua.h>
 #include <uv.h>
@@ -9,8 +9,8 @@
 
 /* Adds the worker's functions to the core table on the stack top (left there), and opens
  * package.loaded["moonfork.core.timer"]. */
-void lua_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg);
+void bind_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg);
 /* Tells the script's moonfork.on(name) listeners ("drain", "exit"; errors are logged). */
-void lua_core_emit(lua_State *L, const char *name);
+void bind_core_emit(lua_State *L, const char *name);
 
 #endif

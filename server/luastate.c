@@ -1,10 +1,10 @@
-/* lua_env.c -- creating a Lua state for a script: module paths, the core module slot, error tracebacks.
+/* luastate.c -- creating a Lua state for a script: module paths, the core module slot, error tracebacks.
  *
  * moonfork's own Lua modules are found, in order, in: $MOONFORK_LUA_DIR; <exe>/../share/moonfork/lua
  * (an installed tree); <exe>/../lua (the binary in build/ of a checkout); the directory configured at
  * build time. The script's own directory comes first on package.path so apps can keep their modules
  * beside them. */
-#include "lua_env.h"
+#include "luastate.h"
 
 #include <lauxlib.h>
 #include <libgen.h>
@@ -28,7 +28,7 @@ static int has_init(const char *dir) {
   return access(path, R_OK) == 0;
 }
 
-const char *mf_lua_dir(void) {
+const char *luastate_dir(void) {
   static char dir[PATH_MAX];
   if (dir[0]) return dir;
   const char *env = getenv("MOONFORK_LUA_DIR");
@@ -54,11 +54,11 @@ const char *mf_lua_dir(void) {
   return dir;
 }
 
-/* mf_lua_traceback as a value in the registry of the live state: made once per state, since pushing
+/* luastate_traceback as a value in the registry of the live state: made once per state, since pushing
  * a C function allocates a closure. A process has one state at a time (the master closes each probe's). */
 static int traceback_ref = LUA_NOREF;
 
-lua_State *mf_lua_new(const char *script, const char *role) {
+lua_State *luastate_new(const char *script, const char *role) {
   traceback_ref = LUA_NOREF;
   lua_State *L = luaL_newstate();
   if (L == NULL) return NULL;
@@ -66,7 +66,7 @@ lua_State *mf_lua_new(const char *script, const char *role) {
   char sdir[PATH_MAX];
   snprintf(sdir, sizeof sdir, "%s", script);
   const char *scriptdir = dirname(sdir);
-  const char *ldir = mf_lua_dir();
+  const char *ldir = luastate_dir();
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "path");
   lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;%s", scriptdir, scriptdir, ldir, ldir,
@@ -84,7 +84,7 @@ lua_State *mf_lua_new(const char *script, const char *role) {
   return L;
 }
 
-int mf_lua_traceback(lua_State *L) {
+int luastate_traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
@@ -94,10 +94,10 @@ int mf_lua_traceback(lua_State *L) {
   return 1;
 }
 
-int mf_lua_pcall(lua_State *L, int nargs, int nresults, const char *what) {
+int luastate_pcall(lua_State *L, int nargs, int nresults, const char *what) {
   int base = lua_gettop(L) - nargs;
   if (traceback_ref == LUA_NOREF) {
-    lua_pushcfunction(L, mf_lua_traceback);
+    lua_pushcfunction(L, luastate_traceback);
     traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
@@ -120,8 +120,8 @@ int mf_lua_pcall(lua_State *L, int nargs, int nresults, const char *what) {
   return 0;
 }
 
-int mf_lua_require(lua_State *L, const char *name) {
+int luastate_require(lua_State *L, const char *name) {
   lua_getglobal(L, "require");
   lua_pushstring(L, name);
-  return mf_lua_pcall(L, 1, 0, "error loading a moonfork module");
+  return luastate_pcall(L, 1, 0, "error loading a moonfork module");
 }

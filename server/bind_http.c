@@ -1,10 +1,10 @@
-/* lua_http.c -- requests into Lua and responses out of it: the bridge between http.c and moonfork.http.
+/* bind_http.c -- requests into Lua and responses out of it: the bridge between http.c and moonfork.http.
  *
  * Lua sees a connection as a binding object (bind_obj.h) whose pointer is cleared when the
  * connection closes, so a handler that answers late finds it gone instead of touching freed memory.
  * Its target is the response the `request` callback returned: drain and close are called with it.
  * Each request carries a generation number: a response can only reach the request it was made for. The Lua half (lua/moonfork/http.lua) builds req/res and runs the handler in a coroutine. */
-#include "lua_http.h"
+#include "bind_http.h"
 
 #include <ctype.h>
 #include <lauxlib.h>
@@ -16,7 +16,7 @@
 #include "util.h"
 
 #include "bind_obj.h"
-#include "lua_env.h"
+#include "luastate.h"
 
 static bind_type_t conn_type;
 
@@ -24,12 +24,12 @@ enum { CB_REQUEST, CB_CLOSE, CB_DRAIN, CB_COUNT };
 static const char *const http_names[CB_COUNT] = {"request", "close", "drain"};
 static int http_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
-int lua_http_serving(void) { return http_refs[CB_REQUEST] != LUA_NOREF; }
+int bind_http_serving(void) { return http_refs[CB_REQUEST] != LUA_NOREF; }
 
 /* http.on{ request = fn(conn, gen, method, url, version, head, body) -> res, close = fn(res),
  *          drain = fn(res) } (once: moonfork.listen) */
 static int http_on(lua_State *L) {
-  if (lua_http_serving()) return luaL_error(L, "moonfork.listen() was already called");
+  if (bind_http_serving()) return luaL_error(L, "moonfork.listen() was already called");
   bind_callbacks_set(L, 1, http_names, http_refs, CB_COUNT);
   return 0;
 }
@@ -196,7 +196,7 @@ static int core_abort(lua_State *L) {
 static int core_remote(lua_State *L);
 static int core_headers(lua_State *L);
 
-void lua_http_open(lua_State *L) {
+void bind_http_open(lua_State *L) {
   token_init();
   static const luaL_Reg fns[] = {{"on", http_on},         {"send", core_send},       {"abort", core_abort},
                                  {"remote", core_remote}, {"headers", core_headers}, {NULL, NULL}};
@@ -262,7 +262,7 @@ static int core_headers(lua_State *L) {
   return 1;
 }
 
-int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req) {
+int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req) {
   lua_State *L = data;
   lua_rawgeti(L, LUA_REGISTRYINDEX, http_refs[CB_REQUEST]);
   bind_obj_t *obj = push_conn(L, c);
@@ -278,14 +278,14 @@ int lua_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_req
   lua_pushlstring(L, req->headers, req->headers_len); /* as the parser packed them */
   lua_pushlstring(L, req->body, req->body_len);
   /* res.conn keeps obj alive across the call, even if the connection closed during it */
-  if (mf_lua_pcall(L, 7, 1, "internal error dispatching a request") != 0) return -1;
+  if (luastate_pcall(L, 7, 1, "internal error dispatching a request") != 0) return -1;
   if (obj->ptr) bind_obj_set_target(L, obj, -1); /* the response C calls back with */
   lua_pop(L, 1);
   return 0;
 }
 
 /* The connection is gone: its object is invalidated; close(res) when a response was in flight. */
-void lua_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
+void bind_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF) return;
   bind_obj_closed(data, ref, http_refs[CB_CLOSE], in_flight, "error in close handler");
@@ -299,9 +299,9 @@ static int core_remote(lua_State *L) {
   return 1;
 }
 
-void lua_http_on_drain(void *data, http_conn_t *c) {
+void bind_http_on_drain(void *data, http_conn_t *c) {
   lua_State *L = data;
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF || !bind_push_call(L, http_refs[CB_DRAIN], bind_obj_at(L, *ref))) return;
-  mf_lua_pcall(L, 1, 0, "error in drain handler");
+  luastate_pcall(L, 1, 0, "error in drain handler");
 }

@@ -1,0 +1,18 @@
+/* bind_http.h -- requests into Lua and responses out of it: the bridge between http.c and moonfork.http. */
+#ifndef MOONFORK_BIND_HTTP_H
+#define MOONFORK_BIND_HTTP_H
+
+#include <lua.h>
+
+#include "http.h"
+
+/* Opens package.loaded["moonfork.core.http"] (on, send, abort, remote, headers). */
+void bind_http_open(lua_State *L);
+/* Has the script registered its Lua half (http.on, through moonfork.listen)? */
+int bind_http_serving(void);
+/* The http_callbacks_t functions; their `data` is the lua_State. */
+int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req);
+void bind_http_on_conn_closed(void *data, http_conn_t *c, int in_flight);
+void bind_http_on_drain(void *data, http_conn_t *c);
+
+#endif
