@@ -195,7 +195,9 @@ static void conn_refuse(http_conn_t *c) {
   http_conn_fail(c, status);
 }
 
-/* Keeps input that arrived while a request is handled. Returns 0, or -1 when the connection closed. */
+/* Keeps input that arrived while a request is handled, or behind older input. Every read that is not
+ * parsed at once comes here, so reading stops once a whole request's worth (--max-header-size plus
+ * --max-body) waits. Returns 0, or -1 when the connection closed. */
 static int conn_hold(http_conn_t *c, const char *data, size_t len) {
   if (mf_buf_append(&c->pending, data, len) != 0) {
     http_conn_close(c);
@@ -375,8 +377,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0 || c->closing || c->state == HTTP_CONN_CLOSING) return;
   if (c->state == HTTP_CONN_BODY) http_conn_timer(c, c->srv->cfg->header_timeout_ms); /* between body reads */
   if (c->pending.len > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
-    /* older input is still waiting its turn: keep the order */
-    if (mf_buf_append(&c->pending, buf->base, (size_t)nread) != 0) http_conn_close(c);
+    conn_hold(c, buf->base, (size_t)nread); /* older input is still waiting its turn: keep the order */
     return;
   }
   conn_process(c, buf->base, (size_t)nread);

