@@ -47,6 +47,8 @@ static const opt_t opts[] = {
      "seconds an idle keep-alive connection stays open (default 5)"},
     {"request-timeout", "requestTimeout", NULL, OPT_SECONDS, OFF(request_timeout_ms), 0, 0, F_WORKER,
      "seconds a handler has to start its response, else 503 (default 60)"},
+    {"send-timeout", "sendTimeout", NULL, OPT_SECONDS, OFF(send_timeout_ms), 0, 0, F_WORKER,
+     "seconds a client may read nothing of a response before it is closed, 0 = never (default 60)"},
     {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000, F_WORKER,
      "open connections per worker before it stops accepting (default 10000)"},
     {"reuseport", "reuseport", NULL, OPT_FLAG, OFF(reuseport), 0, 0, F_WORKER,
@@ -88,6 +90,7 @@ void mf_config_defaults(mf_config_t *cfg) {
   cfg->header_timeout_ms = 10000;
   cfg->keepalive_timeout_ms = 5000;
   cfg->request_timeout_ms = 60000;
+  cfg->send_timeout_ms = 60000;
   cfg->max_connections = 10000;
   cfg->watchdog_ms = 30000;
   cfg->sched_slice_us = 300;

@@ -28,16 +28,59 @@ static void takeover_finish(http_conn_t *c);
 
 /* ---- timers ---------------------------------------------------------------------------------- */
 
-static void on_timer(uv_timer_t *t) {
-  http_conn_t *c = mf_container_of(t, http_conn_t, timer);
-  if (c->deadline == 0) return; /* disarmed since */
+/* One timer per connection serves two clocks: the state's deadline (headers, handler, keep-alive,
+ * linger) and, while anything is queued, the send timeout, which closes a client that reads nothing
+ * for --send-timeout. Progress is judged by bytes gone out (writeq_sent), checked every quarter of the
+ * timeout, so a slow reader that keeps reading is never cut off however long it takes. */
+
+static void on_timer(uv_timer_t *t);
+
+/* Arms the timer for the sooner of the two clocks. A request moves the deadline four times (headers,
+ * handler, response started, keep-alive), so the timer is only re-armed when it must fire sooner than
+ * it is set for; when it fires early it sleeps again until what is due. */
+static void conn_arm(http_conn_t *c) {
+  uint64_t due = c->deadline;
+  if (c->send_check != 0 && (due == 0 || c->send_check < due)) due = c->send_check;
+  if (due == 0 || c->closing) return;
+  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= due) return;
   uint64_t now = uv_now(c->srv->loop);
-  if (now < c->deadline) { /* moved later since: sleep again until then */
-    c->timer_due = c->deadline;
-    uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
-    return;
+  c->timer_due = due;
+  uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+}
+
+static uint64_t send_step(uint64_t timeout) { return timeout >= 4 ? timeout / 4 : 1; }
+
+/* Starts the send timeout once a write left bytes queued (on_write_empty stops it). */
+static void conn_send_watch(http_conn_t *c) {
+  uint64_t timeout = c->srv->cfg->send_timeout_ms;
+  if (c->send_check != 0 || timeout == 0 || writeq_size(&c->wq) == 0) return;
+  uint64_t now = uv_now(c->srv->loop);
+  c->sent_seen = writeq_sent(&c->wq);
+  c->sent_at = now;
+  c->send_check = now + send_step(timeout);
+  conn_arm(c);
+}
+
+/* Has the client read anything since the last check? Returns -1 when it has not for too long (the
+ * connection is then closing). */
+static int conn_send_check(http_conn_t *c, uint64_t now) {
+  uint64_t timeout = c->srv->cfg->send_timeout_ms, sent = writeq_sent(&c->wq);
+  if (sent != c->sent_seen) {
+    c->sent_seen = sent;
+    c->sent_at = now;
+  } else if (now - c->sent_at >= timeout) {
+    mf_log("client %s read nothing for %.1f s with %zu bytes to send: closing", http_conn_remote(c),
+           (double)timeout / 1000.0, writeq_size(&c->wq));
+    http_conn_close(c);
+    return -1;
   }
-  c->deadline = 0;
+  c->send_check = now + send_step(timeout);
+  if (c->send_check > c->sent_at + timeout) c->send_check = c->sent_at + timeout;
+  return 0;
+}
+
+/* The state's deadline passed. */
+static void conn_expired(http_conn_t *c) {
   switch (c->state) {
     case HTTP_CONN_IDLE:
     case HTTP_CONN_CLOSING:
@@ -59,18 +102,25 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
-/* Sets the connection's one deadline, `ms` from now; 0 clears it. A request moves the deadline four
- * times (headers, handler, response started, keep-alive), so the timer is only re-armed when the
- * deadline comes sooner than it is set for; when it fires early it sleeps again until the deadline. */
+static void on_timer(uv_timer_t *t) {
+  http_conn_t *c = mf_container_of(t, http_conn_t, timer);
+  uint64_t now = uv_now(c->srv->loop);
+  if (c->send_check != 0 && now >= c->send_check && conn_send_check(c, now) != 0) return;
+  if (c->deadline != 0 && now >= c->deadline) {
+    c->deadline = 0;
+    conn_expired(c);
+  }
+  conn_arm(c); /* for what is still due (disarmed or moved later since: sleep until then) */
+}
+
+/* Sets the connection's state deadline, `ms` from now; 0 clears it. */
 void http_conn_timer(http_conn_t *c, uint64_t ms) {
   if (ms == 0) {
     c->deadline = 0;
     return;
   }
   c->deadline = uv_now(c->srv->loop) + ms;
-  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= c->deadline) return;
-  c->timer_due = c->deadline;
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+  conn_arm(c);
 }
 
 /* ---- writing and ending ---------------------------------------------------------------------- */
@@ -78,6 +128,14 @@ void http_conn_timer(http_conn_t *c, uint64_t ms) {
 static void on_write_error(writeq_t *q, int status) {
   (void)status;
   http_conn_close(mf_container_of(q, http_conn_t, wq));
+}
+
+/* Everything written is out: the send timeout stops, and an idle connection's keep-alive starts now. */
+static void on_write_empty(writeq_t *q) {
+  http_conn_t *c = mf_container_of(q, http_conn_t, wq);
+  if (c->closing) return;
+  c->send_check = 0;
+  if (c->state == HTTP_CONN_IDLE && c->deadline == 0) http_conn_timer(c, c->srv->cfg->keepalive_timeout_ms);
 }
 
 static void on_write_drain(writeq_t *q) {
@@ -88,11 +146,20 @@ static void on_write_drain(writeq_t *q) {
 }
 
 /* Sends bufs (see writeq.c). Returns 0, 1 when the queue is over high water, or a negative UV_E* code
- * when the connection failed (it is then closing). */
+ * when the connection failed (it is then closing). A write that finds HTTP_HARD_LIMIT bytes already
+ * queued closes the connection (UV_ENOBUFS): its writer ignored "slow down". */
 int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   if (c->closing) return UV_EPIPE;
+  size_t queued = writeq_size(&c->wq);
+  if (queued > HTTP_HARD_LIMIT) {
+    mf_log("response to %s: %zu bytes already queued (over %u MiB; the handler ignored write()'s false): "
+           "closing the connection", http_conn_remote(c), queued, HTTP_HARD_LIMIT >> 20);
+    http_conn_close(c);
+    return UV_ENOBUFS;
+  }
   int r = writeq_write(&c->wq, bufs, n);
   if (r < 0) http_conn_close(c);
+  else if (c->send_check == 0 && (r > 0 || queued > 0 || writeq_size(&c->wq) > 0)) conn_send_watch(c);
   return r;
 }
 
@@ -118,7 +185,9 @@ void http_conn_end(http_conn_t *c) {
   if (c->closing || c->state == HTTP_CONN_CLOSING || c->state == HTTP_CONN_TAKEN) return;
   c->state = HTTP_CONN_CLOSING;
   c->pending.len = 0;
-  http_conn_timer(c, HTTP_LINGER_MS);
+  /* With bytes still queued the send timeout watches them; the linger starts in on_shutdown, once
+   * they are out (a slow reader of a large response is not cut off). */
+  http_conn_timer(c, writeq_size(&c->wq) == 0 ? HTTP_LINGER_MS : 0);
   conn_read_again(c); /* so the linger sees the client's FIN */
   if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
 }
@@ -156,7 +225,8 @@ void http_conn_request_done(http_conn_t *c) {
   }
   c->state = HTTP_CONN_IDLE;
   c->head_sent = 0;
-  http_conn_timer(c, srv->cfg->keepalive_timeout_ms);
+  /* keep-alive counts from when the response is out, not queued: else on_write_empty starts it */
+  http_conn_timer(c, writeq_size(&c->wq) == 0 ? srv->cfg->keepalive_timeout_ms : 0);
   if (!c->in_process && (c->pending.len > 0 || c->read_paused)) conn_queue_resume(c);
 }
 
@@ -273,7 +343,9 @@ static void takeover_finish(http_conn_t *c) {
   uv_os_fd_t fd;
   int nfd = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
   if (nfd < 0) nfd = uv_translate_sys_error(errno);
-  c->takeover_cb(c->takeover_arg, nfd, c->pending.data ? c->pending.data : "", c->pending.len);
+  http_takeover_cb cb = c->takeover_cb;
+  c->takeover_cb = NULL;
+  cb(c->takeover_arg, nfd, c->pending.data ? c->pending.data : "", c->pending.len);
   c->pending.len = 0;
   http_conn_close(c); /* our copy of the socket: the new owner's lives on */
 }
@@ -358,6 +430,11 @@ static void on_handle_closed(uv_handle_t *h) {
 void http_conn_close(http_conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
+  if (c->state == HTTP_CONN_TAKEN && c->takeover_cb != NULL) { /* closed before the 101 was out */
+    http_takeover_cb cb = c->takeover_cb;
+    c->takeover_cb = NULL;
+    cb(c->takeover_arg, UV_ECONNABORTED, "", 0);
+  }
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
@@ -402,6 +479,7 @@ void http_conn_new(http_server_t *srv, int fd) {
     return;
   }
   writeq_init(&c->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
+  c->wq.on_empty = on_write_empty;
   http_parse_init(&c->parser, HTTP_REQUEST, &conn_parse_callbacks, c, (uint32_t)srv->cfg->max_header_size);
   c->state = HTTP_CONN_IDLE;
   http_conn_timer(c, srv->cfg->header_timeout_ms);

@@ -12,6 +12,9 @@
 #define HTTP_READ_BUF (64 * 1024)
 #define HTTP_HIGH_WATER (256 * 1024) /* send queue above which respond() says "slow down" */
 #define HTTP_KEEP_BUF 4096           /* buffers above this are given back between requests */
+/* Send queue a response may not grow past: a handler that ignores write()'s "slow down" and keeps
+ * writing finds its connection closed once this much waits (as the mesh's MESH_HARD_LIMIT). */
+#define HTTP_HARD_LIMIT (64u * 1024 * 1024)
 
 enum http_conn_state {
   HTTP_CONN_IDLE,     /* between requests: waiting for the first byte */
@@ -54,7 +57,10 @@ struct http_conn_s {
   mf_buf_t body;
   mf_buf_t pending;          /* input received while a request is being handled */
   uint64_t deadline;         /* loop time (ms) the current timeout ends, 0 = none (see http_conn_timer) */
-  uint64_t timer_due;        /* when the timer is set to fire */
+  uint64_t send_check;       /* loop time of the next check that the client reads, 0 = nothing queued */
+  uint64_t sent_seen;        /* writeq_sent at the last check */
+  uint64_t sent_at;          /* loop time it was last seen to grow */
+  uint64_t timer_due;        /* when the timer is set to fire (the sooner of the two above) */
   http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
   void *takeover_arg;
   char remote[64];           /* the peer's address, looked up on first use ("" until then) */

@@ -127,4 +127,90 @@ describe("hostile connections", function()
       assert.is_true(helpers.alive(pid))
     end)
   end)
+
+  describe("a large response to a slow reader", function()
+    local SIZE = 20 * MiB
+
+    local function slow_read(close, args)
+      local argv = { "--workers", "1", "--keepalive-timeout", "1" }
+      for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+      local srv = helpers.start("conn_app", argv)
+      local want = big_body(20)
+      local c = connect_small(srv.port)
+      local headers = close and { { "Connection", "close" } } or nil
+      assert(c:send(helpers.build_request("GET", "/big?mib=20", headers)))
+      local head = read_head(c)
+      assert.equal(200, head.status)
+      assert.equal(tostring(SIZE), head.headers["content-length"])
+      local body, took = read_slowly(c, SIZE)
+      assert.equal(SIZE, #body, string.format("got %.1f of 20 MiB in %.1f s", #body / MiB, took))
+      assert.is_true(body == want, "the body differs from what was sent")
+      -- the reading outlasted --keepalive-timeout and the 2 s linger; the connection is still in step
+      assert.is_true(took > 3, string.format("the slow read took only %.1f s", took))
+      return srv, c
+    end
+
+    it("arrives whole over a keep-alive connection although reading it outlasts --keepalive-timeout", function()
+      local _, c = slow_read(false)
+      -- idle from the moment the last byte left the worker: closed cleanly after --keepalive-timeout
+      assert.is_true(c:closed_by_peer())
+    end)
+
+    it("arrives whole with Connection: close, and the connection then closes", function()
+      local _, c = slow_read(true)
+      assert.is_true(c:closed_by_peer())
+    end)
+
+    it("is never cut off by --send-timeout while the reader keeps reading", function()
+      local srv = slow_read(false, { "--send-timeout", "2" }) -- the read takes three times as long
+      assert.equal(0, srv:count_log("read nothing"), srv:log_text())
+    end)
+  end)
+
+  describe("--send-timeout", function()
+    it("closes a client that reads none of a Lua response and releases its socket", function()
+      local srv = helpers.start("conn_app", { "--workers", "1", "--send-timeout", "1" })
+      local pid = srv.workers[1]
+      local fds0 = assert(fd_count(pid))
+      local c = connect_small(srv.port)
+      assert(c:send(helpers.build_request("GET", "/big?mib=20")))
+      srv:wait_log("big queued")
+      assert.is_truthy(helpers.wait_for(function() return fd_count(pid) == fds0 end, 20),
+        "the worker still holds the socket of a client that reads nothing; log:\n" .. srv:log_text())
+      srv:wait_log("read nothing for 1%.0 s")
+      assert.equal("Hello, World!\n", assert(srv:get("/")).body)
+    end)
+
+    it("closes a client that reads none of a static file and releases the socket and the file", function()
+      local root = helpers.mktempdir()
+      assert(helpers.sh("head -c " .. 20 * MiB .. " /dev/zero > " .. q(root .. "/big.bin")))
+      local ok, err = pcall(function()
+        local srv = helpers.start_env("static_app", { "--workers", "1", "--send-timeout", "1" }, { STATIC_DIR = root })
+        local pid = srv.workers[1]
+        local fds0 = assert(fd_count(pid))
+        local c = connect_small(srv.port)
+        assert(c:send(helpers.build_request("GET", "/big.bin")))
+        assert.equal(200, read_head(c).status)
+        assert.is_truthy(helpers.wait_for(function() return fd_count(pid) == fds0 end, 20),
+          "the worker still holds the socket or the file of a client that reads nothing; log:\n" .. srv:log_text())
+        srv:wait_log("read nothing for 1%.0 s")
+      end)
+      helpers.sh("rm -rf " .. q(root))
+      assert(ok, err)
+    end)
+  end)
+
+  describe("the response write queue", function()
+    it("closes the connection, logged, once a handler that ignores write()'s false has 64 MiB queued", function()
+      local srv = helpers.start("conn_app", { "--workers", "1" })
+      local c = connect_small(srv.port)
+      assert(c:send(helpers.build_request("GET", "/flood-ignore?n=100")))
+      local line = srv:wait_log("flood%-ignore")
+      local n = tonumber(line:match("stopped: write (%d+)"))
+      assert.is_truthy(n, "the handler queued all 100 MiB: " .. line)
+      assert.is_true(n > 60 and n < 100, line)
+      srv:wait_log("the handler ignored write%(%)'s false")
+      assert.equal("Hello, World!\n", assert(srv:get("/")).body)
+    end)
+  end)
 end)
