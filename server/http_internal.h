@@ -48,6 +48,7 @@ struct http_conn_s {
   unsigned upgrade : 1;
   unsigned lua_owned : 1;    /* a handler has the current request: tell it when the connection goes */
   unsigned nodelay : 1;      /* TCP_NODELAY is set */
+  unsigned clen_over : 1;    /* the handler wrote past its Content-Length (logged once) */
   int status;                /* of the response, for the access log */
   uint64_t bytes_out;        /* body bytes of the response */
   mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
@@ -61,6 +62,7 @@ struct http_conn_s {
   uint64_t sent_seen;        /* writeq_sent at the last check */
   uint64_t sent_at;          /* loop time it was last seen to grow */
   uint64_t timer_due;        /* when the timer is set to fire (the sooner of the two above) */
+  int64_t clen_left;         /* body bytes the handler's Content-Length still allows, -1 = none set */
   http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
   void *takeover_arg;
   char remote[64];           /* the peer's address, looked up on first use ("" until then) */

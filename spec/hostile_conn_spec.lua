@@ -200,6 +200,36 @@ describe("hostile connections", function()
     end)
   end)
 
+  describe("a handler's Content-Length", function()
+    it("is never exceeded: the rest is dropped and logged, and the next response is the real one", function()
+      local srv = helpers.start("conn_app", { "--workers", "1" })
+      local forged = "HTTP/1.1 299 Forged\r\nContent-Length: 0\r\n\r\n"
+      for _, parts in ipairs({ 1, 3 }) do
+        local c = srv:connect()
+        local r = assert(c:request("GET", "/clen?declared=10&parts=" .. parts .. "&body="
+          .. urlencode("0123456789" .. forged)))
+        assert.equal(200, r.status)
+        assert.equal("0123456789", r.body)
+        local r2 = assert(c:request("GET", "/"))
+        assert.equal(200, r2.status)
+        assert.equal("Hello, World!\n", r2.body)
+        c:close()
+      end
+      srv:wait_log("longer than its Content%-Length %(10%)", 2)
+    end)
+
+    it("closes the connection, logged, when the body ends short of it", function()
+      local srv = helpers.start("conn_app", { "--workers", "1", "--keepalive-timeout", "120" })
+      local c = srv:connect()
+      assert(c:send(helpers.build_request("GET", "/clen?declared=100&body=short")))
+      local head = read_head(c)
+      assert.equal("100", head.headers["content-length"])
+      local rest = c:read_until_close(20)
+      assert.equal("short", rest, "the connection was not closed after a short body")
+      srv:wait_log("95 bytes short of its Content%-Length %(100%)")
+    end)
+  end)
+
   describe("the response write queue", function()
     it("closes the connection, logged, once a handler that ignores write()'s false has 64 MiB queued", function()
       local srv = helpers.start("conn_app", { "--workers", "1" })
