@@ -37,10 +37,12 @@ static const opt_t opts[] = {
      "worker processes (default: online CPUs)"},
     {"grace", "grace", NULL, OPT_SECONDS, OFF(grace_ms), 0, 0, F_WORKER,
      "seconds in-flight requests get to finish at shutdown (default 10)"},
-    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 0, F_WORKER,
-     "bytes of request line and headers, else 431 (default 16k)"},
-    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 0, F_WORKER,
-     "bytes of request body, else 413 (default 1m)"},
+    /* The upper bounds are what the code can hold: a body becomes one Lua string, and both are
+     * buffered per connection (a pipelined request's worth of input waits up to their sum). */
+    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 1L << 20, F_WORKER,
+     "bytes of request line and headers, else 431 (default 16k, at most 1m)"},
+    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 1L << 30, F_WORKER,
+     "bytes of request body, else 413 (default 1m, at most 1g)"},
     {"header-timeout", "headerTimeout", NULL, OPT_SECONDS, OFF(header_timeout_ms), 0, 0, F_WORKER,
      "seconds to receive a request's headers, else 408 (default 10)"},
     {"keepalive-timeout", "keepaliveTimeout", NULL, OPT_SECONDS, OFF(keepalive_timeout_ms), 0, 0, F_WORKER,
@@ -96,6 +98,14 @@ void mf_config_defaults(mf_config_t *cfg) {
   cfg->sched_slice_us = 300;
 }
 
+/* A size as the command line writes it: "1g", "1m", "64k" when whole, else bytes. */
+static void size_text(long v, char *buf, size_t len) {
+  if (v >= 1L << 30 && v % (1L << 30) == 0) snprintf(buf, len, "%ldg", v >> 30);
+  else if (v >= 1L << 20 && v % (1L << 20) == 0) snprintf(buf, len, "%ldm", v >> 20);
+  else if (v >= 1L << 10 && v % (1L << 10) == 0) snprintf(buf, len, "%ldk", v >> 10);
+  else snprintf(buf, len, "%ld", v);
+}
+
 /* Stores `value` into the option; 0 or -1 with a reason. */
 static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *err, size_t errlen) {
   void *field = (char *)cfg + o->offset;
@@ -139,9 +149,12 @@ static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *er
       else break;
       return 0;
     case OPT_SIZE:
-      if (mf_parse_size(value, &u) != 0 || u < (uint64_t)o->min) {
-        snprintf(err, errlen, "bad value for %s: '%s' (bytes, e.g. 65536, 64k or 1m%s)", o->name, value,
-                 o->min ? ", at least 256" : "");
+      if (mf_parse_size(value, &u) != 0 || u < (uint64_t)o->min || u > (uint64_t)o->max) {
+        char lo[24], hi[24];
+        size_text(o->min, lo, sizeof lo);
+        size_text(o->max, hi, sizeof hi);
+        snprintf(err, errlen, "bad value for %s: '%s' (bytes from %s to %s, e.g. 65536, 64k or 1m)", o->name,
+                 value, lo, hi);
         return -1;
       }
       *(uint64_t *)field = u;

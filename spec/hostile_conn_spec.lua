@@ -243,4 +243,44 @@ describe("hostile connections", function()
       assert.equal("Hello, World!\n", assert(srv:get("/")).body)
     end)
   end)
+
+  describe("size options", function()
+    local function usage_error(args, what)
+      local status, out, err = helpers.run(args)
+      assert.equal(2, status, "exit status; stderr: " .. err)
+      assert.equal("", out)
+      assert.is_truthy(err:find("moonfork: bad value for " .. what, 1, true), err)
+      return err
+    end
+
+    it("refuses --max-body over 1g and --max-header-size over 1m on the command line", function()
+      local app = helpers.fixture("conn_app")
+      local err = usage_error({ "--port", "0", "--max-body", "2g", app }, "max-body")
+      assert.is_truthy(err:find("1g", 1, true), err)
+      err = usage_error({ "--port", "0", "--max-header-size", "2m", app }, "max-header-size")
+      assert.is_truthy(err:find("1m", 1, true), err)
+      usage_error({ "--port", "0", "--max-body", "1073741825", app }, "max-body")
+    end)
+
+    it("refuses them in listen() with a clear error", function()
+      local dir = helpers.mktempdir()
+      for _, opt in ipairs({ 'maxBody = "2g"', "maxHeaderSize = 2097152" }) do
+        local script = dir .. "/big_limits.lua"
+        helpers.write_file(script, 'local moonfork = require "moonfork"\n'
+          .. "moonfork.listen({ port = 0, " .. opt .. " }, moonfork.http.createServer(function(req, res)\n"
+          .. '  res:finish("x")\nend))\n')
+        local status, _, err = helpers.run({ "--port", "0", "--workers", "1", script })
+        assert.equal(1, status, err)
+        local name = opt:match("^(%w+)")
+        assert.is_truthy(err:find("moonfork: ", 1, true), err)
+        assert.is_truthy(err:find("listen(): option " .. name .. ": bad value", 1, true), err)
+      end
+      helpers.sh("rm -rf " .. q(dir))
+    end)
+
+    it("accepts the bounds themselves", function()
+      local srv = helpers.start("conn_app", { "--workers", "1", "--max-body", "1g", "--max-header-size", "1m" })
+      assert.equal("Hello, World!\n", assert(srv:get("/")).body)
+    end)
+  end)
 end)
