@@ -157,9 +157,10 @@ int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
     http_conn_close(c);
     return UV_ENOBUFS;
   }
+  uint64_t before = c->wq.queued;
   int r = writeq_write(&c->wq, bufs, n);
   if (r < 0) http_conn_close(c);
-  else if (c->send_check == 0 && (r > 0 || queued > 0 || writeq_size(&c->wq) > 0)) conn_send_watch(c);
+  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) conn_send_watch(c); /* bytes wait */
   return r;
 }
 
