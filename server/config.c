@@ -43,8 +43,12 @@ static const opt_t opts[] = {
      "bytes of request line and headers, else 431 (default 16k, at most 1m)"},
     {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 1L << 30, F_WORKER,
      "bytes of request body, else 413 (default 1m, at most 1g)"},
+    {"max-body-memory", "maxBodyMemory", NULL, OPT_SIZE, OFF(max_body_memory), 0, 1L << 36, F_WORKER,
+     "bytes of request bodies a worker buffers at once; a new body past it gets 503 (default 256m)"},
     {"header-timeout", "headerTimeout", NULL, OPT_SECONDS, OFF(header_timeout_ms), 0, 0, F_WORKER,
      "seconds to receive a request's headers, else 408 (default 10)"},
+    {"body-timeout", "bodyTimeout", NULL, OPT_SECONDS, OFF(body_timeout_ms), 0, 0, F_WORKER,
+     "seconds to receive a whole request body, else 408, 0 = no limit (default 60)"},
     {"keepalive-timeout", "keepaliveTimeout", NULL, OPT_SECONDS, OFF(keepalive_timeout_ms), 0, 0, F_WORKER,
      "seconds an idle keep-alive connection stays open (default 5)"},
     {"request-timeout", "requestTimeout", NULL, OPT_SECONDS, OFF(request_timeout_ms), 0, 0, F_WORKER,
@@ -93,6 +97,8 @@ void mf_config_defaults(mf_config_t *cfg) {
   cfg->keepalive_timeout_ms = 5000;
   cfg->request_timeout_ms = 60000;
   cfg->send_timeout_ms = 60000;
+  cfg->body_timeout_ms = 60000;
+  cfg->max_body_memory = 256 * 1024 * 1024;
   cfg->max_connections = 10000;
   cfg->watchdog_ms = 30000;
   cfg->sched_slice_us = 300;

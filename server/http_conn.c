@@ -25,6 +25,7 @@ static void conn_process(http_conn_t *c, const char *data, size_t len);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void takeover_finish(http_conn_t *c);
+static void conn_body_release(http_conn_t *c);
 
 /* ---- timers ---------------------------------------------------------------------------------- */
 
@@ -254,6 +255,7 @@ static void conn_dispatch(http_conn_t *c) {
   int r = srv->cb.on_request(srv->data, c, c->gen, &req);
   http_parse_next(p, HTTP_KEEP_BUF);
   mf_buf_reset(&c->body, HTTP_KEEP_BUF);
+  conn_body_release(c);
   if (r != 0) http_conn_fail(c, 500);
 }
 
@@ -369,6 +371,49 @@ int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *
   return 0;
 }
 
+/* ---- request bodies: the worker's budget and the time limit ------------------------------------ */
+
+/* Counts n more bytes of this connection's body against --max-body-memory. A body is refused (503,
+ * logged at most once a second) when the bodies of other connections already hold the budget: so
+ * many slow uploads cannot together hold the worker's memory, and one body alone always fits.
+ * Returns 0, or -1 with the parser's error status set. */
+static int conn_body_count(http_conn_t *c, uint64_t n) {
+  http_server_t *srv = c->srv;
+  uint64_t others = srv->body_bytes - c->body_counted;
+  if (others > 0 && srv->body_bytes + n > srv->cfg->max_body_memory) {
+    uint64_t now = uv_now(srv->loop);
+    if (srv->body_refused_at == 0 || now - srv->body_refused_at >= 1000) {
+      srv->body_refused_at = now;
+      mf_log("request body from %s refused with 503: %llu bytes of bodies are being received (--max-body-memory "
+             "%llu)", http_conn_remote(c), (unsigned long long)srv->body_bytes,
+             (unsigned long long)srv->cfg->max_body_memory);
+    }
+    c->parser.err_status = 503;
+    return -1;
+  }
+  srv->body_bytes += n;
+  c->body_counted += n;
+  return 0;
+}
+
+/* The body is handed over, or the connection is gone: its bytes leave the budget. */
+static void conn_body_release(http_conn_t *c) {
+  c->srv->body_bytes -= c->body_counted;
+  c->body_counted = 0;
+  c->body_until = 0;
+}
+
+/* Between reads of a body: --header-timeout for the next piece, and never past --body-timeout. */
+static void conn_body_timer(http_conn_t *c) {
+  uint64_t ms = c->srv->cfg->header_timeout_ms;
+  if (c->body_until != 0) {
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t left = c->body_until > now ? c->body_until - now : 1;
+    if (left < ms || ms == 0) ms = left;
+  }
+  http_conn_timer(c, ms);
+}
+
 /* ---- parser callbacks ------------------------------------------------------------------------ */
 
 static http_conn_t *conn_of(http_parse_t *p) { return mf_container_of(p, http_conn_t, parser); }
@@ -392,6 +437,14 @@ static int on_head(http_parse_t *p) {
     p->err_status = 413;
     return -1;
   }
+  if (has_body) {
+    uint64_t timeout = c->srv->cfg->body_timeout_ms;
+    c->body_until = timeout ? uv_now(c->srv->loop) + timeout : 0;
+    /* a body of known length is counted whole from the start, so bodies trickling in together cannot
+     * all pass the budget's check while each is still small */
+    if ((l->flags & F_CONTENT_LENGTH) && conn_body_count(c, l->content_length) != 0) return -1;
+    conn_body_timer(c);
+  }
   size_t vlen;
   const char *expect = has_body && c->http11 ? http_parse_find(p, "expect", &vlen) : NULL;
   if (expect != NULL) {
@@ -407,6 +460,7 @@ static int on_head(http_parse_t *p) {
 
 static int on_body(http_parse_t *p, const char *at, size_t len) {
   http_conn_t *c = conn_of(p);
+  if (!(p->llhttp.flags & F_CONTENT_LENGTH) && conn_body_count(c, len) != 0) return -1; /* chunked: as it grows */
   return http_parse_append(p, &c->body, at, len, c->body.len + len, c->srv->cfg->max_body, 413);
 }
 
@@ -420,6 +474,7 @@ static void on_handle_closed(uv_handle_t *h) {
   http_server_t *srv = c->srv;
   if (c->user_ref != 0 && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   http_server_conn_removed(srv, c);
+  conn_body_release(c);
   mf_buf_free(&c->body);
   mf_buf_free(&c->pending);
   mf_buf_free(&c->alog);
@@ -453,7 +508,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0 || c->closing || c->state == HTTP_CONN_CLOSING) return;
-  if (c->state == HTTP_CONN_BODY) http_conn_timer(c, c->srv->cfg->header_timeout_ms); /* between body reads */
+  if (c->state == HTTP_CONN_BODY) conn_body_timer(c);
   if (c->pending.len > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
     conn_hold(c, buf->base, (size_t)nread); /* older input is still waiting its turn: keep the order */
     return;

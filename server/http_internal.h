@@ -62,6 +62,8 @@ struct http_conn_s {
   uint64_t sent_seen;        /* writeq_sent at the last check */
   uint64_t sent_at;          /* loop time it was last seen to grow */
   uint64_t timer_due;        /* when the timer is set to fire (the sooner of the two above) */
+  uint64_t body_until;       /* loop time the request body must have arrived by (--body-timeout), 0 = none */
+  uint64_t body_counted;     /* bytes of srv->body_bytes that are this connection's body */
   int64_t clen_left;         /* body bytes the handler's Content-Length still allows, -1 = none set */
   http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
   void *takeover_arg;
@@ -83,6 +85,8 @@ struct http_server_s {
   size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
   uint64_t requests;
   uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */
+  uint64_t body_bytes;       /* request bodies being received, counted against --max-body-memory */
+  uint64_t body_refused_at;  /* loop time a body was last refused for it (the log says so once a second) */
   int listener_closed, accept_paused, draining, drained_fired;
 
   mf_buf_t out;              /* response head being assembled (reused) */

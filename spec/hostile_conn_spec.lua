@@ -75,6 +75,16 @@ local function read_slowly(c, size)
   return table.concat(parts), helpers.now() - t0
 end
 
+-- Bytes the worker has not yet read from client connection c (the server side's receive queue), or nil.
+local function server_rx(srv, c)
+  local _, cport = c.sock:getsockname()
+  local p = io.popen(string.format("ss -Htn state established '( sport = :%d and dport = :%d )' 2>/dev/null",
+    srv.port, tonumber(cport)))
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("^%s*(%d+)"))
+end
+
 local function urlencode(s)
   return (s:gsub("[^%w%-_%.]", function(ch) return string.format("%%%02X", ch:byte()) end))
 end
@@ -241,6 +251,46 @@ describe("hostile connections", function()
       assert.is_true(n > 60 and n < 100, line)
       srv:wait_log("the handler ignored write%(%)'s false")
       assert.equal("Hello, World!\n", assert(srv:get("/")).body)
+    end)
+  end)
+
+  describe("request bodies", function()
+    it("answers 503 to a new body while others fill --max-body-memory, and serves it once they are done", function()
+      local srv = helpers.start("conn_app", { "--workers", "1", "--max-body-memory", "1m", "--max-body", "1m" })
+      local a = srv:connect()
+      -- a body of 700 KiB, of which 600 KiB arrive; the rest waits
+      assert(a:send("POST /size HTTP/1.1\r\nHost: x\r\nContent-Length: " .. 700 * 1024 .. "\r\n\r\n"
+        .. string.rep("a", 600 * 1024)))
+      assert.is_truthy(helpers.wait_for(function() return server_rx(srv, a) == 0 end), "the worker did not read the body")
+      -- another body that would take the worker past 1 MiB: refused at once, with its length known...
+      local r = assert(srv:request("POST", "/size", {}, string.rep("b", 700 * 1024)))
+      assert.equal(503, r.status)
+      -- ...and chunked, as it grows
+      r = assert(srv:request("POST", "/size", { { "Transfer-Encoding", "chunked" } },
+        helpers.chunked({ string.rep("c", 300 * 1024), string.rep("c", 300 * 1024) })))
+      assert.equal(503, r.status)
+      srv:wait_log("refused with 503")
+      -- requests without a body, and the first body itself, go on
+      assert.equal("Hello, World!\n", assert(srv:get("/")).body)
+      assert(a:send(string.rep("a", 100 * 1024)))
+      assert.equal("body " .. 700 * 1024, assert(a:receive()).body)
+      -- its bytes have left the budget
+      r = assert(srv:request("POST", "/size", {}, string.rep("b", 700 * 1024)))
+      assert.equal("body " .. 700 * 1024, r.body)
+    end)
+
+    it("answers 408 when a body trickles in past --body-timeout, each piece within --header-timeout", function()
+      local srv = helpers.start("conn_app", { "--workers", "1", "--body-timeout", "1", "--header-timeout", "10" })
+      local c = srv:connect()
+      assert(c:send("POST /size HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"))
+      local sent = 0
+      while sent < 1000 and #c.buf == 0 and not c.eof do -- a piece every 0.2 s, until answered
+        if not c:send(string.rep("t", 10)) then break end
+        sent = sent + 10
+        c:fill(helpers.now() + 0.2)
+      end
+      local r = assert(c:receive())
+      assert.equal(408, r.status, "answered " .. tostring(r.status) .. " after " .. sent .. " bytes")
     end)
   end)
 
