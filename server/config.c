@@ -37,16 +37,24 @@ static const opt_t opts[] = {
      "worker processes (default: online CPUs)"},
     {"grace", "grace", NULL, OPT_SECONDS, OFF(grace_ms), 0, 0, F_WORKER,
      "seconds in-flight requests get to finish at shutdown (default 10)"},
-    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 0, F_WORKER,
-     "bytes of request line and headers, else 431 (default 16k)"},
-    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 0, F_WORKER,
-     "bytes of request body, else 413 (default 1m)"},
+    /* The upper bounds are what the code can hold: a body becomes one Lua string, and both are
+     * buffered per connection (a pipelined request's worth of input waits up to their sum). */
+    {"max-header-size", "maxHeaderSize", NULL, OPT_SIZE, OFF(max_header_size), 256, 1L << 20, F_WORKER,
+     "bytes of request line and headers, else 431 (default 16k, at most 1m)"},
+    {"max-body", "maxBody", NULL, OPT_SIZE, OFF(max_body), 0, 1L << 30, F_WORKER,
+     "bytes of request body, else 413 (default 1m, at most 1g)"},
+    {"max-body-memory", "maxBodyMemory", NULL, OPT_SIZE, OFF(max_body_memory), 0, 1L << 36, F_WORKER,
+     "bytes of request bodies a worker buffers at once; a new body past it gets 503 (default 256m)"},
     {"header-timeout", "headerTimeout", NULL, OPT_SECONDS, OFF(header_timeout_ms), 0, 0, F_WORKER,
      "seconds to receive a request's headers, else 408 (default 10)"},
+    {"body-timeout", "bodyTimeout", NULL, OPT_SECONDS, OFF(body_timeout_ms), 0, 0, F_WORKER,
+     "seconds to receive a whole request body, else 408, 0 = no limit (default 60)"},
     {"keepalive-timeout", "keepaliveTimeout", NULL, OPT_SECONDS, OFF(keepalive_timeout_ms), 0, 0, F_WORKER,
      "seconds an idle keep-alive connection stays open (default 5)"},
     {"request-timeout", "requestTimeout", NULL, OPT_SECONDS, OFF(request_timeout_ms), 0, 0, F_WORKER,
      "seconds a handler has to start its response, else 503 (default 60)"},
+    {"send-timeout", "sendTimeout", NULL, OPT_SECONDS, OFF(send_timeout_ms), 0, 0, F_WORKER,
+     "seconds a client may read nothing of a response before it is closed, 0 = never (default 60)"},
     {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000, F_WORKER,
      "open connections per worker before it stops accepting (default 10000)"},
     {"reuseport", "reuseport", NULL, OPT_FLAG, OFF(reuseport), 0, 0, F_WORKER,
@@ -88,9 +96,20 @@ void mf_config_defaults(mf_config_t *cfg) {
   cfg->header_timeout_ms = 10000;
   cfg->keepalive_timeout_ms = 5000;
   cfg->request_timeout_ms = 60000;
+  cfg->send_timeout_ms = 60000;
+  cfg->body_timeout_ms = 60000;
+  cfg->max_body_memory = 256 * 1024 * 1024;
   cfg->max_connections = 10000;
   cfg->watchdog_ms = 30000;
   cfg->sched_slice_us = 300;
+}
+
+/* A size as the command line writes it: "1g", "1m", "64k" when whole, else bytes. */
+static void size_text(long v, char *buf, size_t len) {
+  if (v >= 1L << 30 && v % (1L << 30) == 0) snprintf(buf, len, "%ldg", v >> 30);
+  else if (v >= 1L << 20 && v % (1L << 20) == 0) snprintf(buf, len, "%ldm", v >> 20);
+  else if (v >= 1L << 10 && v % (1L << 10) == 0) snprintf(buf, len, "%ldk", v >> 10);
+  else snprintf(buf, len, "%ld", v);
 }
 
 /* Stores `value` into the option; 0 or -1 with a reason. */
@@ -136,9 +155,12 @@ static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *er
       else break;
       return 0;
     case OPT_SIZE:
-      if (mf_parse_size(value, &u) != 0 || u < (uint64_t)o->min) {
-        snprintf(err, errlen, "bad value for %s: '%s' (bytes, e.g. 65536, 64k or 1m%s)", o->name, value,
-                 o->min ? ", at least 256" : "");
+      if (mf_parse_size(value, &u) != 0 || u < (uint64_t)o->min || u > (uint64_t)o->max) {
+        char lo[24], hi[24];
+        size_text(o->min, lo, sizeof lo);
+        size_text(o->max, hi, sizeof hi);
+        snprintf(err, errlen, "bad value for %s: '%s' (bytes from %s to %s, e.g. 65536, 64k or 1m)", o->name,
+                 value, lo, hi);
         return -1;
       }
       *(uint64_t *)field = u;

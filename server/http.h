@@ -88,10 +88,11 @@ int http_respond_header_role(const char *name, size_t len);
 #define HTTP_RESP_CLOSE 1 /* the handler asked for "Connection: close" */
 
 /* Writes part or all of the response to request `gen`. `head` holds the handler's header lines
- * ("Name: value\r\n" each), used on the first call only; `clen` is the Content-Length the handler set, or -1.
- * The bytes are copied or written before it returns. Returns 1 when written, 0 when written but the
- * connection's send queue is over its high-water mark (on_drain follows), UV_EPIPE when the request is
- * gone (client closed, timed out). */
+ * ("Name: value\r\n" each), used on the first call only; `clen` is the Content-Length the handler set, or -1:
+ * the body is held to it (bytes past it are dropped, a body that ends short closes the connection after
+ * it; both logged). The bytes are copied or written before it returns. Returns 1 when written, 0 when
+ * written but the connection's send queue is over its high-water mark (on_drain follows), UV_EPIPE when
+ * the request is gone (client closed, timed out, or a write found 64 MiB queued: the connection closed). */
 int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head, size_t head_len,
                       const char *body, size_t body_len, int final, int64_t clen, int flags);
 /* Drops the connection of request `gen` (a handler failed after its headers went out). */

@@ -25,19 +25,63 @@ static void conn_process(http_conn_t *c, const char *data, size_t len);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void takeover_finish(http_conn_t *c);
+static void conn_body_release(http_conn_t *c);
 
 /* ---- timers ---------------------------------------------------------------------------------- */
 
-static void on_timer(uv_timer_t *t) {
-  http_conn_t *c = mf_container_of(t, http_conn_t, timer);
-  if (c->deadline == 0) return; /* disarmed since */
+/* One timer per connection serves two clocks: the state's deadline (headers, handler, keep-alive,
+ * linger) and, while anything is queued, the send timeout, which closes a client that reads nothing
+ * for --send-timeout. Progress is judged by bytes gone out (writeq_sent), checked every quarter of the
+ * timeout, so a slow reader that keeps reading is never cut off however long it takes. */
+
+static void on_timer(uv_timer_t *t);
+
+/* Arms the timer for the sooner of the two clocks. A request moves the deadline four times (headers,
+ * handler, response started, keep-alive), so the timer is only re-armed when it must fire sooner than
+ * it is set for; when it fires early it sleeps again until what is due. */
+static void conn_arm(http_conn_t *c) {
+  uint64_t due = c->deadline;
+  if (c->send_check != 0 && (due == 0 || c->send_check < due)) due = c->send_check;
+  if (due == 0 || c->closing) return;
+  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= due) return;
   uint64_t now = uv_now(c->srv->loop);
-  if (now < c->deadline) { /* moved later since: sleep again until then */
-    c->timer_due = c->deadline;
-    uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
-    return;
+  c->timer_due = due;
+  uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+}
+
+static uint64_t send_step(uint64_t timeout) { return timeout >= 4 ? timeout / 4 : 1; }
+
+/* Starts the send timeout once a write left bytes queued (on_write_empty stops it). */
+static void conn_send_watch(http_conn_t *c) {
+  uint64_t timeout = c->srv->cfg->send_timeout_ms;
+  if (c->send_check != 0 || timeout == 0 || writeq_size(&c->wq) == 0) return;
+  uint64_t now = uv_now(c->srv->loop);
+  c->sent_seen = writeq_sent(&c->wq);
+  c->sent_at = now;
+  c->send_check = now + send_step(timeout);
+  conn_arm(c);
+}
+
+/* Has the client read anything since the last check? Returns -1 when it has not for too long (the
+ * connection is then closing). */
+static int conn_send_check(http_conn_t *c, uint64_t now) {
+  uint64_t timeout = c->srv->cfg->send_timeout_ms, sent = writeq_sent(&c->wq);
+  if (sent != c->sent_seen) {
+    c->sent_seen = sent;
+    c->sent_at = now;
+  } else if (now - c->sent_at >= timeout) {
+    mf_log("client %s read nothing for %.1f s with %zu bytes to send: closing", http_conn_remote(c),
+           (double)timeout / 1000.0, writeq_size(&c->wq));
+    http_conn_close(c);
+    return -1;
   }
-  c->deadline = 0;
+  c->send_check = now + send_step(timeout);
+  if (c->send_check > c->sent_at + timeout) c->send_check = c->sent_at + timeout;
+  return 0;
+}
+
+/* The state's deadline passed. */
+static void conn_expired(http_conn_t *c) {
   switch (c->state) {
     case HTTP_CONN_IDLE:
     case HTTP_CONN_CLOSING:
@@ -59,18 +103,25 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
-/* Sets the connection's one deadline, `ms` from now; 0 clears it. A request moves the deadline four
- * times (headers, handler, response started, keep-alive), so the timer is only re-armed when the
- * deadline comes sooner than it is set for; when it fires early it sleeps again until the deadline. */
+static void on_timer(uv_timer_t *t) {
+  http_conn_t *c = mf_container_of(t, http_conn_t, timer);
+  uint64_t now = uv_now(c->srv->loop);
+  if (c->send_check != 0 && now >= c->send_check && conn_send_check(c, now) != 0) return;
+  if (c->deadline != 0 && now >= c->deadline) {
+    c->deadline = 0;
+    conn_expired(c);
+  }
+  conn_arm(c); /* for what is still due (disarmed or moved later since: sleep until then) */
+}
+
+/* Sets the connection's state deadline, `ms` from now; 0 clears it. */
 void http_conn_timer(http_conn_t *c, uint64_t ms) {
   if (ms == 0) {
     c->deadline = 0;
     return;
   }
   c->deadline = uv_now(c->srv->loop) + ms;
-  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= c->deadline) return;
-  c->timer_due = c->deadline;
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+  conn_arm(c);
 }
 
 /* ---- writing and ending ---------------------------------------------------------------------- */
@@ -78,6 +129,14 @@ void http_conn_timer(http_conn_t *c, uint64_t ms) {
 static void on_write_error(writeq_t *q, int status) {
   (void)status;
   http_conn_close(mf_container_of(q, http_conn_t, wq));
+}
+
+/* Everything written is out: the send timeout stops, and an idle connection's keep-alive starts now. */
+static void on_write_empty(writeq_t *q) {
+  http_conn_t *c = mf_container_of(q, http_conn_t, wq);
+  if (c->closing) return;
+  c->send_check = 0;
+  if (c->state == HTTP_CONN_IDLE && c->deadline == 0) http_conn_timer(c, c->srv->cfg->keepalive_timeout_ms);
 }
 
 static void on_write_drain(writeq_t *q) {
@@ -88,11 +147,21 @@ static void on_write_drain(writeq_t *q) {
 }
 
 /* Sends bufs (see writeq.c). Returns 0, 1 when the queue is over high water, or a negative UV_E* code
- * when the connection failed (it is then closing). */
+ * when the connection failed (it is then closing). A write that finds HTTP_HARD_LIMIT bytes already
+ * queued closes the connection (UV_ENOBUFS): its writer ignored "slow down". */
 int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   if (c->closing) return UV_EPIPE;
+  size_t queued = writeq_size(&c->wq);
+  if (queued > HTTP_HARD_LIMIT) {
+    mf_log("response to %s: %zu bytes already queued (over %u MiB; the handler ignored write()'s false): "
+           "closing the connection", http_conn_remote(c), queued, HTTP_HARD_LIMIT >> 20);
+    http_conn_close(c);
+    return UV_ENOBUFS;
+  }
+  uint64_t before = c->wq.queued;
   int r = writeq_write(&c->wq, bufs, n);
   if (r < 0) http_conn_close(c);
+  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) conn_send_watch(c); /* bytes wait */
   return r;
 }
 
@@ -118,7 +187,9 @@ void http_conn_end(http_conn_t *c) {
   if (c->closing || c->state == HTTP_CONN_CLOSING || c->state == HTTP_CONN_TAKEN) return;
   c->state = HTTP_CONN_CLOSING;
   c->pending.len = 0;
-  http_conn_timer(c, HTTP_LINGER_MS);
+  /* With bytes still queued the send timeout watches them; the linger starts in on_shutdown, once
+   * they are out (a slow reader of a large response is not cut off). */
+  http_conn_timer(c, writeq_size(&c->wq) == 0 ? HTTP_LINGER_MS : 0);
   conn_read_again(c); /* so the linger sees the client's FIN */
   if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
 }
@@ -156,7 +227,8 @@ void http_conn_request_done(http_conn_t *c) {
   }
   c->state = HTTP_CONN_IDLE;
   c->head_sent = 0;
-  http_conn_timer(c, srv->cfg->keepalive_timeout_ms);
+  /* keep-alive counts from when the response is out, not queued: else on_write_empty starts it */
+  http_conn_timer(c, writeq_size(&c->wq) == 0 ? srv->cfg->keepalive_timeout_ms : 0);
   if (!c->in_process && (c->pending.len > 0 || c->read_paused)) conn_queue_resume(c);
 }
 
@@ -183,6 +255,7 @@ static void conn_dispatch(http_conn_t *c) {
   int r = srv->cb.on_request(srv->data, c, c->gen, &req);
   http_parse_next(p, HTTP_KEEP_BUF);
   mf_buf_reset(&c->body, HTTP_KEEP_BUF);
+  conn_body_release(c);
   if (r != 0) http_conn_fail(c, 500);
 }
 
@@ -195,7 +268,9 @@ static void conn_refuse(http_conn_t *c) {
   http_conn_fail(c, status);
 }
 
-/* Keeps input that arrived while a request is handled. Returns 0, or -1 when the connection closed. */
+/* Keeps input that arrived while a request is handled, or behind older input. Every read that is not
+ * parsed at once comes here, so reading stops once a whole request's worth (--max-header-size plus
+ * --max-body) waits. Returns 0, or -1 when the connection closed. */
 static int conn_hold(http_conn_t *c, const char *data, size_t len) {
   if (mf_buf_append(&c->pending, data, len) != 0) {
     http_conn_close(c);
@@ -271,7 +346,9 @@ static void takeover_finish(http_conn_t *c) {
   uv_os_fd_t fd;
   int nfd = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
   if (nfd < 0) nfd = uv_translate_sys_error(errno);
-  c->takeover_cb(c->takeover_arg, nfd, c->pending.data ? c->pending.data : "", c->pending.len);
+  http_takeover_cb cb = c->takeover_cb;
+  c->takeover_cb = NULL;
+  cb(c->takeover_arg, nfd, c->pending.data ? c->pending.data : "", c->pending.len);
   c->pending.len = 0;
   http_conn_close(c); /* our copy of the socket: the new owner's lives on */
 }
@@ -292,6 +369,49 @@ int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *
   else
     writeq_drain_when_empty(&c->wq); /* on_write_drain finishes it */
   return 0;
+}
+
+/* ---- request bodies: the worker's budget and the time limit ------------------------------------ */
+
+/* Counts n more bytes of this connection's body against --max-body-memory. A body is refused (503,
+ * logged at most once a second) when the bodies of other connections already hold the budget: so
+ * many slow uploads cannot together hold the worker's memory, and one body alone always fits.
+ * Returns 0, or -1 with the parser's error status set. */
+static int conn_body_count(http_conn_t *c, uint64_t n) {
+  http_server_t *srv = c->srv;
+  uint64_t others = srv->body_bytes - c->body_counted;
+  if (others > 0 && srv->body_bytes + n > srv->cfg->max_body_memory) {
+    uint64_t now = uv_now(srv->loop);
+    if (srv->body_refused_at == 0 || now - srv->body_refused_at >= 1000) {
+      srv->body_refused_at = now;
+      mf_log("request body from %s refused with 503: %llu bytes of bodies are being received (--max-body-memory "
+             "%llu)", http_conn_remote(c), (unsigned long long)srv->body_bytes,
+             (unsigned long long)srv->cfg->max_body_memory);
+    }
+    c->parser.err_status = 503;
+    return -1;
+  }
+  srv->body_bytes += n;
+  c->body_counted += n;
+  return 0;
+}
+
+/* The body is handed over, or the connection is gone: its bytes leave the budget. */
+static void conn_body_release(http_conn_t *c) {
+  c->srv->body_bytes -= c->body_counted;
+  c->body_counted = 0;
+  c->body_until = 0;
+}
+
+/* Between reads of a body: --header-timeout for the next piece, and never past --body-timeout. */
+static void conn_body_timer(http_conn_t *c) {
+  uint64_t ms = c->srv->cfg->header_timeout_ms;
+  if (c->body_until != 0) {
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t left = c->body_until > now ? c->body_until - now : 1;
+    if (left < ms || ms == 0) ms = left;
+  }
+  http_conn_timer(c, ms);
 }
 
 /* ---- parser callbacks ------------------------------------------------------------------------ */
@@ -317,6 +437,14 @@ static int on_head(http_parse_t *p) {
     p->err_status = 413;
     return -1;
   }
+  if (has_body) {
+    uint64_t timeout = c->srv->cfg->body_timeout_ms;
+    c->body_until = timeout ? uv_now(c->srv->loop) + timeout : 0;
+    /* a body of known length is counted whole from the start, so bodies trickling in together cannot
+     * all pass the budget's check while each is still small */
+    if ((l->flags & F_CONTENT_LENGTH) && conn_body_count(c, l->content_length) != 0) return -1;
+    conn_body_timer(c);
+  }
   size_t vlen;
   const char *expect = has_body && c->http11 ? http_parse_find(p, "expect", &vlen) : NULL;
   if (expect != NULL) {
@@ -332,6 +460,7 @@ static int on_head(http_parse_t *p) {
 
 static int on_body(http_parse_t *p, const char *at, size_t len) {
   http_conn_t *c = conn_of(p);
+  if (!(p->llhttp.flags & F_CONTENT_LENGTH) && conn_body_count(c, len) != 0) return -1; /* chunked: as it grows */
   return http_parse_append(p, &c->body, at, len, c->body.len + len, c->srv->cfg->max_body, 413);
 }
 
@@ -345,6 +474,7 @@ static void on_handle_closed(uv_handle_t *h) {
   http_server_t *srv = c->srv;
   if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   http_server_conn_removed(srv, c);
+  conn_body_release(c);
   mf_buf_free(&c->body);
   mf_buf_free(&c->pending);
   mf_buf_free(&c->alog);
@@ -356,6 +486,11 @@ static void on_handle_closed(uv_handle_t *h) {
 void http_conn_close(http_conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
+  if (c->state == HTTP_CONN_TAKEN && c->takeover_cb != NULL) { /* closed before the 101 was out */
+    http_takeover_cb cb = c->takeover_cb;
+    c->takeover_cb = NULL;
+    cb(c->takeover_arg, UV_ECONNABORTED, "", 0);
+  }
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
@@ -373,10 +508,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0 || c->closing || c->state == HTTP_CONN_CLOSING) return;
-  if (c->state == HTTP_CONN_BODY) http_conn_timer(c, c->srv->cfg->header_timeout_ms); /* between body reads */
+  if (c->state == HTTP_CONN_BODY) conn_body_timer(c);
   if (c->pending.len > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
-    /* older input is still waiting its turn: keep the order */
-    if (mf_buf_append(&c->pending, buf->base, (size_t)nread) != 0) http_conn_close(c);
+    conn_hold(c, buf->base, (size_t)nread); /* older input is still waiting its turn: keep the order */
     return;
   }
   conn_process(c, buf->base, (size_t)nread);
@@ -402,6 +536,7 @@ void http_conn_new(http_server_t *srv, int fd) {
     return;
   }
   writeq_init(&c->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
+  c->wq.on_empty = on_write_empty;
   http_parse_init(&c->parser, HTTP_REQUEST, &conn_parse_callbacks, c, (uint32_t)srv->cfg->max_header_size);
   c->state = HTTP_CONN_IDLE;
   http_conn_timer(c, srv->cfg->header_timeout_ms);

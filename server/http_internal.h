@@ -12,6 +12,9 @@
 #define HTTP_READ_BUF (64 * 1024)
 #define HTTP_HIGH_WATER (256 * 1024) /* send queue above which respond() says "slow down" */
 #define HTTP_KEEP_BUF 4096           /* buffers above this are given back between requests */
+/* Send queue a response may not grow past: a handler that ignores write()'s "slow down" and keeps
+ * writing finds its connection closed once this much waits (as the mesh's MESH_HARD_LIMIT). */
+#define HTTP_HARD_LIMIT (64u * 1024 * 1024)
 
 enum http_conn_state {
   HTTP_CONN_IDLE,     /* between requests: waiting for the first byte */
@@ -45,6 +48,7 @@ struct http_conn_s {
   unsigned upgrade : 1;
   unsigned lua_owned : 1;    /* a handler has the current request: tell it when the connection goes */
   unsigned nodelay : 1;      /* TCP_NODELAY is set */
+  unsigned clen_over : 1;    /* the handler wrote past its Content-Length (logged once) */
   int status;                /* of the response, for the access log */
   uint64_t bytes_out;        /* body bytes of the response */
   mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
@@ -54,7 +58,13 @@ struct http_conn_s {
   mf_buf_t body;
   mf_buf_t pending;          /* input received while a request is being handled */
   uint64_t deadline;         /* loop time (ms) the current timeout ends, 0 = none (see http_conn_timer) */
-  uint64_t timer_due;        /* when the timer is set to fire */
+  uint64_t send_check;       /* loop time of the next check that the client reads, 0 = nothing queued */
+  uint64_t sent_seen;        /* writeq_sent at the last check */
+  uint64_t sent_at;          /* loop time it was last seen to grow */
+  uint64_t timer_due;        /* when the timer is set to fire (the sooner of the two above) */
+  uint64_t body_until;       /* loop time the request body must have arrived by (--body-timeout), 0 = none */
+  uint64_t body_counted;     /* bytes of srv->body_bytes that are this connection's body */
+  int64_t clen_left;         /* body bytes the handler's Content-Length still allows, -1 = none set */
   http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
   void *takeover_arg;
   char remote[64];           /* the peer's address, looked up on first use ("" until then) */
@@ -75,6 +85,8 @@ struct http_server_s {
   size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
   uint64_t requests;
   uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */
+  uint64_t body_bytes;       /* request bodies being received, counted against --max-body-memory */
+  uint64_t body_refused_at;  /* loop time a body was last refused for it (the log says so once a second) */
   int listener_closed, accept_paused, draining, drained_fired;
 
   mf_buf_t out;              /* response head being assembled (reused) */

@@ -137,7 +137,31 @@ static void respond_head(http_conn_t *c, int status, const char *head, size_t he
   c->head_sent = 1;
   c->status = status;
   c->bytes_out = 0;
+  /* a bodiless response (HEAD, 1xx, 204, 304) may state the length of a body it does not carry */
+  c->clen_left = c->is_head || status < 200 || status == 204 || status == 304 ? -1 : clen;
+  c->clen_over = 0;
   http_conn_timer(c, 0); /* the request timeout covers only the wait for a response to start */
+}
+
+/* The part of this call's body that the handler's Content-Length allows. More is never sent (on a
+ * kept-alive connection it would read as a second response); a body that ends short leaves the client
+ * waiting for the rest, so the connection then closes after it. Both are logged. */
+static size_t respond_clen(http_conn_t *c, size_t body_len, int final) {
+  if ((uint64_t)c->clen_left < body_len) {
+    if (!c->clen_over)
+      mf_log("response to %s: the body is longer than its Content-Length (%lld): the rest is not sent",
+             http_conn_remote(c), (long long)(c->bytes_out + (uint64_t)c->clen_left));
+    c->clen_over = 1;
+    body_len = (size_t)c->clen_left;
+  }
+  c->clen_left -= (int64_t)body_len;
+  if (final && c->clen_left > 0) {
+    mf_log("response to %s: the body ended %lld bytes short of its Content-Length (%lld): closing the "
+           "connection", http_conn_remote(c), (long long)c->clen_left,
+           (long long)(c->bytes_out + body_len + (uint64_t)c->clen_left));
+    c->keep_alive = 0;
+  }
+  return body_len;
 }
 
 /* The pieces of this call: head (if any) and body, chunk-framed when the body is chunked. */
@@ -170,6 +194,7 @@ int http_conn_respond(http_conn_t *c, uint32_t gen, int status, const char *head
   uv_buf_t bufs[3];
   c->srv->out.len = 0;
   if (!c->head_sent) respond_head(c, status, head, head_len, body_len, final, clen, flags);
+  if (send_body && c->clen_left >= 0) body_len = respond_clen(c, body_len, final);
   if (send_body) c->bytes_out += body_len;
   /* Nagle only delays a write that follows an unacknowledged one: a whole response on a connection
    * that then closes never does. Streams and keep-alive connections get TCP_NODELAY (nginx's rule). */

@@ -48,8 +48,10 @@ static int try_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, size_t tot
   return uv_try_write(s, bufs, n);
 }
 
-/* mf_writeq, telling the caller the request it queued (*queued stays NULL when all went at once). */
-static int writeq_queue(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb, writeq_req_t **queued) {
+/* mf_writeq, telling the caller the request it queued (*queued stays NULL when all went at once) and
+ * how many bytes it holds. */
+static int writeq_queue(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb, writeq_req_t **queued,
+                        size_t *queued_len) {
   size_t total = 0, done = 0;
   for (unsigned i = 0; i < n; i++) total += bufs[i].len;
   if (total == 0) return 0;
@@ -70,14 +72,19 @@ static int writeq_queue(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_wri
   }
   uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
   int r = uv_write(&w->req, s, &b, 1, cb);
-  if (r != 0) free(w);
-  else *queued = w;
-  return r;
+  if (r != 0) {
+    free(w);
+    return r;
+  }
+  *queued = w;
+  *queued_len = len;
+  return 0;
 }
 
 int mf_writeq(uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb) {
   writeq_req_t *w = NULL;
-  return writeq_queue(s, bufs, n, cb, &w);
+  size_t len;
+  return writeq_queue(s, bufs, n, cb, &w, &len);
 }
 
 void mf_writeq_done(uv_write_t *req) { free(mf_container_of(req, writeq_req_t, req)); }
@@ -93,6 +100,7 @@ static void writeq_on_write(uv_write_t *req, int status) {
     q->above = 0;
     if (q->on_drain) q->on_drain(q);
   }
+  if (q->on_empty && writeq_size(q) == 0) q->on_empty(q); /* after on_drain, which may write again */
 }
 
 void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_drain_cb on_drain,
@@ -101,15 +109,19 @@ void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_dra
   q->high_water = high_water;
   q->on_drain = on_drain;
   q->on_error = on_error;
+  q->on_empty = NULL;
+  q->queued = 0;
   q->above = 0;
 }
 
 int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n) {
   writeq_req_t *w = NULL;
-  int r = writeq_queue(q->stream, bufs, n, writeq_on_write, &w);
+  size_t len = 0;
+  int r = writeq_queue(q->stream, bufs, n, writeq_on_write, &w, &len);
   if (r != 0) return r;
   if (w == NULL) return 0; /* all went at once: nothing queued, so nothing over high water either */
   w->req.data = q;
+  q->queued += len;
   if (writeq_size(q) > q->high_water) {
     q->above = 1;
     return 1;

@@ -2,6 +2,7 @@
 #ifndef MOONFORK_WRITEQ_H
 #define MOONFORK_WRITEQ_H
 
+#include <stdint.h>
 #include <uv.h>
 
 /* Writes bufs to s: what the socket takes at once goes now (no copy); the rest is copied and queued,
@@ -15,8 +16,9 @@ void mf_writeq_done(uv_write_t *req);
 /* A stream's send queue with backpressure, embedded in its owner (an HTTP connection, a mesh peer).
  * A write that leaves more than high_water bytes queued says "slow down"; on_drain then runs once,
  * when the queue has fallen to half of it. on_error runs when a queued write fails (not when it is
- * cancelled by uv_close): the owner should close the stream. Both get the queue; container_of finds
- * the owner. */
+ * cancelled by uv_close): the owner should close the stream. on_empty (NULL unless the owner sets it
+ * after writeq_init) runs each time a queued write completes and nothing is left queued. All get the
+ * queue; container_of finds the owner. */
 typedef struct writeq_s writeq_t;
 typedef void (*writeq_drain_cb)(writeq_t *q);
 typedef void (*writeq_error_cb)(writeq_t *q, int status);
@@ -26,6 +28,8 @@ struct writeq_s {
   size_t high_water;
   writeq_drain_cb on_drain;
   writeq_error_cb on_error;
+  writeq_drain_cb on_empty;
+  uint64_t queued;    /* bytes ever queued (what the socket did not take at once) */
   unsigned above : 1; /* a write said "slow down": on_drain is due */
 };
 
@@ -36,6 +40,9 @@ void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_dra
 int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n);
 /* Bytes waiting to be written. */
 static inline size_t writeq_size(const writeq_t *q) { return uv_stream_get_write_queue_size(q->stream); }
+/* Bytes of what was queued that have gone out since: it grows while the peer reads, however large
+ * the single queued write (libuv writes a request in pieces and calls back only at its end). */
+static inline uint64_t writeq_sent(const writeq_t *q) { return q->queued - writeq_size(q); }
 /* Forgets a "slow down" said before: no on_drain for it (the writer it was for is gone). */
 static inline void writeq_forget_drain(writeq_t *q) { q->above = 0; }
 

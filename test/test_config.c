@@ -72,6 +72,17 @@ int main(void) {
   CHECK(parse(&cfg, s5, 4, err) == -1 && strstr(err, "0.1 to 100") != NULL);
   char *s6[] = {"moonfork", "--sched-slice", "fast", "app.lua"};
   CHECK(parse(&cfg, s6, 4, err) == -1);
+  /* the size options' upper bounds (what the code can hold) and the connection timeouts */
+  char *z1[] = {"moonfork", "--max-body", "1g", "--max-header-size", "1m", "app.lua"};
+  CHECK(parse(&cfg, z1, 6, err) == 0 && cfg.max_body == 1u << 30 && cfg.max_header_size == 1u << 20);
+  char *z2[] = {"moonfork", "--max-body", "2g", "app.lua"};
+  CHECK(parse(&cfg, z2, 4, err) == -1 && strstr(err, "max-body") != NULL && strstr(err, "0 to 1g") != NULL);
+  char *z3[] = {"moonfork", "--max-header-size=1025k", "app.lua"};
+  CHECK(parse(&cfg, z3, 3, err) == -1 && strstr(err, "256 to 1m") != NULL);
+  CHECK(parse(&cfg, s1, 2, err) == 0 && cfg.send_timeout_ms == 60000 && cfg.body_timeout_ms == 60000);
+  CHECK(cfg.max_body_memory == 256u << 20);
+  CHECK(mf_config_set_from_script(&cfg, "sendTimeout", "1.5", err, sizeof err) == 0 && cfg.send_timeout_ms == 1500);
+  CHECK(mf_config_set_from_script(&cfg, "maxBody", "3g", err, sizeof err) == -1 && strstr(err, "maxBody") != NULL);
   char *help[] = {"moonfork", "--help"};
   CHECK(parse(&cfg, help, 2, err) == 0 && cfg.want_help);
   TEST_DONE();
