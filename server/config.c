@@ -84,6 +84,8 @@ static const opt_t opts[] = {
     {"sb-index", NULL, NULL, OPT_INT, OFF(sb_index), 1, 1023, F_HIDDEN, NULL},
 };
 
+_Static_assert(MF_ARRAY_SIZE(opts) <= 64, "from_cli has one bit per option");
+
 void mf_config_defaults(mf_config_t *cfg) {
   memset(cfg, 0, sizeof *cfg);
   strcpy(cfg->host, "127.0.0.1");
@@ -210,7 +212,7 @@ int mf_config_parse_args(mf_config_t *cfg, int argc, char **argv, char *err, siz
         value = argv[++i];
       }
       if (opt_set(cfg, o, value, err, errlen) != 0) return -1;
-      cfg->from_cli |= 1u << (o - opts);
+      cfg->from_cli |= (uint64_t)1 << (o - opts);
       continue;
     }
     if (cfg->script != NULL) goto extra;
@@ -228,7 +230,7 @@ int mf_config_set_from_script(mf_config_t *cfg, const char *key, const char *val
     const opt_t *o = &opts[k];
     if (o->lua == NULL || (strcmp(o->lua, key) != 0 && (o->lua2 == NULL || strcmp(o->lua2, key) != 0)))
       continue;
-    if (cfg->from_cli & (1u << k)) return 0;
+    if (cfg->from_cli & ((uint64_t)1 << k)) return 0;
     char why[256];
     if (opt_set(cfg, o, value, why, sizeof why) != 0) {
       snprintf(err, errlen, "listen(): option %s: %s", key, why);

@@ -37,7 +37,7 @@ typedef struct {
   long max_memory_mb;
   const char *script; /* points into argv */
   /* Bit i set: option i of the table was given on the command line (it beats listen()). */
-  uint32_t from_cli;
+  uint64_t from_cli;
   /* Worker only: set by the hidden --worker-id / --master-pid options the master passes. */
   long worker_id;
   long master_pid;
