@@ -152,6 +152,13 @@ static void worker_ready(child_t *c) {
 
 static void worker_leave(child_t *c) { leader_elect(c->group, c); }
 
+/* "repair ID SERIAL": c's mesh stream to that worker was dropped at the cap (mesh.c): a new pair. */
+static int worker_message(child_t *c, const chan_msg_t *m) {
+  if (m->type != CHAN_REPAIR) return 0;
+  leader_repair(c->group, c, (int)m->id, (long)m->serial);
+  return 1;
+}
+
 /* "listening on ..." once every slot's first worker is ready. */
 static void maybe_announce(group_t *g) {
   if (master.announced || g->stopping) return;
@@ -186,6 +193,7 @@ static const group_kind_t worker_kind = {
     .on_change = workers_changed,
     .on_replaced = reload_replaced,
     .on_empty = workers_gone,
+    .on_message = worker_message,
 };
 
 /* ---- scaling --------------------------------------------------------------------------------- */

@@ -125,6 +125,11 @@ static void on_peer(const chan_msg_t *m) {
   mesh_add_peer(p, (int)m->id, (long)m->serial);
 }
 
+/* Our stream to worker id was dropped at the mesh's cap while both live: ask for a new pair. */
+static void ask_repair(int id, long serial) {
+  chan_send(&worker.chan, &(chan_msg_t){.type = CHAN_REPAIR, .id = id, .serial = serial});
+}
+
 /* "conn": the master hands us a client connection that reached a parked --reuseport socket. */
 static void on_conn(void) {
   uv_tcp_t *t = malloc(sizeof *t);
@@ -295,6 +300,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_http_open(worker.L);
   bind_mesh_open(worker.L);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
+  mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);
   if (luastate_require(worker.L, "moonfork.sched") != 0) { /* before the script: see sched.lua */
     snprintf(err, errlen, "cannot load moonfork.sched");
