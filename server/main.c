@@ -86,15 +86,14 @@ static int parse_command(int argc, char **argv, char *request, size_t reqlen, in
     goto fail;
   }
   free(rest);
-  rest = NULL;
   if (scale) snprintf(request, reqlen, "scale %ld", n);
   else snprintf(request, reqlen, "%s", cmd);
-  if (command_expect(&cfg, expect, err, sizeof err) != 0 ||
-      control_path(cfg.control, cfg.port >= 0 ? cfg.port : 8080, 0, path, pathlen, err, sizeof err) != 0) {
-    fprintf(stderr, "moonfork: %s\n", err);
-    return 1;
-  }
-  return 0;
+  int r = command_expect(&cfg, expect, err, sizeof err) != 0 ||
+          control_path(cfg.control, cfg.port >= 0 ? cfg.port : 8080, 0, path, pathlen, err, sizeof err) != 0;
+  free(cfg.control); /* the option strings are copies (a sanitized build counts them) */
+  free(cfg.pid_file);
+  if (r) fprintf(stderr, "moonfork: %s\n", err);
+  return r;
 fail:
   free(rest);
   fprintf(stderr, "moonfork: %s\n", err);

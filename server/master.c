@@ -346,6 +346,7 @@ static void on_control(control_conn_t *conn, const char *line) {
   } else if (strcmp(line, "hello") == 0) { /* the client checks whom it reached (control.c) */
     mf_buf_appendf(&b, "{\"ok\":true,\"hello\":\"moonfork\",\"pid\":%d,\"port\":%ld}", (int)getpid(),
                    master.cfg->port);
+    mf_buf_append(&b, "", 1); /* (appendf leaves no terminator) */
     control_reply(conn, b.data);
   } else if (strncmp(line, "scale ", 6) == 0) {
     control_scale(conn, line + 6, &b);
