@@ -26,7 +26,7 @@ static int http_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
 int bind_http_serving(void) { return http_refs[CB_REQUEST] != LUA_NOREF; }
 
-/* http.on{ request = fn(conn, gen, method, url, version, head, body) -> res, close = fn(res),
+/* http.on{ request = fn(conn, gen, method, url, version, head, body, trailers) -> res, close = fn(res),
  *          drain = fn(res) } (once: moonfork.listen) */
 static int http_on(lua_State *L) {
   if (bind_http_serving()) return luaL_error(L, "moonfork.listen() was already called");
@@ -67,15 +67,32 @@ static int is_token(const char *s, size_t n) {
   return 1;
 }
 
-/* One "name: value" line; the value is at stack index `v` (a string or a number). */
-static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
+/* What was wrong with the handler's head, for the Lua side to raise (core_send). */
+static char head_error[256];
+
+static int head_fail(const char *name, const char *what) {
+  snprintf(head_error, sizeof head_error, "header %.100s: %s", name, what);
+  return -1;
+}
+
+/* ctl_byte[c]: c may not appear in a header value (RFC 9110 §5.5: the control characters other than
+ * HTAB, and DEL), which keeps CR, LF and NUL out, and with them response splitting. */
+static unsigned char ctl_byte[256];
+
+static void ctl_init(void) {
+  for (int ch = 0; ch < 0x20; ch++) ctl_byte[ch] = ch != '\t';
+  ctl_byte[0x7f] = 1;
+}
+
+/* One "name: value" line; the value is at stack index `v` (a string or a number). 0, or -1 with
+ * head_error set. */
+static int head_line(lua_State *L, const char *name, size_t nlen, int v) {
   size_t vlen;
   if (lua_type(L, v) != LUA_TSTRING && lua_type(L, v) != LUA_TNUMBER)
-    luaL_error(L, "header %s: a value must be a string or a number", name);
+    return head_fail(name, "a value must be a string or a number");
   const char *value = lua_tolstring(L, v, &vlen);
   for (size_t i = 0; i < vlen; i++)
-    if ((unsigned char)value[i] <= '\r' && (value[i] == '\r' || value[i] == '\n' || value[i] == '\0'))
-      luaL_error(L, "header %s: the value must not contain CR, LF or NUL", name);
+    if (ctl_byte[(unsigned char)value[i]]) return head_fail(name, "the value must not contain control characters (CR, LF, NUL...)");
   if (mf_buf_reserve(&resp_head.out, nlen + vlen + 4) != 0) luaL_error(L, "out of memory");
   char *p = resp_head.out.data + resp_head.out.len;
   memcpy(p, name, nlen);
@@ -85,24 +102,29 @@ static void head_line(lua_State *L, const char *name, size_t nlen, int v) {
   p[nlen + 2 + vlen] = '\r';
   p[nlen + 3 + vlen] = '\n';
   resp_head.out.len += nlen + vlen + 4;
+  return 0;
 }
 
-/* The header `name` with the value at index v (a string, a number, or an array of them). */
-static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
-  if (!is_token(name, nlen)) luaL_error(L, "bad header name '%s'", name);
+/* The header `name` with the value at index v (a string, a number, or an array of them). 0, or -1
+ * with head_error set. */
+static int head_header(lua_State *L, const char *name, size_t nlen, int v) {
+  if (!is_token(name, nlen)) {
+    snprintf(head_error, sizeof head_error, "bad header name '%.100s'", name);
+    return -1;
+  }
   switch (http_respond_header_role(name, nlen)) { /* which header wins: see http_respond.c */
     case HTTP_HEADER_FRAMING:
-      return;
+      return 0;
     case HTTP_HEADER_CONNECTION: {
       const char *val = lua_tostring(L, v);
       if (val && strcasecmp(val, "close") == 0) resp_head.flags |= HTTP_RESP_CLOSE;
-      return;
+      return 0;
     }
     case HTTP_HEADER_LENGTH: {
       lua_Number n = lua_tonumber(L, v);
       if (lua_type(L, v) == LUA_TTABLE || n < 0 || n != (lua_Number)(int64_t)n ||
           (n == 0 && !(lua_type(L, v) == LUA_TNUMBER || strcmp(lua_tostring(L, v), "0") == 0)))
-        luaL_error(L, "header Content-Length: not a length");
+        return head_fail("Content-Length", "not a length");
       resp_head.clen = (int64_t)n;
       break;
     }
@@ -113,17 +135,18 @@ static void head_header(lua_State *L, const char *name, size_t nlen, int v) {
     int n = (int)lua_objlen(L, v);
     for (int i = 1; i <= n; i++) {
       lua_rawgeti(L, v, i);
-      head_line(L, name, nlen, lua_gettop(L));
+      if (head_line(L, name, nlen, lua_gettop(L)) != 0) return -1;
       lua_pop(L, 1);
     }
-    return;
+    return 0;
   }
-  head_line(L, name, nlen, v);
+  return head_line(L, name, nlen, v);
 }
 
 /* Builds the head from the handler's tables: `h` (lower-case name -> value or false) with `names`
- * (lower-case -> the name as written) first, then `user` (writeHead's table) minus what `h` holds. */
-static void head_build(lua_State *L, int user, int h, int names) {
+ * (lower-case -> the name as written) first, then `user` (writeHead's table) minus what `h` holds.
+ * 0, or -1 with head_error set (the stack is left as it is: the caller returns). */
+static int head_build(lua_State *L, int user, int h, int names) {
   resp_head.out.len = 0;
   resp_head.clen = -1;
   resp_head.flags = 0;
@@ -135,7 +158,7 @@ static void head_build(lua_State *L, int user, int h, int names) {
         lua_pushvalue(L, -2);
         lua_rawget(L, names);
         const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &nlen) : lua_tolstring(L, -3, &nlen);
-        head_header(L, name, nlen, lua_gettop(L) - 1);
+        if (head_header(L, name, nlen, lua_gettop(L) - 1) != 0) return -1;
         lua_pop(L, 1);
       }
       lua_pop(L, 1);
@@ -145,7 +168,10 @@ static void head_build(lua_State *L, int user, int h, int names) {
     char low[128];
     lua_pushnil(L);
     while (lua_next(L, user) != 0) {
-      if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
+      if (lua_type(L, -2) != LUA_TSTRING) {
+        snprintf(head_error, sizeof head_error, "header names must be strings");
+        return -1;
+      }
       size_t nlen;
       const char *name = lua_tolstring(L, -2, &nlen);
       int shadowed = 0;
@@ -156,25 +182,47 @@ static void head_build(lua_State *L, int user, int h, int names) {
         shadowed = !lua_isnil(L, -1);
         lua_pop(L, 1);
       }
-      if (!shadowed) head_header(L, name, nlen, lua_gettop(L));
+      if (!shadowed && head_header(L, name, nlen, lua_gettop(L)) != 0) return -1;
       lua_pop(L, 1);
     }
   }
+  return 0;
 }
 
-/* http.send(conn, gen, status, user, h, names, body, final) -> true | false (slow down) | nil, "ECLOSED: ...".
- * status and the tables matter on the first call of a response only. */
+/* The status at index i, when it is a final status (a whole number from 200 to 599: 1xx are interim
+ * answers the client waits past, and 600-999 mean nothing); 0 otherwise, with head_error set. */
+static int final_status(lua_State *L, int i) {
+  lua_Number n = lua_tonumber(L, i);
+  if (n >= 200 && n <= 599 && n == (lua_Number)(int)n) return (int)n;
+  lua_pushvalue(L, i);
+  const char *s = lua_tostring(L, -1);
+  snprintf(head_error, sizeof head_error, "res.statusCode %.40s is not a final status (a whole number from 200 to 599)",
+           s ? s : luaL_typename(L, i));
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* http.send(conn, gen, status, user, h, names, body, final) -> true | false (slow down) |
+ * nil, "ECLOSED: ..." | nil, message, true (the head was unusable: the client got a 500 instead, and
+ * the Lua side raises the message). status (nil once the head went out) and the tables matter on the
+ * first call of a response only. */
 static int core_send(lua_State *L) {
   http_conn_t *c = check_conn(L);
   uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
-  int status = (int)luaL_optinteger(L, 3, 200);
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 7, "", &blen);
   int final = lua_toboolean(L, 8);
   if (c == NULL) return bind_push_closed(L, &conn_type);
   int r;
-  if (status != 0) {
-    head_build(L, 4, 5, 6);
+  if (!lua_isnil(L, 3)) {
+    int status = final_status(L, 3);
+    if (status == 0 || head_build(L, 4, 5, 6) != 0) {
+      http_conn_abort(c, gen); /* a 500 now, not a 503 at --request-timeout */
+      lua_pushnil(L);
+      lua_pushstring(L, head_error);
+      lua_pushboolean(L, 1);
+      return 3;
+    }
     r = http_conn_respond(c, gen, status, resp_head.out.data ? resp_head.out.data : "", resp_head.out.len, body, blen, final, resp_head.clen,
                           resp_head.flags);
   } else {
@@ -198,6 +246,7 @@ static int core_headers(lua_State *L);
 
 void bind_http_open(lua_State *L) {
   token_init();
+  ctl_init();
   static const luaL_Reg fns[] = {{"on", http_on},         {"send", core_send},       {"abort", core_abort},
                                  {"remote", core_remote}, {"headers", core_headers}, {NULL, NULL}};
   bind_type_init(L, &conn_type, "connection");
@@ -277,8 +326,12 @@ int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_re
     lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
   lua_pushlstring(L, req->headers, req->headers_len); /* as the parser packed them */
   lua_pushlstring(L, req->body, req->body_len);
+  if (req->trailers_len > 0) /* rare: nil costs nothing */
+    lua_pushlstring(L, req->trailers, req->trailers_len);
+  else
+    lua_pushnil(L);
   /* res.conn keeps obj alive across the call, even if the connection closed during it */
-  if (luastate_pcall(L, 7, 1, "internal error dispatching a request") != 0) return -1;
+  if (luastate_pcall(L, 8, 1, "internal error dispatching a request") != 0) return -1;
   if (obj->ptr) bind_obj_set_target(L, obj, -1); /* the response C calls back with */
   lua_pop(L, 1);
   return 0;

@@ -41,6 +41,7 @@ static const struct {
     [CHAN_LEADER] = {"leader", 3, 0, 0,
                      {ARG(id, 1, CHAN_MAX_ID), ARG(serial, 1, INT64_MAX), ARG(epoch, 1, INT64_MAX)}},
     [CHAN_CONN] = {"conn", 0, 1, 0, {{0}}},
+    [CHAN_REPAIR] = {"repair", 2, 0, 0, {ARG(id, 1, CHAN_MAX_ID), ARG(serial, 1, INT64_MAX)}},
 };
 
 static int64_t *arg_field(chan_msg_t *m, const chan_arg_t *a) { return (int64_t *)((char *)m + a->off); }

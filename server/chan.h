@@ -19,6 +19,7 @@ typedef enum {
   CHAN_PEER,    /* master: a mesh socket (attached) to worker `id` of `serial` */
   CHAN_LEADER,  /* master: the mesh's leader is worker `id` of `serial`, at `epoch` */
   CHAN_CONN,    /* master: a client connection (attached) from a parked --reuseport socket */
+  CHAN_REPAIR,  /* child: its stream to worker `id` of `serial` was dropped (the mesh's cap); a new pair */
   CHAN_NTYPES
 } chan_type_t;
 

@@ -301,17 +301,3 @@ void mf_config_usage(FILE *out) {
           "TTIN / TTOU = one worker more / less, USR1 = reopen the log files\n",
           "--help", "this text", "--version", "print the version");
 }
-
-void mf_config_control_path(const mf_config_t *cfg, char *buf, size_t len) {
-  if (cfg->control) {
-    snprintf(buf, len, "%s", cfg->control);
-    return;
-  }
-  const char *run = getenv("XDG_RUNTIME_DIR");
-  if (run && *run)
-    snprintf(buf, len, "%s/moonfork-%ld.sock", run, cfg->port);
-  else if (geteuid() == 0)
-    snprintf(buf, len, "/run/moonfork-%ld.sock", cfg->port);
-  else
-    snprintf(buf, len, "/tmp/moonfork-%d-%ld.sock", (int)geteuid(), cfg->port);
-}

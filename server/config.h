@@ -62,7 +62,5 @@ int mf_config_to_args(const mf_config_t *cfg, char **argv, int max);
 
 void mf_config_usage(FILE *out);
 
-/* The control socket path to use for cfg (its --control, or the default for its port) into buf. */
-void mf_config_control_path(const mf_config_t *cfg, char *buf, size_t len);
 
 #endif

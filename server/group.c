@@ -110,6 +110,7 @@ static void on_chan_msg(chan_t *ch, const chan_msg_t *m) {
       if (c->state == CHILD_READY) group_recycle(c, c->recycle_why); /* else on a tick (watchdog.c) */
       break;
     default:
+      if (c->group->kind->on_message && c->group->kind->on_message(c, m)) break;
       mf_log("%s %d (pid %d) sent an unknown control message '%s'", c->group->kind->name, c->id, c->pid,
              m->type == CHAN_BAD ? m->text : chan_name(m->type));
   }

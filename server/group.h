@@ -55,7 +55,7 @@ typedef struct {
   int fds[MF_FD_COUNT];
 } group_spawn_t;
 
-/* A kind of child: its name in log lines and its hooks. Every hook is required. */
+/* A kind of child: its name in log lines and its hooks. Every hook but on_message is required. */
 typedef struct {
   const char *name; /* "worker" */
   /* Fills sp for c. Returns 0, or -1 with the reason it cannot start in err. */
@@ -72,6 +72,9 @@ typedef struct {
   void (*on_replaced)(group_t *g, group_slot_t *s, int ok, const char *why);
   /* The group stops and its last child exited. */
   void (*on_empty)(group_t *g);
+  /* A message the group does not handle itself came from c: returns 1 when the kind took it (may be
+   * NULL: none). */
+  int (*on_message)(child_t *c, const chan_msg_t *m);
 } group_kind_t;
 
 struct group_s {

@@ -23,6 +23,9 @@ typedef struct {
    * native uint32 lengths, the name, the value); http_headers_next walks them. */
   const char *headers;
   size_t headers_len;
+  /* The trailer fields after a chunked body, packed the same way; never merged into the headers. */
+  const char *trailers;
+  size_t trailers_len;
   const char *body;
   size_t body_len;
 } http_request_t;

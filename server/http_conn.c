@@ -242,6 +242,7 @@ static void conn_dispatch(http_conn_t *c) {
   req.http_major = p->llhttp.http_major;
   req.http_minor = p->llhttp.http_minor;
   req.headers = http_parse_headers(p, &req.headers_len);
+  req.trailers = http_parse_trailers(p, &req.trailers_len);
   req.body = c->body.data ? c->body.data : "";
   req.body_len = c->body.len;
   if (srv->access_fd >= 0) http_alog_request(c, req.method);

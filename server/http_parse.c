@@ -43,7 +43,7 @@ static void store_grow(http_parse_t *p, int which, size_t len) {
 static int on_message_begin(llhttp_t *l) {
   http_parse_t *p = parse_of(l);
   p->head.len = 0;
-  p->start_len = p->head_bytes = p->nheaders = 0;
+  p->start_len = p->head_bytes = p->nheaders = p->trailer_off = 0;
   p->name_open = p->complete = p->keep_alive = 0;
   p->err_status = 0;
   return p->cb->on_begin ? p->cb->on_begin(p) : 0;
@@ -90,6 +90,7 @@ static int on_header_value_complete(llhttp_t *l) {
 
 static int on_headers_complete(llhttp_t *l) {
   http_parse_t *p = parse_of(l);
+  p->trailer_off = (uint32_t)p->head.len; /* what llhttp reports after this is a trailer */
   return p->cb->on_head(p);
 }
 
@@ -151,7 +152,7 @@ int http_parse_finish(http_parse_t *p) {
 void http_parse_next(http_parse_t *p, size_t keep) {
   if (llhttp_get_errno(&p->llhttp) == HPE_PAUSED) llhttp_resume(&p->llhttp);
   p->complete = 0;
-  p->start_len = p->nheaders = 0;
+  p->start_len = p->nheaders = p->trailer_off = 0;
   mf_buf_reset(&p->head, keep);
 }
 

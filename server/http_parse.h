@@ -34,6 +34,8 @@ struct http_parse_s {
   uint32_t head_bytes;     /* counted against max_head */
   uint32_t nheaders;
   uint32_t open_off;       /* offset of the lengths of the header being received */
+  uint32_t trailer_off;    /* once the head is complete: where trailer fields (after a chunked body)
+                              begin; they are kept apart from the headers (RFC 9110 §6.5.1) */
   unsigned name_open : 1;  /* llhttp is inside a header name (the entry is open) */
   unsigned complete : 1;   /* a message is complete (until http_parse_next) */
   unsigned keep_alive : 1; /* of the complete message */
@@ -66,8 +68,13 @@ static inline const char *http_parse_url(const http_parse_t *p, size_t *len) {
   return p->head.data ? p->head.data : "";
 }
 static inline const char *http_parse_headers(const http_parse_t *p, size_t *len) {
-  *len = p->head.len - p->start_len;
+  *len = (p->trailer_off ? p->trailer_off : p->head.len) - p->start_len;
   return p->head.data ? p->head.data + p->start_len : "";
+}
+/* The trailer fields of a chunked message, packed as the headers are (valid once it is complete). */
+static inline const char *http_parse_trailers(const http_parse_t *p, size_t *len) {
+  *len = p->trailer_off ? p->head.len - p->trailer_off : 0;
+  return p->head.data && p->trailer_off ? p->head.data + p->trailer_off : "";
 }
 static inline const char *http_parse_method(const http_parse_t *p) {
   return llhttp_method_name((llhttp_method_t)p->llhttp.method);

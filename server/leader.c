@@ -8,7 +8,11 @@
  * (a worker may take requests before all its peer sockets have arrived). Once the first workers are
  * all ready (or 5 s have passed) the oldest ready worker leads; leadership then only moves when the
  * leader dies or is retired, to the oldest ready worker, with a higher epoch. Each worker hears
- * "leader ID SERIAL EPOCH" on its channel, after the peer sockets it was sent. */
+ * "leader ID SERIAL EPOCH" on its channel, after the peer sockets it was sent.
+ *
+ * A stream dropped at the mesh's cap (a peer that stopped reading, mesh.c) is made again when the
+ * worker that dropped it asks ("repair ID SERIAL"): both workers live, and would otherwise stay
+ * without each other for good. Only the dropping side asks, so one pair is made. */
 #include "leader.h"
 
 #include <errno.h>
@@ -31,16 +35,29 @@ static int joinable(const child_t *c) {
 
 void leader_init(const group_t *g) { leader.started_ms = uv_now(g->loop); }
 
+/* A socketpair for c and o, an end down each one's channel. */
+static void pair(child_t *c, child_t *o) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    mf_log("mesh: socketpair for workers %d and %d: %s", c->id, o->id, strerror(errno));
+    return;
+  }
+  chan_send_fd(&c->chan, &(chan_msg_t){.type = CHAN_PEER, .id = o->id, .serial = o->serial}, sv[0]);
+  chan_send_fd(&o->chan, &(chan_msg_t){.type = CHAN_PEER, .id = c->id, .serial = c->serial}, sv[1]);
+}
+
 void leader_join(group_t *g, child_t *c) {
+  for (child_t *o = g->children; o; o = o->next)
+    if (o != c && joinable(o)) pair(c, o);
+}
+
+void leader_repair(group_t *g, child_t *c, int id, long serial) {
+  if (!joinable(c)) return;
   for (child_t *o = g->children; o; o = o->next) {
-    if (o == c || !joinable(o)) continue;
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      mf_log("mesh: socketpair for workers %d and %d: %s", c->id, o->id, strerror(errno));
-      continue;
-    }
-    chan_send_fd(&c->chan, &(chan_msg_t){.type = CHAN_PEER, .id = o->id, .serial = o->serial}, sv[0]);
-    chan_send_fd(&o->chan, &(chan_msg_t){.type = CHAN_PEER, .id = c->id, .serial = c->serial}, sv[1]);
+    if (o == c || o->id != id || o->serial != serial || !joinable(o)) continue;
+    mf_log("mesh: a new stream between workers %d and %d (worker %d's was dropped)", c->id, o->id, c->id);
+    pair(c, o);
+    return;
   }
 }
 

@@ -8,6 +8,9 @@
 void leader_init(const group_t *g);
 /* c is ready: joins it to every other ready child with a socketpair ("peer ID SERIAL" + fd each way). */
 void leader_join(group_t *g, child_t *c);
+/* c's stream to worker `id` of `serial` was dropped while both live: makes them a new pair (when both
+ * are still joined; a worker that left is not re-joined). */
+void leader_repair(group_t *g, child_t *c, int id, long serial);
 /* Tells c who leads ("leader ID SERIAL EPOCH"), when someone does. */
 void leader_tell(child_t *c);
 /* Names the oldest ready child the leader when there is none, or when `gone` (leaving) was it. */

@@ -32,11 +32,28 @@ static void print_status(const char *json) {
   status_print_workers(stdout, json);
 }
 
+/* What the client expects of the master: the port given with --port (or the default one, when the
+ * socket is found from it), the pid in --pid-file. 0, or -1 with err set. */
+static int command_expect(const mf_config_t *cfg, control_expect_t *expect, char *err, size_t errlen) {
+  expect->port = cfg->port >= 0 ? cfg->port : cfg->control ? 0 : 8080;
+  expect->pid = 0;
+  if (cfg->pid_file) {
+    FILE *f = fopen(cfg->pid_file, "r");
+    int got = f != NULL && fscanf(f, "%ld", &expect->pid) == 1 && expect->pid > 0;
+    if (f != NULL) fclose(f);
+    if (!got) {
+      snprintf(err, errlen, "cannot read a pid from --pid-file %s", cfg->pid_file);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* A control command's own arguments (N for scale, --json) into request and *json; the rest are ordinary
- * options (--control, --port), which give the control socket's path. Returns 0, or the exit status
- * after a message on stderr. */
+ * options (--control, --port, --pid-file), which give the control socket's path and what to expect
+ * of the master there. Returns 0, or the exit status after a message on stderr. */
 static int parse_command(int argc, char **argv, char *request, size_t reqlen, int *json, char *path,
-                         size_t pathlen) {
+                         size_t pathlen, control_expect_t *expect) {
   const char *cmd = argv[1];
   mf_config_t cfg;
   char err[512];
@@ -45,6 +62,7 @@ static int parse_command(int argc, char **argv, char *request, size_t reqlen, in
   long n = 0;
   if (rest == NULL) return 1;
   mf_config_defaults(&cfg);
+  cfg.port = -1; /* to tell whether --port was given */
   rest[nrest++] = argv[0];
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0) {
@@ -70,8 +88,12 @@ static int parse_command(int argc, char **argv, char *request, size_t reqlen, in
   free(rest);
   if (scale) snprintf(request, reqlen, "scale %ld", n);
   else snprintf(request, reqlen, "%s", cmd);
-  mf_config_control_path(&cfg, path, pathlen);
-  return 0;
+  int r = command_expect(&cfg, expect, err, sizeof err) != 0 ||
+          control_path(cfg.control, cfg.port >= 0 ? cfg.port : 8080, 0, path, pathlen, err, sizeof err) != 0;
+  free(cfg.control); /* the option strings are copies (a sanitized build counts them) */
+  free(cfg.pid_file);
+  if (r) fprintf(stderr, "moonfork: %s\n", err);
+  return r;
 fail:
   free(rest);
   fprintf(stderr, "moonfork: %s\n", err);
@@ -111,10 +133,11 @@ static int run_command(int argc, char **argv) {
   const char *cmd = argv[1];
   char request[64], path[512], err[512];
   int json = 0;
-  int r = parse_command(argc, argv, request, sizeof request, &json, path, sizeof path);
+  control_expect_t expect;
+  int r = parse_command(argc, argv, request, sizeof request, &json, path, sizeof path, &expect);
   if (r != 0) return r;
   /* a reload waits for every worker to be replaced: allow for slow starts */
-  char *reply = control_request(path, request, strcmp(cmd, "reload") == 0 ? 600000 : 30000, err, sizeof err);
+  char *reply = control_request(path, request, &expect, strcmp(cmd, "reload") == 0 ? 600000 : 30000, err, sizeof err);
   if (reply == NULL) {
     fprintf(stderr, "moonfork: %s\n", err);
     return 1;

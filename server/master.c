@@ -152,6 +152,13 @@ static void worker_ready(child_t *c) {
 
 static void worker_leave(child_t *c) { leader_elect(c->group, c); }
 
+/* "repair ID SERIAL": c's mesh stream to that worker was dropped at the cap (mesh.c): a new pair. */
+static int worker_message(child_t *c, const chan_msg_t *m) {
+  if (m->type != CHAN_REPAIR) return 0;
+  leader_repair(c->group, c, (int)m->id, (long)m->serial);
+  return 1;
+}
+
 /* "listening on ..." once every slot's first worker is ready. */
 static void maybe_announce(group_t *g) {
   if (master.announced || g->stopping) return;
@@ -186,6 +193,7 @@ static const group_kind_t worker_kind = {
     .on_change = workers_changed,
     .on_replaced = reload_replaced,
     .on_empty = workers_gone,
+    .on_message = worker_message,
 };
 
 /* ---- scaling --------------------------------------------------------------------------------- */
@@ -314,20 +322,34 @@ static void master_status(mf_buf_t *b) {
   status_json(b, &m, &master.workers);
 }
 
+/* "scale N": the whole of N must be a count ("2abc" is not 2). */
+static void control_scale(control_conn_t *conn, const char *arg, mf_buf_t *b) {
+  char msg[256];
+  long n;
+  int r = -1;
+  if (mf_parse_int(arg, 1, 1024, &n) != 0)
+    snprintf(msg, sizeof msg, "scale needs a worker count from 1 to 1024, not '%.64s'", arg);
+  else
+    r = master_scale((int)n, msg, sizeof msg);
+  status_reply(b, r == 0, r == 0 ? "message" : "error", msg);
+  control_reply(conn, b->data);
+}
+
 static void on_control(control_conn_t *conn, const char *line) {
   mf_buf_t b;
   mf_buf_init(&b);
-  char msg[256];
-  int n;
   if (strcmp(line, "status") == 0) {
     master_status(&b);
     control_reply(conn, b.data);
   } else if (strcmp(line, "reload") == 0) {
     reload_start(&master.workers, "control socket", conn);
-  } else if (sscanf(line, "scale %d", &n) == 1) {
-    int r = master_scale(n, msg, sizeof msg);
-    status_reply(&b, r == 0, r == 0 ? "message" : "error", msg);
+  } else if (strcmp(line, "hello") == 0) { /* the client checks whom it reached (control.c) */
+    mf_buf_appendf(&b, "{\"ok\":true,\"hello\":\"moonfork\",\"pid\":%d,\"port\":%ld}", (int)getpid(),
+                   master.cfg->port);
+    mf_buf_append(&b, "", 1); /* (appendf leaves no terminator) */
     control_reply(conn, b.data);
+  } else if (strncmp(line, "scale ", 6) == 0) {
+    control_scale(conn, line + 6, &b);
   } else if (strcmp(line, "stop") == 0) {
     control_reply(conn, "{\"ok\":true,\"message\":\"stopping\"}");
     master_shutdown("stop command");
@@ -422,8 +444,8 @@ static void master_greet(const mf_config_t *cfg) {
 static void master_listen(const mf_config_t *cfg) {
   char err[1024];
   static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1};
-  mf_config_control_path(cfg, master.control_path, sizeof master.control_path);
-  if (control_server_start(master.loop, master.control_path, on_control, err, sizeof err) != 0)
+  if (control_path(cfg->control, cfg->port, 1, master.control_path, sizeof master.control_path, err, sizeof err) != 0 ||
+      control_server_start(master.loop, master.control_path, on_control, err, sizeof err) != 0)
     mf_log("warning: no control socket: %s", err);
   else
     mf_log("control socket: %s", master.control_path);

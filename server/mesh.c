@@ -6,7 +6,10 @@
  * buffer; only a partial frame is copied aside, into a buffer sized for it once its length is known.
  * Writes go to the socket at once when nothing is queued; what the kernel does not take is copied and
  * queued (writeq.c, which also says "slow down" past MESH_HIGH_WATER). A peer that stops reading is
- * dropped at MESH_HARD_LIMIT, so a stuck worker cannot make the others' memory grow without bound. */
+ * dropped at MESH_HARD_LIMIT, so a stuck worker cannot make the others' memory grow without bound;
+ * the dropping side then asks the master for a new pair (mesh_set_repair), and a stream that arrives
+ * for a worker whose old stream has not ended yet waits for that end, so Lua always sees the old
+ * stream's "close" before the new one's "node". */
 #include "mesh.h"
 
 #include <stdint.h>
@@ -27,11 +30,14 @@ struct mesh_peer_s {
   int user_ref;
   mf_buf_t in; /* a partial frame */
   mesh_peer_t *prev, *next;
+  uv_pipe_t *successor; /* a newer stream to the same worker, added once this one has closed */
+  long successor_serial;
 };
 
 static struct {
   mesh_callbacks_t cb;
   void *data;
+  mesh_repair_cb repair;
   mesh_peer_t *peers;
   char readbuf[64 * 1024];
 } mesh;
@@ -41,6 +47,8 @@ void mesh_init(uv_loop_t *loop, const mesh_callbacks_t *cb, void *data) {
   mesh.cb = *cb;
   mesh.data = data;
 }
+
+void mesh_set_repair(mesh_repair_cb repair) { mesh.repair = repair; }
 
 int mesh_peer_id(const mesh_peer_t *p) { return p->id; }
 long mesh_peer_serial(const mesh_peer_t *p) { return p->serial; }
@@ -52,9 +60,13 @@ static void on_pipe_closed(uv_handle_t *h) {
   if (p->prev) p->prev->next = p->next;
   else mesh.peers = p->next;
   if (p->next) p->next->prev = p->prev;
+  uv_pipe_t *next = p->successor;
+  int id = p->id;
+  long serial = p->successor_serial;
   mf_buf_free(&p->in);
   free(p->pipe);
   free(p);
+  if (next) mesh_add_peer(next, id, serial); /* "close" for the old stream came first, then "node" */
 }
 
 void mesh_peer_close(mesh_peer_t *p) {
@@ -80,6 +92,7 @@ int mesh_peer_write(mesh_peer_t *p, const char *msg, size_t len) {
     mf_log("mesh: worker %d is not reading (over %u MiB queued): closing its stream", p->id,
            MESH_HARD_LIMIT >> 20);
     mesh_peer_close(p);
+    if (mesh.repair) mesh.repair(p->id, p->serial); /* both still live: the master makes a new pair */
     return UV_EPIPE;
   }
   unsigned char hdr[MESH_FRAME_HEAD];
@@ -160,7 +173,21 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
 }
 
+/* The stream to worker id that is open or closing, if any. */
+static mesh_peer_t *peer_of(int id) {
+  for (mesh_peer_t *p = mesh.peers; p; p = p->next)
+    if (p->id == id) return p;
+  return NULL;
+}
+
 void mesh_add_peer(uv_pipe_t *pipe, int id, long serial) {
+  mesh_peer_t *old = peer_of(id);
+  if (old) { /* a stream made again, or to a respawned worker: after the old one ends (read to EOF) */
+    if (old->successor) uv_close((uv_handle_t *)old->successor, (uv_close_cb)free);
+    old->successor = pipe;
+    old->successor_serial = serial;
+    return;
+  }
   mesh_peer_t *p = calloc(1, sizeof *p);
   if (p == NULL) {
     uv_close((uv_handle_t *)pipe, (uv_close_cb)free);

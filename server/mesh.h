@@ -19,8 +19,12 @@ typedef struct {
 } mesh_callbacks_t;
 
 void mesh_init(uv_loop_t *loop, const mesh_callbacks_t *cb, void *data);
+/* Called when a stream to a live peer is dropped at MESH_HARD_LIMIT: ask for a new one (worker.c). */
+typedef void (*mesh_repair_cb)(int id, long serial);
+void mesh_set_repair(mesh_repair_cb repair);
 /* Takes over `pipe` (an accepted, open uv_pipe_t the mesh now owns and frees) as the stream to worker
- * `id`, spawned as number `serial`. */
+ * `id`, spawned as number `serial`; while an older stream to `id` is open or closing, it waits for
+ * that one's end. */
 void mesh_add_peer(uv_pipe_t *pipe, int id, long serial);
 /* Queues one message. Returns 1 when sent, 0 when sent but the queue is over high water (on_drain
  * follows), UV_EPIPE when the peer is gone, UV_EMSGSIZE when the message is over MESH_MAX_MESSAGE

@@ -63,15 +63,30 @@ typedef struct {
   int access_fd;
   int draining;
   int idle_closed;
+  int exiting;     /* worker_exit was called: the loop stops after this turn */
+  int exit_status;
 } worker_t;
 
 static worker_t worker;
 
+/* Runs moonfork.on("exit") and stops the loop; worker_run then closes the Lua state and returns
+ * `status`. The exit is not taken here, inside a callback that Lua may be under: closing the state
+ * runs every finaliser (lua-cjson's buffer is freed there, so a sanitized build finds no leak). */
 static void worker_exit(int status) {
+  if (worker.exiting) return;
+  worker.exiting = 1;
+  worker.exit_status = status;
   if (worker.L && bind_http_serving()) bind_core_emit(worker.L, "exit");
   if (worker.srv && worker.access_fd >= 0) http_server_set_access_log(worker.srv, -1);
+  uv_stop(worker.loop);
+}
+
+/* After the loop: the Lua state goes (its finalisers run), the logs are flushed. */
+static int worker_finish(void) {
+  if (worker.L) lua_close(worker.L);
+  worker.L = NULL;
   fflush(NULL);
-  exit(status);
+  return worker.exit_status;
 }
 
 static void on_drained(void *data) {
@@ -123,6 +138,11 @@ static void on_peer(const chan_msg_t *m) {
     return;
   }
   mesh_add_peer(p, (int)m->id, (long)m->serial);
+}
+
+/* Our stream to worker id was dropped at the mesh's cap while both live: ask for a new pair. */
+static void ask_repair(int id, long serial) {
+  chan_send(&worker.chan, &(chan_msg_t){.type = CHAN_REPAIR, .id = id, .serial = serial});
 }
 
 /* "conn": the master hands us a client connection that reached a parked --reuseport socket. */
@@ -295,6 +315,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_http_open(worker.L);
   bind_mesh_open(worker.L);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
+  mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);
   if (luastate_require(worker.L, "moonfork.sched") != 0) { /* before the script: see sched.lua */
     snprintf(err, errlen, "cannot load moonfork.sched");
@@ -353,8 +374,11 @@ int worker_run(mf_config_t *cfg) {
     return 1;
   }
   if (worker_script(cfg) != 0) return 1;
-  if (worker.draining) worker_exit(0); /* told to stop while the script was loading */
+  if (worker.draining) { /* told to stop while the script was loading */
+    worker_exit(0);
+    return worker_finish();
+  }
   if (worker_serve() != 0) return 1;
   uv_run(worker.loop, UV_RUN_DEFAULT);
-  return 0;
+  return worker_finish();
 }

@@ -11,6 +11,7 @@ static void test_parse_each(void) {
   CHECK(chan_parse("retire", &m) == 0 && m.type == CHAN_RETIRE);
   CHECK(chan_parse("stop", &m) == 0 && m.type == CHAN_STOP);
   CHECK(chan_parse("conn", &m) == 0 && m.type == CHAN_CONN);
+  CHECK(chan_parse("repair 2 9", &m) == 0 && m.type == CHAN_REPAIR && m.id == 2 && m.serial == 9);
   CHECK(chan_parse("peer 3 17", &m) == 0 && m.type == CHAN_PEER && m.id == 3 && m.serial == 17);
   CHECK(chan_parse("leader 2 5 9", &m) == 0 && m.type == CHAN_LEADER && m.id == 2 && m.serial == 5 &&
         m.epoch == 9);

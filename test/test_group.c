@@ -59,7 +59,7 @@ static void job_empty(group_t *g) {
 }
 
 static const group_kind_t job_kind = {"job",     job_prepare, job_release, job_ready, job_leave,
-                                      job_change, job_replaced, job_empty};
+                                      job_change, job_replaced, job_empty, NULL};
 
 static void on_guard(uv_timer_t *t) { uv_stop(t->loop); }
 

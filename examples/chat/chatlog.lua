@@ -91,6 +91,15 @@ local function append(self, m, base)
   return true
 end
 
+-- Moves the log on to id n without the messages before it (they are lost to every worker).
+local function skip_to(self, n)
+  moonfork.log("chat: messages " .. (self.last + 1) .. " to " .. n .. " are gone from the leader's log too: skipped")
+  self.last = n
+  for id in pairs(self.early) do
+    if id <= n then self.early[id] = nil end
+  end
+end
+
 local function notify(self)
   local ls = self.listeners
   for i = 1, #ls do ls[i]() end
@@ -251,7 +260,11 @@ local function on_message(self, stream, raw)
     if t.lead and (tonumber(t.epoch) or 0) > self.epoch then leader_changed(self, stream.id, tonumber(t.epoch)) end
     send(stream, { t = "state", last = self.last, synced = self.synced, msgs = wire(self:after(tonumber(t.last) or 0)) })
   elseif t.t == "state" then
-    self:merge(t.msgs or {}, true)
+    local msgs = t.msgs or {}
+    -- The leader's log starts after our last: we were cut off (a mesh stream dropped at its cap) for
+    -- longer than it keeps, and what lies between is gone from every log. Go on from its oldest.
+    if stream.id == self.leader and msgs[1] and msgs[1].id > self.last + 1 then skip_to(self, msgs[1].id - 1) end
+    self:merge(msgs, true)
     if not self.synced and t.synced then
       self.synced = true
       notify(self)

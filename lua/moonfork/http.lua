@@ -15,7 +15,7 @@ local cjson -- loaded on first res:json()
 local _M = { _VERSION = "0.1.0" }
 
 ---------------------------------------------------------------------------------------------------
--- req: method, url, path, query, headers, httpVersion, remoteAddress, body
+-- req: method, url, path, query, headers, trailers, httpVersion, remoteAddress, body
 
 local function hexchar(h) return char(tonumber(h, 16)) end
 
@@ -49,7 +49,7 @@ local function parse_query(q)
 end
 _M.parse_query = parse_query
 
--- headers, path, query and remoteAddress are worked out on first use.
+-- headers, trailers, path, query and remoteAddress are worked out on first use.
 local headers_of = chttp.headers
 local Req = {}
 Req.__index = function(req, key)
@@ -57,6 +57,12 @@ Req.__index = function(req, key)
     local h = headers_of(rawget(req, "_head"))
     req.headers = h
     return h
+  end
+  if key == "trailers" then -- kept apart from headers: a trailer never adds or changes a header
+    local packed = rawget(req, "_trailers")
+    local t = packed and headers_of(packed) or {}
+    req.trailers = t
+    return t
   end
   if key == "remoteAddress" then
     local addr = remote(rawget(req, "_conn"))
@@ -120,7 +126,11 @@ function Res:setHeader(name, value)
   if self.headersSent then error("res:setHeader(): the headers were already sent", 2) end
   local key = check_name(name, "setHeader")
   local t = type(value)
-  if t ~= "string" and t ~= "number" and t ~= "table" then
+  if t == "string" then
+    if find(value, "[%z\1-\8\10-\31\127]") then
+      error("res:setHeader(): the value of " .. name .. " must not contain control characters (CR, LF, NUL...)", 2)
+    end
+  elseif t ~= "number" and t ~= "table" then
     error("res:setHeader(): the value must be a string, a number or an array of them", 2)
   end
   local h = self._h
@@ -154,10 +164,10 @@ end
 
 function Res:writeHead(status, headers)
   if self.headersSent then error("res:writeHead(): the headers were already sent", 2) end
-  if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
+  if type(status) ~= "number" or not (status >= 200 and status <= 599) or status % 1 ~= 0 then
     status = tonumber(status)
-    if not status or status < 100 or status > 999 or status % 1 ~= 0 then
-      error("res:writeHead(): status must be a number from 100 to 999", 2)
+    if not status or not (status >= 200 and status <= 599) or status % 1 ~= 0 then
+      error("res:writeHead(): status must be a final status, a whole number from 200 to 599", 2)
     end
   end
   self.statusCode = status
@@ -172,12 +182,22 @@ function Res:writeHead(status, headers)
   return self
 end
 
+-- The C core checks the status and the headers as it builds the head. When they cannot be sent (a
+-- control character in a value, a bad name or Content-Length, a statusCode that is not a final
+-- status), it answers 500 at once and returns the reason: the response is over, and the error is
+-- raised in the handler (level 3: out <- write/finish <- the handler), which logs it.
 local function out(self, chunk, final)
   if self.headersSent then
-    return send(self._conn, self._gen, 0, nil, nil, nil, chunk, final)
+    return send(self._conn, self._gen, nil, nil, nil, nil, chunk, final)
   end
   self.headersSent = true
-  return send(self._conn, self._gen, self.statusCode, self._user, self._h, self._names, chunk, final)
+  local r, err, bad = send(self._conn, self._gen, self.statusCode, self._user, self._h, self._names, chunk, final)
+  if bad then
+    self.finished = true
+    closed(self)
+    error(err, 3)
+  end
+  return r
 end
 
 local function body_string(chunk, fname)
@@ -283,9 +303,10 @@ end
 -- Builds the function the C core calls for each request; it returns the response, which the core
 -- keeps and hands to on_conn_drain and on_conn_closed.
 function _M.dispatcher(server)
-  return function(conn, gen, method, url, version, head, body)
+  return function(conn, gen, method, url, version, head, body, trailers)
     local req = setmetatable({
       method = method, url = url, httpVersion = version, _head = head, body = body, _conn = conn,
+      _trailers = trailers,
     }, Req)
     -- every field a response sets is there from the start: adding keys later would resize the table
     local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false,

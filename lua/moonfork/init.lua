@@ -74,7 +74,9 @@ _M.log = core.log
 _M.static = require "moonfork.static"
 
 local function check(ms, fn, name)
-  if type(ms) ~= "number" or ms < 0 then error("moonfork." .. name .. "(ms, fn): ms must be a number >= 0", 3) end
+  if type(ms) ~= "number" or not (ms >= 0 and ms <= sched.MAX_MS) then
+    error("moonfork." .. name .. "(ms, fn): ms must be a number from 0 to 2^31", 3)
+  end
   if type(fn) ~= "function" then error("moonfork." .. name .. "(ms, fn): fn must be a function", 3) end
 end
 

@@ -21,6 +21,11 @@ local log, start_timer, stop_timer = core.log, timer.start, timer.stop
 
 local _M = {}
 
+-- The longest wait: 2^31 ms (about 24.8 days), as browsers' setTimeout. `not (ms >= 0 and ms <= MAX_MS)`
+-- also refuses NaN (every comparison with it is false) and infinity, which the timer could not hold.
+local MAX_MS = 2 ^ 31
+_M.MAX_MS = MAX_MS
+
 local DONE = {}    -- what a pooled coroutine yields when its function has returned
 local WAIT = {}    -- the first value of a yield meant for the scheduler
 local WAITERS = {} -- the key of an owner's set of waiting coroutines
@@ -128,7 +133,9 @@ end
 -- (nil, "timeout"; no timeout when ms is nil) or close(owner) (nil, "closed"). Raises when called
 -- outside a callback moonfork runs (the script's main chunk, a coroutine resumed from there).
 function _M.wait(ms, owner)
-  if ms ~= nil and (type(ms) ~= "number" or ms < 0) then error("sched.wait(ms): ms must be a number >= 0 or nil", 2) end
+  if ms ~= nil and (type(ms) ~= "number" or not (ms >= 0 and ms <= MAX_MS)) then
+    error("sched.wait(ms): ms must be nil or a number from 0 to 2^31", 2)
+  end
   if owner ~= nil and type(owner) ~= "table" then error("sched.wait(ms, owner): owner must be a table", 2) end
   local co, root = waiter("sched.wait()")
   return suspend(co, root, ms, owner)
@@ -177,7 +184,9 @@ end
 
 -- Suspends the calling coroutine for `ms` milliseconds without blocking the worker.
 function _M.sleep(ms)
-  if type(ms) ~= "number" or ms < 0 then error("moonfork.sleep(ms): ms must be a number >= 0", 2) end
+  if type(ms) ~= "number" or not (ms >= 0 and ms <= MAX_MS) then
+    error("moonfork.sleep(ms): ms must be a number from 0 to 2^31", 2)
+  end
   local co, root = waiter("moonfork.sleep()")
   local _, err = suspend(co, root, ms)
   if err ~= nil and err ~= "timeout" then error(err, 2) end
