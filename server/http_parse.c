@@ -143,6 +143,7 @@ static int target_has_authority(const http_parse_t *p) {
 /* The head of a request is complete: the checks that need all its lines. */
 static int request_head_check(http_parse_t *p) {
   const llhttp_t *l = &p->llhttp;
+  if (l->http_major != 1) return refuse(p, 505); /* "GET /" without a version: llhttp takes it as 0.9 */
   if (p->hosts == 0 && l->http_minor >= 1) return refuse(p, 400);
   if (p->host_empty && target_has_authority(p)) return refuse(p, 400);
   if (p->te_seen) {

@@ -34,6 +34,7 @@ local REFUSED = {
   { name = "a Host with a path", status = 400, raw = "GET / HTTP/1.1\r\nHost: example.com/admin\r\n\r\n" },
   -- low items of the parser
   { name = "an HTTP/0.9 request line", status = 505, raw = "GET / HTTP/0.9\r\n\r\n" },
+  { name = "a request line without a version (HTTP/0.9)", status = 505, raw = "GET /\r\nHost: 127.0.0.1\r\n\r\n" },
   { name = "an HTTP/2.0 request line", status = 505, raw = "GET / HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n" },
   { name = "the HTTP/2 preface", status = 505, raw = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" },
   { name = "an unknown method", status = 501, raw = "FROB / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" },

@@ -194,6 +194,7 @@ static const struct {
     {"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 0},
     /* request line */
     {"GET / HTTP/0.9\r\n\r\n", 505},
+    {"GET /\r\nHost: a\r\n\r\n", 505}, /* no version at all (found by fuzz_http) */
     {"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505},
     {"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505},
     {"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", 501},
