@@ -11,7 +11,8 @@
  * in values, and for requests every rule of the "hostile input" section of http_parse.c. A broken
  * promise aborts, so libFuzzer keeps the input.
  *
- * Build and run: make fuzz (tools/run-fuzz), seeds in test/fuzz/corpus/. */
+ * Build and run: make fuzz (tools/run-fuzz), seeds in test/fuzz/corpus/. fuzz_http_conn.c drives a
+ * whole connection around this parser. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
