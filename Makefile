@@ -2,7 +2,9 @@
 #   make build              configure (RelWithDebInfo) and compile build/moonfork
 #   make run [APP=x.lua]    install missing packages, build, run APP (default: the chat demo)
 #   make test               install missing packages, build, run every suite (tools/run-tests)
-#   make clean              remove build/
+#   make fuzz [FUZZ_RUNS=n] build the libFuzzer harness with clang in build-fuzz/, run it n times
+#                           (default 20000) from test/fuzz/corpus (tools/run-fuzz)
+#   make clean              remove build/ and build-fuzz/
 
 BUILD_DIR  ?= build
 BUILD_TYPE ?= RelWithDebInfo
@@ -12,16 +14,18 @@ ARGS       ?=
 
 MAKEFLAGS  += --no-print-directory
 
-.PHONY: all build run test deps deps-test clean
+FUZZ_RUNS  ?= 20000
+
+.PHONY: all build run test deps deps-test fuzz clean
 
 all: build
 
 deps:
 	tools/setup-deps
 
-# the tests also need chromium and Node.js for the browser test
+# the tests also need chromium and Node.js for the browser test, and clang for the fuzz harnesses
 deps-test:
-	tools/setup-deps --browser
+	tools/setup-deps --browser --fuzz
 
 build:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
@@ -33,5 +37,9 @@ run: deps build
 test: deps-test build
 	@BUILD_DIR=$(BUILD_DIR) tools/run-tests
 
+fuzz:
+	tools/setup-deps --fuzz
+	tools/run-fuzz -runs=$(FUZZ_RUNS)
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-fuzz

@@ -539,6 +539,7 @@ void http_conn_new(http_server_t *srv, int fd) {
   writeq_init(&c->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
   c->wq.on_empty = on_write_empty;
   http_parse_init(&c->parser, HTTP_REQUEST, &conn_parse_callbacks, c, (uint32_t)srv->cfg->max_header_size);
+  c->parser.max_body = srv->cfg->max_body; /* chunk extensions count too (http_parse.c) */
   c->state = HTTP_CONN_IDLE;
   http_conn_timer(c, srv->cfg->header_timeout_ms);
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);

@@ -39,7 +39,22 @@ struct http_parse_s {
   unsigned name_open : 1;  /* llhttp is inside a header name (the entry is open) */
   unsigned complete : 1;   /* a message is complete (until http_parse_next) */
   unsigned keep_alive : 1; /* of the complete message */
+  /* Checks made as the message arrives (see "hostile input" in http_parse.c). */
+  unsigned tail_fold : 1;  /* the bytes fed so far end with LF and then only SP/HTAB */
+  unsigned host_empty : 1; /* (request) the Host value is empty */
+  unsigned te_seen : 1;    /* (request) a Transfer-Encoding line came */
+  unsigned te_chunked : 1; /* its last coding so far is chunked */
+  unsigned te_other : 1;   /* it names a coding other than chunked */
+  unsigned te_bad : 1;     /* chunked is not the last coding, or comes twice */
+  uint8_t hosts;           /* (request) Host lines seen, up to 2 */
+  uint32_t ext_len;        /* chunk-extension bytes of the current chunk */
+  uint64_t max_body;       /* body and chunk-extension bytes allowed: over it, 413 (init: no limit) */
+  uint64_t body_bytes;     /* of this message, chunk extensions included */
+  const char *feed_start;  /* the buffer http_parse_feed is running llhttp over */
 };
+
+/* The most bytes of chunk extensions one chunk may carry: over it, 400. */
+#define HTTP_PARSE_MAX_CHUNK_EXT 4096
 
 /* What http_parse_feed returns. */
 #define HTTP_PARSE_MORE 0  /* all bytes taken; the message is not complete */
@@ -47,7 +62,8 @@ struct http_parse_s {
 #define HTTP_PARSE_UPGRADE 2 /* a complete message that switches protocols: what follows is not HTTP */
 #define HTTP_PARSE_ERROR (-1) /* a malformed or refused message (err_status, or 400) */
 
-/* type: HTTP_REQUEST or HTTP_RESPONSE. cb is kept (not copied). */
+/* type: HTTP_REQUEST or HTTP_RESPONSE. cb is kept (not copied). Set max_body after this to limit
+ * the body (the callbacks may check it too). */
 void http_parse_init(http_parse_t *p, llhttp_type_t type, const http_parse_callbacks_t *cb, void *data,
                      uint32_t max_head);
 void http_parse_free(http_parse_t *p);
