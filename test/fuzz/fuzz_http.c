@@ -85,7 +85,14 @@ static void check_message(http_parse_t *p, llhttp_type_t type) {
     }
   }
   FUZZ_CHECK(r == 0 && off == len);
-  FUZZ_CHECK(n == p->nheaders); /* (trailers included) */
+  size_t tlen, toff = 0;
+  const char *trailers = http_parse_trailers(p, &tlen); /* kept apart: they may name anything */
+  while ((r = http_headers_next(trailers, tlen, &toff, &name, &nlen, &value, &vlen)) == 1) {
+    n++;
+    FUZZ_CHECK(nlen > 0 && !has_ws_end(value, vlen));
+  }
+  FUZZ_CHECK(r == 0 && toff == tlen);
+  FUZZ_CHECK(n == p->nheaders); /* headers and trailers */
   if (type != HTTP_REQUEST) return;
   const llhttp_t *l = &p->llhttp;
   FUZZ_CHECK(l->http_major == 1 && l->http_minor <= 1);
