@@ -1,0 +1,149 @@
+/* net_tcp.c -- outbound stream sockets for scripts: resolve, connect, read, write, close.
+ *
+ * A socket is one libuv stream (TCP or Unix-domain) and its send queue (writeq, with a high-water mark
+ * of 0, so every queued write reports when the queue is empty again: a sender waits for that). The owner
+ * (bind_tcp.c) decides everything else: timeouts, retries on the next address, pooling. C never closes
+ * a socket on its own; it reports, and the owner closes. After net_tcp_close no callback runs, even the
+ * ones libuv still calls with UV_ECANCELED (a pending connect, queued writes): `closed` tells them. Reads
+ * land in one buffer per worker, because the owner copies each piece out before the next can arrive. */
+#include "net_tcp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+#include "writeq.h"
+
+struct net_tcp_s {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_connect_t connect_req;
+  writeq_t q;
+  int user_ref;
+  unsigned closed : 1;
+};
+
+#define NET_TCP_READ_BUF 65536
+
+static struct {
+  uv_loop_t *loop;
+  const net_tcp_callbacks_t *cb;
+  char buf[NET_TCP_READ_BUF];
+} net_tcp;
+
+void net_tcp_init(uv_loop_t *loop, const net_tcp_callbacks_t *cb) {
+  net_tcp.loop = loop;
+  net_tcp.cb = cb;
+}
+
+static void net_tcp_drained(writeq_t *q) {
+  net_tcp_t *s = mf_container_of(q, net_tcp_t, q);
+  if (!s->closed) net_tcp.cb->on_sent(s, 0);
+}
+
+static void net_tcp_write_failed(writeq_t *q, int status) {
+  net_tcp_t *s = mf_container_of(q, net_tcp_t, q);
+  if (!s->closed) net_tcp.cb->on_sent(s, status);
+}
+
+net_tcp_t *net_tcp_new(int is_unix) {
+  net_tcp_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  int r = is_unix ? uv_pipe_init(net_tcp.loop, &s->h.pipe, 0) : uv_tcp_init(net_tcp.loop, &s->h.tcp);
+  if (r != 0) {
+    free(s);
+    return NULL;
+  }
+  s->h.handle.data = s;
+  s->user_ref = MF_NO_REF;
+  writeq_init(&s->q, &s->h.stream, 0, net_tcp_drained, net_tcp_write_failed);
+  return s;
+}
+
+static void net_tcp_connected(uv_connect_t *req, int status) {
+  net_tcp_t *s = req->data;
+  if (s->closed) return;
+  if (status == 0 && s->h.handle.type == UV_TCP) uv_tcp_nodelay(&s->h.tcp, 1);
+  net_tcp.cb->on_connect(s, status);
+}
+
+int net_tcp_connect(net_tcp_t *s, const struct sockaddr *addr) {
+  s->connect_req.data = s;
+  return uv_tcp_connect(&s->connect_req, &s->h.tcp, addr, net_tcp_connected);
+}
+
+int net_tcp_connect_unix(net_tcp_t *s, const char *path) {
+  s->connect_req.data = s;
+  uv_pipe_connect(&s->connect_req, &s->h.pipe, path, net_tcp_connected);
+  return 0;
+}
+
+static void net_tcp_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  (void)handle;
+  (void)suggested;
+  *buf = uv_buf_init(net_tcp.buf, sizeof net_tcp.buf);
+}
+
+static void net_tcp_on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
+  net_tcp_t *s = stream->data;
+  (void)buf;
+  if (n == 0 || s->closed) return;
+  if (n < 0) uv_read_stop(stream); /* the owner closes; no more reads meanwhile */
+  net_tcp.cb->on_read(s, net_tcp.buf, n);
+}
+
+int net_tcp_read(net_tcp_t *s, int on) {
+  if (!on) return uv_read_stop(&s->h.stream);
+  int r = uv_read_start(&s->h.stream, net_tcp_alloc, net_tcp_on_read);
+  return r == UV_EALREADY ? 0 : r;
+}
+
+int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n) { return writeq_write(&s->q, bufs, n); }
+
+void net_tcp_keep_loop(net_tcp_t *s, int on) {
+  if (on)
+    uv_ref(&s->h.handle);
+  else
+    uv_unref(&s->h.handle);
+}
+
+static void net_tcp_freed(uv_handle_t *handle) { free(handle->data); }
+
+void net_tcp_close(net_tcp_t *s) {
+  if (s->closed) return;
+  s->closed = 1;
+  uv_close(&s->h.handle, net_tcp_freed);
+}
+
+int *net_tcp_user_ref(net_tcp_t *s) { return &s->user_ref; }
+
+typedef struct {
+  uv_getaddrinfo_t req;
+  net_tcp_resolve_cb cb;
+  void *data;
+} net_tcp_resolve_t;
+
+static void net_tcp_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai) {
+  net_tcp_resolve_t *r = mf_container_of(req, net_tcp_resolve_t, req);
+  r->cb(r->data, status, status == 0 ? ai : NULL);
+  if (ai) uv_freeaddrinfo(ai);
+  free(r);
+}
+
+int net_tcp_resolve(const char *host, net_tcp_resolve_cb cb, void *data) {
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  net_tcp_resolve_t *r = malloc(sizeof *r);
+  if (r == NULL) return UV_ENOMEM;
+  r->cb = cb;
+  r->data = data;
+  int rc = uv_getaddrinfo(net_tcp.loop, &r->req, net_tcp_resolved, host, NULL, &hints);
+  if (rc != 0) free(r);
+  return rc;
+}
