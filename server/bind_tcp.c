@@ -256,7 +256,7 @@ void bind_tcp_emit(lua_State *L, const char *event) {
   luastate_pcall(L, 0, 0, "error closing the socket pools");
 }
 
-void bind_tcp_open(lua_State *L, uv_loop_t *loop) {
+void bind_tcp_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const net_tcp_callbacks_t cbs = {tcp_on_connect, tcp_on_read, tcp_on_sent};
   static const luaL_Reg fns[] = {{"on", tcp_on},       {"new", tcp_new},         {"connect", tcp_connect},
                                  {"read", tcp_read},   {"send", tcp_send},       {"keep_loop", tcp_keep_loop},
@@ -265,5 +265,7 @@ void bind_tcp_open(lua_State *L, uv_loop_t *loop) {
   net_tcp_init(loop, &cbs);
   bind_type_init(L, &sock_type, "socket");
   bind_module_open(L, "moonfork.core.tcp", fns);
+  lua_pushnumber(L, (lua_Number)cfg->resolver_ttl_ms);
+  lua_setfield(L, -2, "resolver_ttl");
   lua_pop(L, 1);
 }

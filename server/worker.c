@@ -317,7 +317,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_core_open(worker.L, worker.loop, cfg);
   bind_http_open(worker.L);
   bind_mesh_open(worker.L);
-  bind_tcp_open(worker.L, worker.loop);
+  bind_tcp_open(worker.L, worker.loop, cfg);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
   mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);

@@ -27,7 +27,7 @@ local DEFAULT_TIMEOUT = 60000    -- ms, for connect, send and read, as OpenResty
 local DEFAULT_IDLE = 60000       -- ms a pooled connection may stay idle
 local DEFAULT_POOL_SIZE = 30
 local READ_HIGH = 1024 * 1024    -- buffered bytes past which reading pauses until someone receives
-_M.resolver_ttl = 5000           -- ms; listen{ resolverTtl = seconds } / --resolver-ttl
+_M.resolver_ttl = ctcp.resolver_ttl or 5000 -- ms: listen{ resolverTtl = seconds } / --resolver-ttl
 
 local Socket = {}
 Socket.__index = Socket
