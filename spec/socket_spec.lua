@@ -114,6 +114,10 @@ describe("moonfork.socket.tcp()", function()
       assert.is_true(got.left > 0 and got.left <= 2500, tostring(got.left))
     end)
 
+    it("tries a name's next address when one refuses", function()
+      assert.are.same({ { 1 }, "PONG", { false, "connection refused" } }, call("/next-address"))
+    end)
+
     it("connects to a Unix-domain socket", function()
       assert.are.same({ { 1 }, "PONG", 1, { false, "closed" } }, call("/unix", "path=" .. up.path))
     end)
@@ -135,10 +139,11 @@ describe("moonfork.socket.tcp()", function()
       assert.are.same({ pooled = 0, reused = 0 }, call("/pool-empty"))
     end)
 
-    it("closes the pools when the worker drains", function()
+    it("closes the pools when the worker drains, and a drain listener may use sockets", function()
       srv:stop()
       srv = helpers.start("socket_app", { "--workers", "1", "--grace", "30" })
       assert.are.same({ reused = { 0 }, pooled = 1 }, call("/pool"))
+      call("/arm-drain") -- and the drain listener talks to the upstream
       assert.are.equal(2, upstream_says(up, "OPEN")) -- the pooled one, and this question
       local c = srv:connect()
       assert(c:send(helpers.build_request("GET", "/hold?port=" .. up.port)))
@@ -146,6 +151,7 @@ describe("moonfork.socket.tcp()", function()
       local resp = assert(c:receive({ timeout = 30 }))
       assert.are.equal(200, resp.status)
       assert.are.same({ open = 1, pooled = 0 }, helpers.json_decode(resp.body))
+      srv:wait_log("drain listener got PONG")
     end)
 
     it("refuses to pool a connection with unread data", function()
