@@ -159,6 +159,13 @@ static int tcp_keep_loop(lua_State *L) {
   return 0;
 }
 
+/* tcp.alive(ud) -> whether a pooled connection may be reused (the peer has not closed it). */
+static int tcp_alive(lua_State *L) {
+  net_tcp_t *s = tcp_arg(L);
+  lua_pushboolean(L, s != NULL && net_tcp_alive(s));
+  return 1;
+}
+
 /* tcp.close(ud): closing twice is fine. */
 static int tcp_close(lua_State *L) {
   bind_obj_t *obj = bind_obj_check(L, 1, &sock_type);
@@ -260,7 +267,8 @@ void bind_tcp_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const net_tcp_callbacks_t cbs = {tcp_on_connect, tcp_on_read, tcp_on_sent};
   static const luaL_Reg fns[] = {{"on", tcp_on},       {"new", tcp_new},         {"connect", tcp_connect},
                                  {"read", tcp_read},   {"send", tcp_send},       {"keep_loop", tcp_keep_loop},
-                                 {"close", tcp_close}, {"resolve", tcp_resolve}, {NULL, NULL}};
+                                 {"close", tcp_close}, {"resolve", tcp_resolve}, {"alive", tcp_alive},
+                                 {NULL, NULL}};
   tcp_L = L;
   net_tcp_init(loop, &cbs);
   bind_type_init(L, &sock_type, "socket");

@@ -8,8 +8,10 @@
  * land in one buffer per worker, because the owner copies each piece out before the next can arrive. */
 #include "net_tcp.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "util.h"
 #include "writeq.h"
@@ -103,6 +105,15 @@ int net_tcp_read(net_tcp_t *s, int on) {
 }
 
 int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n) { return writeq_write(&s->q, bufs, n); }
+
+int net_tcp_alive(net_tcp_t *s) {
+  uv_os_fd_t fd;
+  char c;
+  if (s->closed || uv_fileno(&s->h.handle, &fd) != 0) return 0;
+  ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  return 0; /* 0: the peer closed; > 0: it spoke out of turn. Either way not reusable */
+}
 
 void net_tcp_keep_loop(net_tcp_t *s, int on) {
   if (on)

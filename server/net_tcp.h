@@ -28,6 +28,9 @@ int net_tcp_read(net_tcp_t *s, int on);
 /* Writes bufs (copied where the kernel does not take them at once): 0 when all went out now, 1 when a
  * part is queued (on_sent follows), or a negative UV_E* code. */
 int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n);
+/* 1 when the connection looks usable (nothing has arrived that says the peer closed or failed: a
+ * look at the socket without reading, for a pooled connection about to be reused), else 0. */
+int net_tcp_alive(net_tcp_t *s);
 /* Whether the socket keeps the loop alive (a pooled idle socket does not). */
 void net_tcp_keep_loop(net_tcp_t *s, int on);
 /* Closes the socket: no callback runs after this; the memory goes in libuv's close callback. */

@@ -18,8 +18,8 @@ local find, sub, gsub = string.find, string.sub, string.gsub
 local remove = table.remove
 local running = coroutine.running
 local wait, wake, sclose, adopt, disown = sched.wait, sched.wake, sched.close, sched.adopt, sched.disown
-local tcp_new, tcp_connect, tcp_read, tcp_send, tcp_close, tcp_keep_loop, tcp_resolve =
-  ctcp.new, ctcp.connect, ctcp.read, ctcp.send, ctcp.close, ctcp.keep_loop, ctcp.resolve
+local tcp_new, tcp_connect, tcp_read, tcp_send, tcp_close, tcp_keep_loop, tcp_resolve, tcp_alive =
+  ctcp.new, ctcp.connect, ctcp.read, ctcp.send, ctcp.close, ctcp.keep_loop, ctcp.resolve, ctcp.alive
 
 local _M = { _VERSION = "0.1" }
 
@@ -192,6 +192,10 @@ end
 local function pool_take(self, p, opts, ms)
   while true do
     local conn = remove(p.idle)
+    while conn and not tcp_alive(conn.ud) do -- closed by the peer a moment ago: not reported yet
+      conn_close(conn)
+      conn = remove(p.idle)
+    end
     if conn then
       conn.pooled = false
       if conn.timer then sched.timer_stop(conn.timer) end
