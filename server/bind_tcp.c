@@ -19,9 +19,10 @@
 static bind_type_t sock_type;
 static lua_State *tcp_L; /* the main thread: callbacks never run on the coroutine that made the socket */
 
-enum { CB_CONNECTED, CB_DATA, CB_SENT, CB_RESOLVED, CB_DRAIN, CB_EXIT, CB_COUNT };
-static const char *const tcp_names[CB_COUNT] = {"connected", "data", "sent", "resolved", "drain", "exit"};
-static int tcp_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF};
+enum { CB_CONNECTED, CB_DATA, CB_SENT, CB_RESOLVED, CB_HANDSHAKE, CB_DRAIN, CB_EXIT, CB_COUNT };
+static const char *const tcp_names[CB_COUNT] = {"connected", "data",      "sent", "resolved",
+                                                "handshake", "drain", "exit"};
+static int tcp_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
 #define TCP_MAX_DEPTH 32 /* nesting of tables given to send */
 
@@ -41,7 +42,7 @@ static int tcp_fail(lua_State *L, int r) {
 static net_tcp_t *tcp_arg(lua_State *L) { return bind_obj_check(L, 1, &sock_type)->ptr; }
 
 /* tcp.on{ connected = fn(sock, err), data = fn(sock, chunk | nil, err), sent = fn(sock, err),
- *         resolved = fn(waiter, addrs | nil, err), drain = fn(), exit = fn() } */
+ *         resolved = fn(waiter, addrs | nil, err), handshake = fn(sock, err), drain = fn(), exit = fn() } */
 static int tcp_on(lua_State *L) {
   bind_callbacks_set(L, 1, tcp_names, tcp_refs, CB_COUNT);
   return 0;
@@ -159,6 +160,17 @@ static int tcp_keep_loop(lua_State *L) {
   return 0;
 }
 
+/* tcp.tls(ud, server_name, verify) -> true | nil, err; then handshake(sock, err) */
+static int tcp_tls(lua_State *L) {
+  net_tcp_t *s = tcp_arg(L);
+  const char *name = luaL_optstring(L, 2, NULL);
+  if (s == NULL) return tcp_fail(L, UV_EOF);
+  int r = net_tcp_tls(s, name, lua_toboolean(L, 3));
+  if (r != 0) return tcp_fail(L, r);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* tcp.alive(ud) -> whether a pooled connection may be reused (the peer has not closed it). */
 static int tcp_alive(lua_State *L) {
   net_tcp_t *s = tcp_arg(L);
@@ -256,6 +268,15 @@ static void tcp_on_sent(net_tcp_t *s, int status) {
   tcp_report(s, CB_SENT, status, "error in a socket's send callback");
 }
 
+static void tcp_on_handshake(net_tcp_t *s, const char *err) {
+  if (!tcp_push_call(s, CB_HANDSHAKE)) return;
+  if (err)
+    lua_pushstring(tcp_L, err);
+  else
+    lua_pushnil(tcp_L);
+  luastate_pcall(tcp_L, 2, 0, "error in a socket's handshake callback");
+}
+
 void bind_tcp_emit(lua_State *L, const char *event) {
   int cb = strcmp(event, "exit") == 0 ? CB_EXIT : CB_DRAIN;
   if (tcp_refs[cb] == LUA_NOREF) return;
@@ -264,11 +285,11 @@ void bind_tcp_emit(lua_State *L, const char *event) {
 }
 
 void bind_tcp_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
-  static const net_tcp_callbacks_t cbs = {tcp_on_connect, tcp_on_read, tcp_on_sent};
+  static const net_tcp_callbacks_t cbs = {tcp_on_connect, tcp_on_read, tcp_on_sent, tcp_on_handshake};
   static const luaL_Reg fns[] = {{"on", tcp_on},       {"new", tcp_new},         {"connect", tcp_connect},
                                  {"read", tcp_read},   {"send", tcp_send},       {"keep_loop", tcp_keep_loop},
                                  {"close", tcp_close}, {"resolve", tcp_resolve}, {"alive", tcp_alive},
-                                 {NULL, NULL}};
+                                 {"tls", tcp_tls},     {NULL, NULL}};
   tcp_L = L;
   net_tcp_init(loop, &cbs);
   bind_type_init(L, &sock_type, "socket");

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "net_tls.h"
 #include "util.h"
 #include "writeq.h"
 
@@ -25,6 +26,7 @@ struct net_tcp_s {
   } h;
   uv_connect_t connect_req;
   writeq_t q;
+  net_tls_t *tls; /* after net_tcp_tls: what is read and written goes through it */
   int user_ref;
   unsigned closed : 1;
 };
@@ -95,7 +97,10 @@ static void net_tcp_on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
   (void)buf;
   if (n == 0 || s->closed) return;
   if (n < 0) uv_read_stop(stream); /* the owner closes; no more reads meanwhile */
-  net_tcp.cb->on_read(s, net_tcp.buf, n);
+  if (s->tls && n > 0)
+    net_tls_feed(s->tls, net_tcp.buf, (size_t)n);
+  else
+    net_tcp.cb->on_read(s, net_tcp.buf, n);
 }
 
 int net_tcp_read(net_tcp_t *s, int on) {
@@ -104,7 +109,36 @@ int net_tcp_read(net_tcp_t *s, int on) {
   return r == UV_EALREADY ? 0 : r;
 }
 
-int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n) { return writeq_write(&s->q, bufs, n); }
+int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n) {
+  if (s->tls) return net_tls_write(s->tls, bufs, n);
+  return writeq_write(&s->q, bufs, n);
+}
+
+static int net_tcp_send_raw(void *owner, const char *p, size_t n) {
+  net_tcp_t *s = owner;
+  if (s->closed) return UV_ECANCELED;
+  uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+  return writeq_write(&s->q, &b, 1);
+}
+
+static void net_tcp_plain(void *owner, const char *p, ssize_t n) {
+  net_tcp_t *s = owner;
+  if (!s->closed) net_tcp.cb->on_read(s, p, n);
+}
+
+static void net_tcp_handshake(void *owner, const char *err) {
+  net_tcp_t *s = owner;
+  if (!s->closed) net_tcp.cb->on_handshake(s, err);
+}
+
+int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify) {
+  static const net_tls_io_t io = {net_tcp_send_raw, net_tcp_plain, net_tcp_handshake};
+  if (s->tls) return UV_EALREADY;
+  s->tls = net_tls_new(server_name, verify, &io, s);
+  if (s->tls == NULL) return UV_ENOMEM;
+  int r = net_tcp_read(s, 1);
+  return r != 0 ? r : net_tls_start(s->tls);
+}
 
 int net_tcp_alive(net_tcp_t *s) {
   uv_os_fd_t fd;
@@ -112,6 +146,7 @@ int net_tcp_alive(net_tcp_t *s) {
   if (s->closed || uv_fileno(&s->h.handle, &fd) != 0) return 0;
   ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
   if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  if (r > 0 && s->tls) return 1; /* TLS records (a session ticket) need not be data */
   return 0; /* 0: the peer closed; > 0: it spoke out of turn. Either way not reusable */
 }
 
@@ -122,7 +157,11 @@ void net_tcp_keep_loop(net_tcp_t *s, int on) {
     uv_unref(&s->h.handle);
 }
 
-static void net_tcp_freed(uv_handle_t *handle) { free(handle->data); }
+static void net_tcp_freed(uv_handle_t *handle) {
+  net_tcp_t *s = handle->data;
+  net_tls_free(s->tls);
+  free(s);
+}
 
 void net_tcp_close(net_tcp_t *s) {
   if (s->closed) return;

@@ -13,6 +13,7 @@ typedef struct {
   void (*on_connect)(net_tcp_t *s, int status);
   void (*on_read)(net_tcp_t *s, const char *data, ssize_t n);
   void (*on_sent)(net_tcp_t *s, int status);
+  void (*on_handshake)(net_tcp_t *s, const char *err); /* err NULL: TLS is up */
 } net_tcp_callbacks_t;
 
 /* The worker's loop and callbacks, once, before any other call. */
@@ -31,6 +32,9 @@ int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n);
 /* 1 when the connection looks usable (nothing has arrived that says the peer closed or failed: a
  * look at the socket without reading, for a pooled connection about to be reused), else 0. */
 int net_tcp_alive(net_tcp_t *s);
+/* Starts TLS on a connected socket (net_tls.h: SNI server_name, verification); on_handshake follows,
+ * then reads and writes carry plaintext. 0 or a negative UV_E* code. */
+int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify);
 /* Whether the socket keeps the loop alive (a pooled idle socket does not). */
 void net_tcp_keep_loop(net_tcp_t *s, int on);
 /* Closes the socket: no callback runs after this; the memory goes in libuv's close callback. */

@@ -186,3 +186,64 @@ describe("moonfork.socket.tcp()", function()
     end)
   end)
 end)
+
+describe("sock:sslhandshake()", function()
+  local dir, ca, server
+
+  -- a CA and a certificate for localhost made here, and openssl s_server -www presenting it
+  before_each(function()
+    dir = helpers.mktempdir()
+    local q = function(name) return helpers.shell_quote(dir .. "/" .. name) end
+    local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    assert(helpers.sh("openssl req -x509 " .. ec .. " -keyout " .. q("ca.key") .. " -out " .. q("ca.pem")
+      .. " -days 2 -subj '/CN=moonfork spec CA' >/dev/null 2>&1"), "openssl: the CA")
+    assert(helpers.sh("openssl req " .. ec .. " -keyout " .. q("srv.key") .. " -out " .. q("srv.csr")
+      .. " -subj '/CN=localhost' >/dev/null 2>&1"), "openssl: the request")
+    helpers.write_file(dir .. "/ext", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    assert(helpers.sh("openssl x509 -req -in " .. q("srv.csr") .. " -CA " .. q("ca.pem") .. " -CAkey "
+      .. q("ca.key") .. " -CAcreateserial -out " .. q("srv.pem") .. " -days 2 -extfile " .. q("ext")
+      .. " >/dev/null 2>&1"), "openssl: the certificate")
+    ca = dir .. "/ca.pem"
+    local port = free_port()
+    server = helpers.bg_start({ "openssl", "s_server", "-accept", "127.0.0.1:" .. port, "-cert", dir .. "/srv.pem",
+      "-key", dir .. "/srv.key", "-www", "-quiet" })
+    server.port = port
+    assert(helpers.wait_for(function()
+      local c = socket.connect("127.0.0.1", port)
+      if c then c:close() end
+      return c ~= nil
+    end, 10), "openssl s_server never listened")
+  end)
+
+  after_each(function()
+    helpers.stop_all()
+    helpers.bg_stop(server.proc or server, "KILL")
+    helpers.sh("rm -rf " .. helpers.shell_quote(dir))
+  end)
+
+  local function tls(srv, query)
+    local resp = assert(srv:get("/tls?port=" .. server.port .. "&" .. query))
+    assert.are.equal(200, resp.status, resp.body)
+    return helpers.json_decode(resp.body)
+  end
+
+  it("verifies the peer against the CA store and its name, then carries data", function()
+    local srv = helpers.start_env("socket_app", { "--workers", "1" }, { SSL_CERT_FILE = ca })
+    local got = tls(srv, "name=localhost&verify=1")
+    assert.are.same({ true }, got.hs)
+    assert.are.equal("HTTP/1.0 200 ok", got.line)
+  end)
+
+  it("fails with the reason for a wrong name or an unknown CA; without verify it connects", function()
+    local srv = helpers.start_env("socket_app", { "--workers", "1" }, { SSL_CERT_FILE = ca })
+    assert.are.same({ false, "certificate verify failed: hostname mismatch" },
+      tls(srv, "name=wrong.example&verify=1").hs)
+    srv:stop()
+    srv = helpers.start("socket_app", { "--workers", "1" }) -- the system's store: our CA is unknown
+    assert.are.same({ false, "certificate verify failed: unable to get local issuer certificate" },
+      tls(srv, "name=localhost&verify=1").hs)
+    local got = tls(srv, "name=localhost")
+    assert.are.same({ true }, got.hs)
+    assert.are.equal("HTTP/1.0 200 ok", got.line)
+  end)
+end)

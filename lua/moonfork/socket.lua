@@ -18,8 +18,8 @@ local find, sub, gsub = string.find, string.sub, string.gsub
 local remove = table.remove
 local running = coroutine.running
 local wait, wake, sclose, adopt, disown = sched.wait, sched.wake, sched.close, sched.adopt, sched.disown
-local tcp_new, tcp_connect, tcp_read, tcp_send, tcp_close, tcp_keep_loop, tcp_resolve, tcp_alive =
-  ctcp.new, ctcp.connect, ctcp.read, ctcp.send, ctcp.close, ctcp.keep_loop, ctcp.resolve, ctcp.alive
+local tcp_new, tcp_connect, tcp_read, tcp_send, tcp_close, tcp_keep_loop, tcp_resolve, tcp_alive, tcp_tls =
+  ctcp.new, ctcp.connect, ctcp.read, ctcp.send, ctcp.close, ctcp.keep_loop, ctcp.resolve, ctcp.alive, ctcp.tls
 
 local _M = { _VERSION = "0.1" }
 
@@ -119,12 +119,17 @@ ctcp.on {
       end
     else
       conn.eof, conn.reading = err, false
+      if conn.hco then wake(conn.hco, nil, err) end
     end
     local co = conn.rco
     if co then wake(co, true) end
   end,
   sent = function(conn, err)
     local co = conn.wco
+    if co then wake(co, err == nil or nil, err) end
+  end,
+  handshake = function(conn, err)
+    local co = conn.hco
     if co then wake(co, err == nil or nil, err) end
   end,
   resolved = function(w, addrs, err)
@@ -423,6 +428,35 @@ function Socket:receiveuntil(pattern, opts)
     error("sock:receiveuntil(pattern): pattern must be a non-empty string", 2)
   end
   return until_reader(self, pattern, opts and opts.inclusive)
+end
+
+---------------------------------------------------------------------------------------------------
+-- TLS
+
+-- sock:sslhandshake(reused_session, server_name, verify) -> true | nil, err. SNI with server_name;
+-- with verify, the chain against the system's CA store and the name against server_name. A pooled
+-- connection that already speaks TLS returns true at once. (Sessions are not resumed yet: the first
+-- argument is accepted and ignored, and no session object is returned.)
+function Socket:sslhandshake(reused_session, server_name, verify)
+  local conn = self._c
+  if not conn or conn.closed then return nil, "closed" end
+  if server_name ~= nil and type(server_name) ~= "string" then
+    error("sock:sslhandshake(session, server_name, verify): server_name must be a string", 2)
+  end
+  if conn.tls then return true end
+  if #conn.buf > 0 then
+    self:_fail()
+    return nil, "data arrived before the TLS handshake"
+  end
+  local ok, err = tcp_tls(conn.ud, server_name, verify and true or false)
+  conn.reading = true
+  if ok then ok, err = wait_on(conn, "hco", timeout_of(self._rt)) end
+  if not ok then
+    self:_fail()
+    return nil, err
+  end
+  conn.tls = true
+  return true
 end
 
 ---------------------------------------------------------------------------------------------------
