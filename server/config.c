@@ -55,6 +55,8 @@ static const opt_t opts[] = {
      "seconds a handler has to start its response, else 503 (default 60)"},
     {"send-timeout", "sendTimeout", NULL, OPT_SECONDS, OFF(send_timeout_ms), 0, 0, F_WORKER,
      "seconds a client may read nothing of a response before it is closed, 0 = never (default 60)"},
+    {"resolver-ttl", "resolverTtl", NULL, OPT_SECONDS, OFF(resolver_ttl_ms), 0, 0, F_WORKER,
+     "seconds a worker keeps the addresses of a host name its sockets resolved (default 5)"},
     {"max-connections", "maxConnections", NULL, OPT_INT, OFF(max_connections), 1, 1000000, F_WORKER,
      "open connections per worker before it stops accepting (default 10000)"},
     {"reuseport", "reuseport", NULL, OPT_FLAG, OFF(reuseport), 0, 0, F_WORKER,
@@ -104,6 +106,7 @@ void mf_config_defaults(mf_config_t *cfg) {
   cfg->max_connections = 10000;
   cfg->watchdog_ms = 30000;
   cfg->sched_slice_us = 300;
+  cfg->resolver_ttl_ms = 5000;
 }
 
 /* A size as the command line writes it: "1g", "1m", "64k" when whole, else bytes. */

@@ -22,6 +22,7 @@ typedef struct {
   uint64_t request_timeout_ms;
   uint64_t send_timeout_ms; /* a client that reads none of its response for this long is closed */
   uint64_t body_timeout_ms; /* the whole of a request body must arrive within this */
+  uint64_t resolver_ttl_ms; /* how long a worker caches a resolved host name (socket.lua) */
   uint64_t max_body_memory; /* request bodies one worker buffers at once */
   long max_connections;
   long reuseport;      /* a listening socket per worker slot (reuseport.c) */

@@ -1,7 +1,7 @@
 -- moonfork: what scripts require: listen(), http.createServer(), timers and sleep.
 local core = require "moonfork.core"
 
-local type, select, error = type, select, error
+local type, select, error, setmetatable = type, select, error, setmetatable
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -35,6 +35,7 @@ if master then
   _M.static = function() return function() return false end end
   _M.log = function() end
   _M.on = function() end
+  _M.socket = { tcp = function() return setmetatable({}, { __index = function() return function() return nil, "closed" end end }) end }
   return _M
 end
 
@@ -72,6 +73,7 @@ _M.sleep = sched.sleep
 _M.now = core.now
 _M.log = core.log
 _M.static = require "moonfork.static"
+_M.socket = require "moonfork.socket"
 
 local function check(ms, fn, name)
   if type(ms) ~= "number" or not (ms >= 0 and ms <= sched.MAX_MS) then

@@ -50,8 +50,21 @@ local function handler(err)
   return traceback(message(err), 2)
 end
 
+-- Objects a callback opened and must not outlive it (sockets): pooled coroutine -> { [obj] = closer }.
+local adopted = setmetatable({}, weak)
+
+local function release(co)
+  local set = adopted[co]
+  adopted[co] = nil
+  for obj, closer in pairs(set) do
+    local ok, err = xpcall(closer, handler, obj)
+    if not ok then log("error closing what a callback left open: " .. tostring(err)) end
+  end
+end
+
 -- The body of every pooled coroutine. on_error(trace, a, b, c) gets a failure's message+traceback.
 local function body(fn, a, b, c, on_error)
+  local me = running()
   while true do
     local ok, trace = xpcall(fn, handler, a, b, c)
     if not ok then
@@ -62,6 +75,7 @@ local function body(fn, a, b, c, on_error)
         log("error in callback: " .. trace)
       end
     end
+    if adopted[me] then release(me) end
     fn, a, b, c, on_error = nil, nil, nil, nil, nil -- let them go while parked
     fn, a, b, c, on_error = yield(DONE)
   end
@@ -139,6 +153,25 @@ function _M.wait(ms, owner)
   if owner ~= nil and type(owner) ~= "table" then error("sched.wait(ms, owner): owner must be a table", 2) end
   local co, root = waiter("sched.wait()")
   return suspend(co, root, ms, owner)
+end
+
+-- closer(obj) runs when the callback the caller runs in (a handler, a timer...) returns, unless
+-- disown(obj) came first; returns the pooled coroutine that owns obj (nil outside any callback).
+function _M.adopt(obj, closer)
+  local root = root_of(running())
+  if not root then return nil end
+  local set = adopted[root]
+  if not set then
+    set = {}
+    adopted[root] = set
+  end
+  set[obj] = closer
+  return root
+end
+
+function _M.disown(obj, root)
+  local set = root and adopted[root]
+  if set then set[obj] = nil end
 end
 
 -- Forgets co's wait (its timeout, its owner) without resuming it.

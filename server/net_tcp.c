@@ -1,0 +1,199 @@
+/* net_tcp.c -- outbound stream sockets for scripts: resolve, connect, read, write, close.
+ *
+ * A socket is one libuv stream (TCP or Unix-domain) and its send queue (writeq, with a high-water mark
+ * of 0, so every queued write reports when the queue is empty again: a sender waits for that). The owner
+ * (bind_tcp.c) decides everything else: timeouts, retries on the next address, pooling. C never closes
+ * a socket on its own; it reports, and the owner closes. After net_tcp_close no callback runs, even the
+ * ones libuv still calls with UV_ECANCELED (a pending connect, queued writes): `closed` tells them. Reads
+ * land in one buffer per worker, because the owner copies each piece out before the next can arrive. */
+#include "net_tcp.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "net_tls.h"
+#include "util.h"
+#include "writeq.h"
+
+struct net_tcp_s {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_connect_t connect_req;
+  writeq_t q;
+  net_tls_t *tls; /* after net_tcp_tls: what is read and written goes through it */
+  int user_ref;
+  unsigned closed : 1;
+};
+
+#define NET_TCP_READ_BUF 65536
+
+static struct {
+  uv_loop_t *loop;
+  const net_tcp_callbacks_t *cb;
+  char buf[NET_TCP_READ_BUF];
+} net_tcp;
+
+void net_tcp_init(uv_loop_t *loop, const net_tcp_callbacks_t *cb) {
+  net_tcp.loop = loop;
+  net_tcp.cb = cb;
+}
+
+static void net_tcp_drained(writeq_t *q) {
+  net_tcp_t *s = mf_container_of(q, net_tcp_t, q);
+  if (!s->closed) net_tcp.cb->on_sent(s, 0);
+}
+
+static void net_tcp_write_failed(writeq_t *q, int status) {
+  net_tcp_t *s = mf_container_of(q, net_tcp_t, q);
+  if (!s->closed) net_tcp.cb->on_sent(s, status);
+}
+
+net_tcp_t *net_tcp_new(int is_unix) {
+  net_tcp_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  int r = is_unix ? uv_pipe_init(net_tcp.loop, &s->h.pipe, 0) : uv_tcp_init(net_tcp.loop, &s->h.tcp);
+  if (r != 0) {
+    free(s);
+    return NULL;
+  }
+  s->h.handle.data = s;
+  s->user_ref = MF_NO_REF;
+  writeq_init(&s->q, &s->h.stream, 0, net_tcp_drained, net_tcp_write_failed);
+  return s;
+}
+
+static void net_tcp_connected(uv_connect_t *req, int status) {
+  net_tcp_t *s = req->data;
+  if (s->closed) return;
+  if (status == 0 && s->h.handle.type == UV_TCP) uv_tcp_nodelay(&s->h.tcp, 1);
+  net_tcp.cb->on_connect(s, status);
+}
+
+int net_tcp_connect(net_tcp_t *s, const struct sockaddr *addr) {
+  s->connect_req.data = s;
+  return uv_tcp_connect(&s->connect_req, &s->h.tcp, addr, net_tcp_connected);
+}
+
+int net_tcp_connect_unix(net_tcp_t *s, const char *path) {
+  s->connect_req.data = s;
+  uv_pipe_connect(&s->connect_req, &s->h.pipe, path, net_tcp_connected);
+  return 0;
+}
+
+static void net_tcp_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  (void)handle;
+  (void)suggested;
+  *buf = uv_buf_init(net_tcp.buf, sizeof net_tcp.buf);
+}
+
+static void net_tcp_on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
+  net_tcp_t *s = stream->data;
+  (void)buf;
+  if (n == 0 || s->closed) return;
+  if (n < 0) uv_read_stop(stream); /* the owner closes; no more reads meanwhile */
+  if (s->tls && n > 0)
+    net_tls_feed(s->tls, net_tcp.buf, (size_t)n);
+  else
+    net_tcp.cb->on_read(s, net_tcp.buf, n);
+}
+
+int net_tcp_read(net_tcp_t *s, int on) {
+  if (!on) return uv_read_stop(&s->h.stream);
+  int r = uv_read_start(&s->h.stream, net_tcp_alloc, net_tcp_on_read);
+  return r == UV_EALREADY ? 0 : r;
+}
+
+int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n) {
+  if (s->tls) return net_tls_write(s->tls, bufs, n);
+  return writeq_write(&s->q, bufs, n);
+}
+
+static int net_tcp_send_raw(void *owner, const char *p, size_t n) {
+  net_tcp_t *s = owner;
+  if (s->closed) return UV_ECANCELED;
+  uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+  return writeq_write(&s->q, &b, 1);
+}
+
+static void net_tcp_plain(void *owner, const char *p, ssize_t n) {
+  net_tcp_t *s = owner;
+  if (!s->closed) net_tcp.cb->on_read(s, p, n);
+}
+
+static void net_tcp_handshake(void *owner, const char *err) {
+  net_tcp_t *s = owner;
+  if (!s->closed) net_tcp.cb->on_handshake(s, err);
+}
+
+int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify) {
+  static const net_tls_io_t io = {net_tcp_send_raw, net_tcp_plain, net_tcp_handshake};
+  if (s->tls) return UV_EALREADY;
+  s->tls = net_tls_new(server_name, verify, &io, s);
+  if (s->tls == NULL) return UV_ENOMEM;
+  int r = net_tcp_read(s, 1);
+  return r != 0 ? r : net_tls_start(s->tls);
+}
+
+int net_tcp_alive(net_tcp_t *s) {
+  uv_os_fd_t fd;
+  char c;
+  if (s->closed || uv_fileno(&s->h.handle, &fd) != 0) return 0;
+  ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  if (r > 0 && s->tls) return 1; /* TLS records (a session ticket) need not be data */
+  return 0; /* 0: the peer closed; > 0: it spoke out of turn. Either way not reusable */
+}
+
+void net_tcp_keep_loop(net_tcp_t *s, int on) {
+  if (on)
+    uv_ref(&s->h.handle);
+  else
+    uv_unref(&s->h.handle);
+}
+
+static void net_tcp_freed(uv_handle_t *handle) {
+  net_tcp_t *s = handle->data;
+  net_tls_free(s->tls);
+  free(s);
+}
+
+void net_tcp_close(net_tcp_t *s) {
+  if (s->closed) return;
+  s->closed = 1;
+  uv_close(&s->h.handle, net_tcp_freed);
+}
+
+int *net_tcp_user_ref(net_tcp_t *s) { return &s->user_ref; }
+
+typedef struct {
+  uv_getaddrinfo_t req;
+  net_tcp_resolve_cb cb;
+  void *data;
+} net_tcp_resolve_t;
+
+static void net_tcp_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai) {
+  net_tcp_resolve_t *r = mf_container_of(req, net_tcp_resolve_t, req);
+  r->cb(r->data, status, status == 0 ? ai : NULL);
+  if (ai) uv_freeaddrinfo(ai);
+  free(r);
+}
+
+int net_tcp_resolve(const char *host, net_tcp_resolve_cb cb, void *data) {
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  net_tcp_resolve_t *r = malloc(sizeof *r);
+  if (r == NULL) return UV_ENOMEM;
+  r->cb = cb;
+  r->data = data;
+  int rc = uv_getaddrinfo(net_tcp.loop, &r->req, net_tcp_resolved, host, NULL, &hints);
+  if (rc != 0) free(r);
+  return rc;
+}
