@@ -2,9 +2,12 @@
  *
  * A connection handles one request at a time. The parser (http_parse.c) pauses at the end of each
  * message; bytes that arrive after it (pipelined requests) wait in `pending` until the response is
- * finished, so responses always leave in request order. Lua never runs inside an llhttp callback: the
- * request is handed over only after the parser returned, and a response finished from inside Lua
- * resumes the parser later, from an idle handle, never re-entering the Lua state that called us.
+ * finished, so responses always leave in request order. A request whose body is still arriving at the
+ * end of the read that completed its head goes to the handler then, and the parser stays on that body
+ * until it has been read or dropped (http_body.c) before anything waits in `pending`. Lua never runs
+ * inside an llhttp callback: the request is handed over only after the parser returned, and a response
+ * finished from inside Lua resumes the parser later, from an idle handle, never re-entering the Lua
+ * state that called us.
  *
  * Reads land in one buffer shared by the whole worker (libuv hands it back before the next read), so an
  * idle keep-alive connection costs only its struct: no per-connection read buffer. */

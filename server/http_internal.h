@@ -32,7 +32,7 @@ enum http_body_mode {
 enum http_conn_state {
   HTTP_CONN_IDLE,     /* between requests: waiting for the first byte */
   HTTP_CONN_HEAD,     /* receiving the request line and headers */
-  HTTP_CONN_BODY,     /* receiving the body */
+  HTTP_CONN_BODY,     /* receiving the body (or dropping one its finished response left unread) */
   HTTP_CONN_HANDLING, /* the handler has the request; its response is not finished */
   HTTP_CONN_CLOSING,  /* our response is out, FIN sent: discarding input until the client closes */
   HTTP_CONN_TAKEN,    /* handed over to another protocol (http_conn_takeover) */
