@@ -20,14 +20,15 @@
 
 static bind_type_t conn_type;
 
-enum { CB_REQUEST, CB_CLOSE, CB_DRAIN, CB_COUNT };
-static const char *const http_names[CB_COUNT] = {"request", "close", "drain"};
-static int http_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF};
+enum { CB_REQUEST, CB_CLOSE, CB_DRAIN, CB_BODY, CB_COUNT };
+static const char *const http_names[CB_COUNT] = {"request", "close", "drain", "body"};
+static int http_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
 int bind_http_serving(void) { return http_refs[CB_REQUEST] != LUA_NOREF; }
 
 /* http.on{ request = fn(conn, gen, method, url, version, head, body, trailers) -> res, close = fn(res),
- *          drain = fn(res) } (once: moonfork.listen) */
+ *          drain = fn(res), body = fn(res, ended, trailers) } (once: moonfork.listen). body is false
+ * when it is still arriving: http.read gets it, and `body` says when to ask again. */
 static int http_on(lua_State *L) {
   if (bind_http_serving()) return luaL_error(L, "moonfork.listen() was already called");
   bind_callbacks_set(L, 1, http_names, http_refs, CB_COUNT);
@@ -244,11 +245,38 @@ static int core_abort(lua_State *L) {
 static int core_remote(lua_State *L);
 static int core_headers(lua_State *L);
 
+/* http.read(conn, gen, whole) -> the next piece (whole: the whole body) | nil at the end | false: wait
+ * for the `body` callback | nil, "closed" / "timeout" / "too large" (see http_conn_body_read). */
+static int core_read(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
+  const char *data;
+  size_t len;
+  int r = c ? http_conn_body_read(c, gen, lua_toboolean(L, 3), &data, &len) : UV_EPIPE;
+  switch (r) {
+    case HTTP_BODY_PIECE:
+      lua_pushlstring(L, data, len);
+      http_conn_body_taken(c);
+      return 1;
+    case HTTP_BODY_END:
+      lua_pushnil(L);
+      return 1;
+    case HTTP_BODY_WAIT:
+      lua_pushboolean(L, 0);
+      return 1;
+    default:
+      lua_pushnil(L);
+      lua_pushstring(L, r == UV_ETIMEDOUT ? "timeout" : r == UV_EMSGSIZE ? "too large" : "closed");
+      return 2;
+  }
+}
+
 void bind_http_open(lua_State *L) {
   token_init();
   ctl_init();
   static const luaL_Reg fns[] = {{"on", http_on},         {"send", core_send},       {"abort", core_abort},
-                                 {"remote", core_remote}, {"headers", core_headers}, {NULL, NULL}};
+                                 {"remote", core_remote}, {"headers", core_headers},
+                                 {"read", core_read},     {NULL, NULL}};
   bind_type_init(L, &conn_type, "connection");
   bind_module_open(L, "moonfork.core.http", fns);
   lua_pop(L, 1);
@@ -325,7 +353,10 @@ int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_re
   else
     lua_pushfstring(L, "%d.%d", req->http_major, req->http_minor);
   lua_pushlstring(L, req->headers, req->headers_len); /* as the parser packed them */
-  lua_pushlstring(L, req->body, req->body_len);
+  if (req->body != NULL)
+    lua_pushlstring(L, req->body, req->body_len);
+  else
+    lua_pushboolean(L, 0); /* still arriving */
   if (req->trailers_len > 0) /* rare: nil costs nothing */
     lua_pushlstring(L, req->trailers, req->trailers_len);
   else
@@ -357,4 +388,17 @@ void bind_http_on_drain(void *data, http_conn_t *c) {
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF || !bind_push_call(L, http_refs[CB_DRAIN], bind_obj_at(L, *ref))) return;
   luastate_pcall(L, 1, 0, "error in drain handler");
+}
+
+/* A body still arriving has news for its handler: body(res, ended, trailers). */
+void bind_http_on_body(void *data, http_conn_t *c, int end, const char *trailers, size_t trailers_len) {
+  lua_State *L = data;
+  int *ref = http_conn_user_ref(c);
+  if (*ref == LUA_NOREF || !bind_push_call(L, http_refs[CB_BODY], bind_obj_at(L, *ref))) return;
+  lua_pushboolean(L, end);
+  if (trailers_len > 0)
+    lua_pushlstring(L, trailers, trailers_len);
+  else
+    lua_pushnil(L);
+  luastate_pcall(L, 3, 0, "error in body handler");
 }

@@ -14,5 +14,6 @@ int bind_http_serving(void);
 int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_request_t *req);
 void bind_http_on_conn_closed(void *data, http_conn_t *c, int in_flight);
 void bind_http_on_drain(void *data, http_conn_t *c);
+void bind_http_on_body(void *data, http_conn_t *c, int end, const char *trailers, size_t trailers_len);
 
 #endif

@@ -26,6 +26,8 @@ typedef struct {
   /* The trailer fields after a chunked body, packed the same way; never merged into the headers. */
   const char *trailers;
   size_t trailers_len;
+  /* The whole body; NULL when it is still arriving (the request went to the handler at the end of its
+   * head: the handler reads the body with http_conn_body_read). */
   const char *body;
   size_t body_len;
 } http_request_t;
@@ -45,6 +47,10 @@ typedef struct {
   void (*on_drained)(void *data);
   /* The response count reached the limit set with http_server_set_request_limit (may be NULL). */
   void (*on_limit)(void *data, uint64_t requests);
+  /* A body still arriving (req->body NULL) has news for a handler that waits in http_conn_body_read:
+   * a piece, an error, or its end (end = 1, with the trailer fields packed as the headers are, valid
+   * during the call). Also called at the end when there are trailers. May be NULL. */
+  void (*on_body)(void *data, http_conn_t *conn, int end, const char *trailers, size_t trailers_len);
 } http_callbacks_t;
 
 /* Creates a server that will accept on the listening socket `fd` (already bound and listening).
@@ -109,6 +115,18 @@ typedef void (*http_takeover_cb)(void *arg, int fd, const char *rest, size_t res
  * connection closed. Returns 0, UV_EPIPE when the request is gone, UV_EINVAL when it asked for no
  * upgrade or no head was written. */
 int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *arg);
+/* What http_conn_body_read returns (or a negative UV_E* code: UV_EPIPE the request is gone,
+ * UV_ETIMEDOUT the body did not arrive in time, UV_EMSGSIZE it is over --max-body, another: the
+ * client sent something unusable and was answered with an error). */
+#define HTTP_BODY_END 0   /* the body has all been read */
+#define HTTP_BODY_PIECE 1 /* *data, *len: the next piece (whole: the whole body); http_conn_body_taken next */
+#define HTTP_BODY_WAIT 2  /* nothing yet: on_body will say when to ask again */
+/* Reads the body of request `gen` while it arrives (req->body was NULL). whole = 0: the next piece;
+ * whole = 1: the whole body once complete. The first call chooses; a piece is dropped once taken, so
+ * a streamed body never sits whole in memory (reading stops while HTTP_BODY_UNREAD waits unread). */
+int http_conn_body_read(http_conn_t *c, uint32_t gen, int whole, const char **data, size_t *len);
+/* The piece http_conn_body_read gave is copied: its bytes may go. */
+void http_conn_body_taken(http_conn_t *c);
 /* The connection's slot for its owner's use (the Lua binding keeps a registry ref there). */
 int *http_conn_user_ref(http_conn_t *c);
 /* The peer's address ("127.0.0.1"), looked up on first use. */

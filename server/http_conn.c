@@ -2,9 +2,12 @@
  *
  * A connection handles one request at a time. The parser (http_parse.c) pauses at the end of each
  * message; bytes that arrive after it (pipelined requests) wait in `pending` until the response is
- * finished, so responses always leave in request order. Lua never runs inside an llhttp callback: the
- * request is handed over only after the parser returned, and a response finished from inside Lua
- * resumes the parser later, from an idle handle, never re-entering the Lua state that called us.
+ * finished, so responses always leave in request order. A request whose body is still arriving at the
+ * end of the read that completed its head goes to the handler then, and the parser stays on that body
+ * until it has been read or dropped (http_body.c) before anything waits in `pending`. Lua never runs
+ * inside an llhttp callback: the request is handed over only after the parser returned, and a response
+ * finished from inside Lua resumes the parser later, from an idle handle, never re-entering the Lua
+ * state that called us.
  *
  * Reads land in one buffer shared by the whole worker (libuv hands it back before the next read), so an
  * idle keep-alive connection costs only its struct: no per-connection read buffer. */
@@ -25,7 +28,6 @@ static void conn_process(http_conn_t *c, const char *data, size_t len);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void takeover_finish(http_conn_t *c);
-static void conn_body_release(http_conn_t *c);
 
 /* ---- timers ---------------------------------------------------------------------------------- */
 
@@ -89,10 +91,17 @@ static void conn_expired(http_conn_t *c) {
       break;
     case HTTP_CONN_HEAD:
     case HTTP_CONN_BODY:
-      http_conn_fail(c, 408);
+      if (c->body_mode == HTTP_BODY_DISCARD) /* our response is out: only the dropped body is late */
+        http_conn_close(c);
+      else
+        http_conn_fail(c, 408);
       break;
     case HTTP_CONN_HANDLING:
-      if (!c->head_sent) {
+      if (c->body_open && !c->read_paused) { /* a body still arriving, while the handler has it */
+        http_body_fail(c, 408);
+        http_conn_fail(c, 408);
+        http_body_tell(c);
+      } else if (!c->head_sent) {
         mf_log("request timed out after %.1f s without a response; answering 503",
                (double)c->srv->cfg->request_timeout_ms / 1000.0);
         http_conn_fail(c, 503);
@@ -176,7 +185,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
   http_conn_timer(c, HTTP_LINGER_MS);
 }
 
-static void conn_read_again(http_conn_t *c) {
+void http_conn_read_again(http_conn_t *c) {
   if (!c->read_paused) return;
   c->read_paused = 0;
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -190,7 +199,7 @@ void http_conn_end(http_conn_t *c) {
   /* With bytes still queued the send timeout watches them; the linger starts in on_shutdown, once
    * they are out (a slow reader of a large response is not cut off). */
   http_conn_timer(c, writeq_size(&c->wq) == 0 ? HTTP_LINGER_MS : 0);
-  conn_read_again(c); /* so the linger sees the client's FIN */
+  http_conn_read_again(c); /* so the linger sees the client's FIN */
   if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
 }
 
@@ -212,6 +221,7 @@ void http_conn_request_done(http_conn_t *c) {
   c->lua_owned = 0;
   http_server_count_response(srv);
   http_alog_response(c);
+  if (c->body_streamed && http_body_done(c)) return; /* reading on to drop the rest of its body */
   if (!c->keep_alive || c->upgrade) {
     /* A client that asked to close sends nothing more: with nothing unread and nothing queued, no RST
      * can hurt the response, so close now instead of lingering for its FIN. */
@@ -225,14 +235,19 @@ void http_conn_request_done(http_conn_t *c) {
     http_conn_end(c);
     return;
   }
+  http_conn_next(c);
+}
+
+void http_conn_next(http_conn_t *c) {
   c->state = HTTP_CONN_IDLE;
   c->head_sent = 0;
   /* keep-alive counts from when the response is out, not queued: else on_write_empty starts it */
-  http_conn_timer(c, writeq_size(&c->wq) == 0 ? srv->cfg->keepalive_timeout_ms : 0);
+  http_conn_timer(c, writeq_size(&c->wq) == 0 ? c->srv->cfg->keepalive_timeout_ms : 0);
   if (!c->in_process && (c->pending.len > 0 || c->read_paused)) conn_queue_resume(c);
 }
 
-/* Hands the complete request to the handler. The headers go as the parser stored them (packed). */
+/* Hands the request to the handler: complete, or (body_open) at the end of its head, with its body to
+ * follow (http_body.c). The headers go as the parser stored them (packed). */
 static void conn_dispatch(http_conn_t *c) {
   http_server_t *srv = c->srv;
   http_parse_t *p = &c->parser;
@@ -243,8 +258,8 @@ static void conn_dispatch(http_conn_t *c) {
   req.http_minor = p->llhttp.http_minor;
   req.headers = http_parse_headers(p, &req.headers_len);
   req.trailers = http_parse_trailers(p, &req.trailers_len);
-  req.body = c->body.data ? c->body.data : "";
-  req.body_len = c->body.len;
+  req.body = c->body_open ? NULL : c->body.data ? c->body.data : "";
+  req.body_len = c->body_open ? 0 : c->body.len;
   if (srv->access_fd >= 0) http_alog_request(c, req.method);
   scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
   c->state = HTTP_CONN_HANDLING;
@@ -252,11 +267,13 @@ static void conn_dispatch(http_conn_t *c) {
   writeq_forget_drain(&c->wq);
   c->lua_owned = 1;
   c->gen++;
-  http_conn_timer(c, srv->cfg->request_timeout_ms);
+  if (!c->body_open) http_conn_timer(c, srv->cfg->request_timeout_ms); /* else the body's timer runs on */
   int r = srv->cb.on_request(srv->data, c, c->gen, &req);
-  http_parse_next(p, HTTP_KEEP_BUF);
-  mf_buf_reset(&c->body, HTTP_KEEP_BUF);
-  conn_body_release(c);
+  if (!c->body_streamed) {
+    http_parse_next(p, HTTP_KEEP_BUF);
+    mf_buf_reset(&c->body, HTTP_KEEP_BUF);
+    http_body_release(c);
+  }
   if (r != 0) http_conn_fail(c, 500);
 }
 
@@ -285,27 +302,65 @@ static int conn_hold(http_conn_t *c, const char *data, size_t len) {
   return 0;
 }
 
+/* What the connection keeps of the message being handled. */
+static void conn_note(http_conn_t *c, int keep_alive) {
+  c->keep_alive = keep_alive;
+  c->client_close = !c->keep_alive;
+  c->is_head = c->parser.llhttp.method == HTTP_HEAD;
+  c->http11 = c->parser.llhttp.http_major == 1 && c->parser.llhttp.http_minor >= 1;
+}
+
+/* The head is complete and its body was not by the end of the read: the handler starts now, and
+ * reads the body as it comes (or takes it whole once it is complete: http_body.c). */
+static void conn_dispatch_early(http_conn_t *c) {
+  conn_note(c, http_parse_keep_alive(&c->parser));
+  c->body_open = c->body_streamed = 1;
+  c->body_mode = HTTP_BODY_UNDECIDED;
+  c->body_gen = c->gen + 1; /* (conn_dispatch counts it) */
+  conn_dispatch(c);
+}
+
+/* The parser refused a message: mid-body, its handler hears why first; a body being dropped after our
+ * response only ends the connection. */
+static void conn_body_refused(http_conn_t *c) {
+  int open = c->body_open, dropping = open && c->body_mode == HTTP_BODY_DISCARD;
+  if (open) http_body_fail(c, c->parser.err_status);
+  if (dropping) {
+    http_conn_end(c);
+    return;
+  }
+  conn_refuse(c);
+  if (open) http_body_tell(c);
+}
+
 /* Feeds input to the parser, one request at a time. */
 static void conn_process(http_conn_t *c, const char *data, size_t len) {
   c->in_process = 1;
   while (len > 0 && !c->closing && c->state != HTTP_CONN_CLOSING && c->state != HTTP_CONN_TAKEN) {
-    if (c->state == HTTP_CONN_HANDLING) { /* a pipelined request: it waits for the current response */
+    if (c->state == HTTP_CONN_HANDLING && !c->body_open) { /* a pipelined request: it waits its turn */
       conn_hold(c, data, len);
       break;
     }
     size_t used;
     int r = http_parse_feed(&c->parser, data, len, &used);
-    if (r == HTTP_PARSE_MORE) break;
+    if (r == HTTP_PARSE_MORE) {
+      if (c->body_open)
+        http_body_fed(c);
+      else if (c->state == HTTP_CONN_BODY && !c->parser.llhttp.upgrade) /* the body is still to come */
+        conn_dispatch_early(c);
+      break;
+    }
     if (r == HTTP_PARSE_ERROR) {
-      conn_refuse(c);
+      conn_body_refused(c);
       break;
     }
     data += used;
     len -= used;
-    c->keep_alive = c->parser.keep_alive;
-    c->client_close = !c->keep_alive;
-    c->is_head = c->parser.llhttp.method == HTTP_HEAD;
-    c->http11 = c->parser.llhttp.http_major == 1 && c->parser.llhttp.http_minor >= 1;
+    if (c->body_open) { /* the end of a body the handler (or the discarding) had */
+      http_body_complete(c);
+      continue;
+    }
+    conn_note(c, c->parser.keep_alive);
     if (r == HTTP_PARSE_UPGRADE) { /* what follows is another protocol's: kept for a takeover */
       c->upgrade = 1;
       if (len > 0 && conn_hold(c, data, len) != 0) break;
@@ -324,7 +379,7 @@ static void conn_resume(http_conn_t *c) {
   if (input.len > 0) conn_process(c, input.data, input.len);
   mf_buf_free(&input);
   if (c->closing) return;
-  if (c->state != HTTP_CONN_HANDLING) conn_read_again(c);
+  if (c->state != HTTP_CONN_HANDLING) http_conn_read_again(c);
 }
 
 static void on_idle(uv_idle_t *idle) {
@@ -372,49 +427,6 @@ int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *
   return 0;
 }
 
-/* ---- request bodies: the worker's budget and the time limit ------------------------------------ */
-
-/* Counts n more bytes of this connection's body against --max-body-memory. A body is refused (503,
- * logged at most once a second) when the bodies of other connections already hold the budget: so
- * many slow uploads cannot together hold the worker's memory, and one body alone always fits.
- * Returns 0, or -1 with the parser's error status set. */
-static int conn_body_count(http_conn_t *c, uint64_t n) {
-  http_server_t *srv = c->srv;
-  uint64_t others = srv->body_bytes - c->body_counted;
-  if (others > 0 && srv->body_bytes + n > srv->cfg->max_body_memory) {
-    uint64_t now = uv_now(srv->loop);
-    if (srv->body_refused_at == 0 || now - srv->body_refused_at >= 1000) {
-      srv->body_refused_at = now;
-      mf_log("request body from %s refused with 503: %llu bytes of bodies are being received (--max-body-memory "
-             "%llu)", http_conn_remote(c), (unsigned long long)srv->body_bytes,
-             (unsigned long long)srv->cfg->max_body_memory);
-    }
-    c->parser.err_status = 503;
-    return -1;
-  }
-  srv->body_bytes += n;
-  c->body_counted += n;
-  return 0;
-}
-
-/* The body is handed over, or the connection is gone: its bytes leave the budget. */
-static void conn_body_release(http_conn_t *c) {
-  c->srv->body_bytes -= c->body_counted;
-  c->body_counted = 0;
-  c->body_until = 0;
-}
-
-/* Between reads of a body: --header-timeout for the next piece, and never past --body-timeout. */
-static void conn_body_timer(http_conn_t *c) {
-  uint64_t ms = c->srv->cfg->header_timeout_ms;
-  if (c->body_until != 0) {
-    uint64_t now = uv_now(c->srv->loop);
-    uint64_t left = c->body_until > now ? c->body_until - now : 1;
-    if (left < ms || ms == 0) ms = left;
-  }
-  http_conn_timer(c, ms);
-}
-
 /* ---- parser callbacks ------------------------------------------------------------------------ */
 
 static http_conn_t *conn_of(http_parse_t *p) { return mf_container_of(p, http_conn_t, parser); }
@@ -443,8 +455,8 @@ static int on_head(http_parse_t *p) {
     c->body_until = timeout ? uv_now(c->srv->loop) + timeout : 0;
     /* a body of known length is counted whole from the start, so bodies trickling in together cannot
      * all pass the budget's check while each is still small */
-    if ((l->flags & F_CONTENT_LENGTH) && conn_body_count(c, l->content_length) != 0) return -1;
-    conn_body_timer(c);
+    if ((l->flags & F_CONTENT_LENGTH) && http_body_count(c, l->content_length) != 0) return -1;
+    http_body_timer(c);
   }
   size_t vlen;
   const char *expect = has_body && c->http11 ? http_parse_find(p, "expect", &vlen) : NULL;
@@ -461,7 +473,8 @@ static int on_head(http_parse_t *p) {
 
 static int on_body(http_parse_t *p, const char *at, size_t len) {
   http_conn_t *c = conn_of(p);
-  if (!(p->llhttp.flags & F_CONTENT_LENGTH) && conn_body_count(c, len) != 0) return -1; /* chunked: as it grows */
+  if (c->body_open) return http_body_piece(c, at, len);
+  if (!(p->llhttp.flags & F_CONTENT_LENGTH) && http_body_count(c, len) != 0) return -1; /* chunked: as it grows */
   return http_parse_append(p, &c->body, at, len, c->body.len + len, c->srv->cfg->max_body, 413);
 }
 
@@ -475,7 +488,7 @@ static void on_handle_closed(uv_handle_t *h) {
   http_server_t *srv = c->srv;
   if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   http_server_conn_removed(srv, c);
-  conn_body_release(c);
+  http_body_release(c);
   mf_buf_free(&c->body);
   mf_buf_free(&c->pending);
   mf_buf_free(&c->alog);
@@ -509,7 +522,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0 || c->closing || c->state == HTTP_CONN_CLOSING) return;
-  if (c->state == HTTP_CONN_BODY) conn_body_timer(c);
+  if (c->state == HTTP_CONN_BODY || (c->body_open && c->state == HTTP_CONN_HANDLING)) http_body_timer(c);
   if (c->pending.len > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
     conn_hold(c, buf->base, (size_t)nread); /* older input is still waiting its turn: keep the order */
     return;

@@ -15,11 +15,24 @@
 /* Send queue a response may not grow past: a handler that ignores write()'s "slow down" and keeps
  * writing finds its connection closed once this much waits (as the mesh's MESH_HARD_LIMIT). */
 #define HTTP_HARD_LIMIT (64u * 1024 * 1024)
+/* A body the handler reads while it arrives (req:read()): reading stops while this much waits unread. */
+#define HTTP_BODY_UNREAD (64 * 1024)
+/* A body the handler left unread when its response finished: dropped up to this much, as nginx does
+ * (the connection stays for the next request); a longer one closes the connection instead. */
+#define HTTP_DISCARD_MAX (1024 * 1024)
+
+/* What a handler does with a body still arriving when it started (http_body.c). */
+enum http_body_mode {
+  HTTP_BODY_UNDECIDED, /* it has not asked yet: up to HTTP_BODY_UNREAD is kept */
+  HTTP_BODY_STREAM,    /* req:read(): pieces, each dropped once read */
+  HTTP_BODY_WHOLE,     /* req.body: kept whole until complete */
+  HTTP_BODY_DISCARD,   /* its response is finished: the rest is read and dropped */
+};
 
 enum http_conn_state {
   HTTP_CONN_IDLE,     /* between requests: waiting for the first byte */
   HTTP_CONN_HEAD,     /* receiving the request line and headers */
-  HTTP_CONN_BODY,     /* receiving the body */
+  HTTP_CONN_BODY,     /* receiving the body (or dropping one its finished response left unread) */
   HTTP_CONN_HANDLING, /* the handler has the request; its response is not finished */
   HTTP_CONN_CLOSING,  /* our response is out, FIN sent: discarding input until the client closes */
   HTTP_CONN_TAKEN,    /* handed over to another protocol (http_conn_takeover) */
@@ -49,6 +62,14 @@ struct http_conn_s {
   unsigned lua_owned : 1;    /* a handler has the current request: tell it when the connection goes */
   unsigned nodelay : 1;      /* TCP_NODELAY is set */
   unsigned clen_over : 1;    /* the handler wrote past its Content-Length (logged once) */
+  unsigned body_streamed : 1; /* the request went to the handler before its body was complete */
+  unsigned body_open : 1;    /* ...and the body is still arriving */
+  unsigned body_end : 1;     /* ...and it has all arrived (what is unread waits in `body`) */
+  unsigned body_waiting : 1; /* the handler waits for more of it: tell it (on_body) */
+  unsigned body_mode : 2;    /* enum http_body_mode */
+  int body_err;              /* why the streamed body failed (UV_ETIMEDOUT, UV_EMSGSIZE, ...), 0 = it did not */
+  uint64_t discarded;        /* bytes dropped in HTTP_BODY_DISCARD */
+  uint32_t body_gen;         /* the request (gen) whose body is streamed */
   int status;                /* of the response, for the access log */
   uint64_t bytes_out;        /* body bytes of the response */
   mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
@@ -117,6 +138,19 @@ void http_conn_end(http_conn_t *c);
 void http_conn_timer(http_conn_t *c, uint64_t ms);
 int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n);
 void http_conn_request_done(http_conn_t *c);
+void http_conn_next(http_conn_t *c);       /* ready for the next request on a kept-alive connection */
+void http_conn_read_again(http_conn_t *c); /* reads on after read_paused */
+
+/* http_body.c */
+int http_body_count(http_conn_t *c, uint64_t n);
+void http_body_release(http_conn_t *c);
+void http_body_timer(http_conn_t *c);
+int http_body_piece(http_conn_t *c, const char *at, size_t len);
+void http_body_fed(http_conn_t *c);
+void http_body_fail(http_conn_t *c, int status);
+void http_body_tell(http_conn_t *c);
+int http_body_complete(http_conn_t *c);
+int http_body_done(http_conn_t *c);
 
 /* http_respond.c */
 

@@ -279,7 +279,7 @@ static int on_message_complete(llhttp_t *l) {
   http_parse_t *p = parse_of(l);
   p->complete = 1;
   /* HTTP/1.0 has no Transfer-Encoding: its framing is suspect, so close after the answer (§6.1). */
-  p->keep_alive = llhttp_should_keep_alive(l) != 0 && !(p->te_seen && l->http_major == 1 && l->http_minor == 0);
+  p->keep_alive = http_parse_keep_alive(p);
   return HPE_PAUSED; /* one message at a time: see the top of this file */
 }
 

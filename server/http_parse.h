@@ -96,6 +96,12 @@ static inline const char *http_parse_method(const http_parse_t *p) {
   return llhttp_method_name((llhttp_method_t)p->llhttp.method);
 }
 static inline int http_parse_status(const http_parse_t *p) { return p->llhttp.status_code; }
+/* Whether the connection may stay open after this request (valid from on_head; HTTP/1.0 with a
+ * Transfer-Encoding is closed after its answer, RFC 9112 §6.1). */
+static inline int http_parse_keep_alive(http_parse_t *p) {
+  llhttp_t *l = &p->llhttp;
+  return llhttp_should_keep_alive(l) != 0 && !(p->te_seen && l->http_major == 1 && l->http_minor == 0);
+}
 /* The value of the first header `name` (lower case), or NULL. */
 const char *http_parse_find(const http_parse_t *p, const char *name, size_t *vlen);
 

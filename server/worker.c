@@ -306,7 +306,7 @@ static int worker_link(mf_config_t *cfg) {
 /* The Lua state, the HTTP server and the modules the script sees. Returns 0, or -1 with err set. */
 static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   http_callbacks_t cb = {bind_http_on_request, bind_http_on_conn_closed, bind_http_on_drain, on_drained,
-                         on_request_limit};
+                         on_request_limit, bind_http_on_body};
   worker.L = luastate_new(cfg->script, "worker");
   if (worker.L == NULL) {
     snprintf(err, errlen, "out of memory");

@@ -7,7 +7,7 @@ local type, tostring, tonumber, pairs, setmetatable, rawget, pcall, error =
   type, tostring, tonumber, pairs, setmetatable, rawget, pcall, error
 local find, sub, lower, gsub, char, gmatch = string.find, string.sub, string.lower, string.gsub,
   string.char, string.gmatch
-local send, abort, remote, log = chttp.send, chttp.abort, chttp.remote, core.log
+local send, abort, remote, body_read, log = chttp.send, chttp.abort, chttp.remote, chttp.read, core.log
 local spawn, wait, notify, close_waits = sched.spawn, sched.wait, sched.notify, sched.close
 
 local cjson -- loaded on first res:json()
@@ -49,10 +49,54 @@ local function parse_query(q)
 end
 _M.parse_query = parse_query
 
--- headers, trailers, path, query and remoteAddress are worked out on first use.
+-- A body still arriving when the handler starts (http_body.c) has a state `bs` = { conn, gen, req, mode
+-- ("stream" for req:read(), "whole" for req.body; the first wins), ended }; its readers wait on it,
+-- woken by the core's `body` callback (on_conn_body) or the connection's close.
+local function body_wait(bs, whole)
+  while true do
+    local b, err = body_read(bs.conn, bs.gen, whole)
+    if b ~= false then return b, err end
+    local ok, werr = wait(nil, bs)
+    if not ok then return nil, werr end
+  end
+end
+
+-- req:read(): the next piece of the body as it arrives, nil at its end (and after), or nil, "closed" /
+-- "timeout" / "too large". A body that was complete when the handler started comes as one piece.
+local function req_read(req)
+  local bs = rawget(req, "_bs")
+  if not bs then
+    if rawget(req, "_read") then return nil end
+    req._read = true
+    local body = rawget(req, "body")
+    if body == "" then return nil end
+    return body
+  end
+  if bs.mode == "whole" then error("req:read(): the body was already taken whole by req.body", 2) end
+  bs.mode = "stream"
+  return body_wait(bs, false)
+end
+
+-- req.body of a body still arriving: waits until it is complete.
+local function whole_body(req, bs)
+  if bs.mode == "stream" then error("req.body: the body is being read with req:read()", 3) end
+  bs.mode = "whole"
+  local body, err = body_wait(bs, true)
+  if not body then error("req.body: the request body could not be read: " .. tostring(err or "closed"), 3) end
+  req.body = body
+  return body
+end
+
+-- headers, trailers, path, query and remoteAddress are worked out on first use; body too when it was
+-- still arriving as the handler started.
 local headers_of = chttp.headers
 local Req = {}
 Req.__index = function(req, key)
+  if key == "read" then return req_read end
+  if key == "body" then
+    local bs = rawget(req, "_bs")
+    return bs and whole_body(req, bs)
+  end
   if key == "headers" then
     local h = headers_of(rawget(req, "_head"))
     req.headers = h
@@ -61,7 +105,8 @@ Req.__index = function(req, key)
   if key == "trailers" then -- kept apart from headers: a trailer never adds or changes a header
     local packed = rawget(req, "_trailers")
     local t = packed and headers_of(packed) or {}
-    req.trailers = t
+    local bs = rawget(req, "_bs")
+    if not bs or bs.ended then req.trailers = t end -- (a body still arriving may bring them later)
     return t
   end
   if key == "remoteAddress" then
@@ -114,6 +159,7 @@ end
 -- The response is over (finished, failed, or its client left): "close" listeners and waiters.
 local function closed(res)
   if res._on then emit(res, "close") end
+  if res._bs then close_waits(res._bs) end
   if res._full then close_waits(res) end -- only res:drain() waits on a response, and only when full
 end
 
@@ -311,6 +357,11 @@ function _M.dispatcher(server)
     -- every field a response sets is there from the start: adding keys later would resize the table
     local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false,
       _full = false }, Res)
+    if body == false then -- still arriving: req.body and req:read() get it (http_body.c)
+      req.body = nil
+      local bs = { conn = conn, gen = gen, req = req }
+      req._bs, res._bs = bs, bs
+    end
     spawn(server.handler, handler_error, req, res)
     return res
   end
@@ -323,6 +374,21 @@ function _M.on_conn_drain(res)
   notify(res, true)
 end
 
+-- The C core calls this when a body still arriving has news for a reader (ended: it is complete,
+-- with its trailers, packed as the headers are).
+function _M.on_conn_body(res, ended, trailers)
+  local bs = res._bs
+  if not bs then return end
+  if ended then
+    bs.ended = true
+    if trailers then
+      rawset(bs.req, "_trailers", trailers)
+      rawset(bs.req, "trailers", nil)
+    end
+  end
+  notify(bs, true)
+end
+
 -- The C core calls this when the connection of a response in flight is gone.
 function _M.on_conn_closed(res)
   if not res.finished then
@@ -333,7 +399,8 @@ end
 
 -- Registers the Lua half with the C core (moonfork.listen; once).
 function _M.serve(server)
-  chttp.on { request = _M.dispatcher(server), close = _M.on_conn_closed, drain = _M.on_conn_drain }
+  chttp.on { request = _M.dispatcher(server), close = _M.on_conn_closed, drain = _M.on_conn_drain,
+    body = _M.on_conn_body }
 end
 
 return _M
