@@ -15,6 +15,7 @@
 #include "bind_obj.h"
 #include "luastate.h"
 #include "net_tcp.h"
+#include "net_tls.h"
 
 static bind_type_t sock_type;
 static lua_State *tcp_L; /* the main thread: callbacks never run on the coroutine that made the socket */
@@ -166,6 +167,11 @@ static int tcp_tls(lua_State *L) {
   const char *name = luaL_optstring(L, 2, NULL);
   if (s == NULL) return tcp_fail(L, UV_EOF);
   int r = net_tcp_tls(s, name, lua_toboolean(L, 3));
+  if (r == UV_ENOSYS && net_tls_error()) {
+    lua_pushnil(L);
+    lua_pushstring(L, net_tls_error()); /* OpenSSL could not be loaded */
+    return 2;
+  }
   if (r != 0) return tcp_fail(L, r);
   lua_pushboolean(L, 1);
   return 1;

@@ -135,7 +135,7 @@ int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify) {
   static const net_tls_io_t io = {net_tcp_send_raw, net_tcp_plain, net_tcp_handshake};
   if (s->tls) return UV_EALREADY;
   s->tls = net_tls_new(server_name, verify, &io, s);
-  if (s->tls == NULL) return UV_ENOMEM;
+  if (s->tls == NULL) return net_tls_error() ? UV_ENOSYS : UV_ENOMEM;
   int r = net_tcp_read(s, 1);
   return r != 0 ? r : net_tls_start(s->tls);
 }

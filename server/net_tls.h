@@ -17,8 +17,11 @@ typedef struct {
 
 /* A client session: SNI `server_name` (may be NULL); with `verify`, the peer's chain is checked
  * against the system's CA store (or $SSL_CERT_FILE / $SSL_CERT_DIR) and its name against server_name.
- * NULL when OpenSSL could not make one. The caller frees it with net_tls_free. */
+ * The first call loads OpenSSL (libssl.so.3). NULL when OpenSSL could not be loaded (net_tls_error
+ * says why) or could not make one. The caller frees it with net_tls_free. */
 net_tls_t *net_tls_new(const char *server_name, int verify, const net_tls_io_t *io, void *owner);
+/* NULL, or why OpenSSL could not be loaded: "TLS unavailable: ...". */
+const char *net_tls_error(void);
 /* Sends the ClientHello. 0 or a negative UV_E* code. */
 int net_tls_start(net_tls_t *t);
 /* Ciphertext from the socket: moves the handshake on, or hands plaintext to on_plain. */
