@@ -8,13 +8,7 @@ local unix = require "socket.unix"
 
 local q = helpers.shell_quote
 
--- A free TCP port (bound and released at once: the master takes it next).
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = helpers.free_port
 
 -- Runs `moonfork ARGS` with XDG_RUNTIME_DIR=xdg; returns status, stdout, stderr.
 local function run_with(xdg, args)

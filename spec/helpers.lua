@@ -770,6 +770,64 @@ function M.rss_kib(pid)
 end
 
 
+-- A free TCP port on 127.0.0.1 (bound and released at once: whoever binds it next gets it).
+function M.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- How many descriptors process `pid` has open (/proc/PID/fd), or nil when it is gone.
+function M.fd_count(pid)
+  local p = io.popen("ls /proc/" .. tonumber(pid) .. "/fd 2>/dev/null")
+  local n = 0
+  for _ in p:lines() do n = n + 1 end
+  p:close()
+  return n > 0 and n or nil
+end
+
+-- "?k=v&..." of a table (sorted, percent-encoded), "" for none.
+function M.query_string(params)
+  local keys, out = {}, {}
+  for k in pairs(params or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = tostring(params[k]):gsub("[^%w%-%._~/]", function(ch) return string.format("%%%02X", ch:byte()) end)
+    out[#out + 1] = k .. "=" .. v
+  end
+  return #out > 0 and ("?" .. table.concat(out, "&")) or ""
+end
+
+-- spec/fixtures/mesh_app.lua's commands (mesh_spec, mesh_cap_spec) run on the worker named by ?on=K,
+-- relayed over the mesh when another worker took the connection.
+-- Runs command `name` on worker `on` (nil: whichever accepts) over a new connection.
+-- Returns the decoded result, or nil and why not (a relay that failed, a connection that broke).
+function M.mesh_try_cmd(srv, on, name, params)
+  local p = {}
+  for k, v in pairs(params or {}) do p[k] = v end
+  p.on = on
+  local c, cerr = M.connect(srv.port)
+  if not c then return nil, "connect: " .. tostring(cerr) end
+  local resp, err = c:request("GET", "/" .. name .. M.query_string(p), { { "Connection", "close" } })
+  c:close()
+  if not resp then return nil, "request: " .. tostring(err) end
+  if resp.status ~= 200 then return nil, resp.status .. " " .. resp.body end
+  return M.json_decode(resp.body), resp.body
+end
+
+-- Like mesh_try_cmd, but the command must succeed (it is retried while the relay is not there yet).
+function M.mesh_cmd(srv, on, name, params)
+  local last
+  local res = M.wait_for(function()
+    local r, why = M.mesh_try_cmd(srv, on, name, params)
+    if r and r.error == nil then return r end
+    last = r and r.error or why
+  end)
+  assert(res, string.format("command %s on worker %s never succeeded: %s", name, tostring(on), tostring(last)))
+  return res
+end
+
 ---------------------------------------------------------------------------------------------------
 -- reload and operations specs: editable copies of fixtures, live workers
 

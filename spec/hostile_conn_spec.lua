@@ -26,14 +26,7 @@ local function close_all()
   mine = {}
 end
 
--- Open fds of a process (/proc/PID/fd), or nil.
-local function fd_count(pid)
-  local p = io.popen("ls /proc/" .. tonumber(pid) .. "/fd 2>/dev/null")
-  local n = 0
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n > 0 and n or nil
-end
+local fd_count = helpers.fd_count
 
 -- Reads the status line and headers of a response (the body stays unread).
 local function read_head(c)

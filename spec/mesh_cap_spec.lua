@@ -8,42 +8,7 @@ local helpers = require "spec.helpers"
 
 local MiB = 1024 * 1024
 
-local function query_string(params)
-  local keys, out = {}, {}
-  for k in pairs(params or {}) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for _, k in ipairs(keys) do
-    local v = tostring(params[k]):gsub("[^%w%-%._~/]", function(ch) return string.format("%%%02X", ch:byte()) end)
-    out[#out + 1] = k .. "=" .. v
-  end
-  return #out > 0 and ("?" .. table.concat(out, "&")) or ""
-end
-
--- Runs command `name` on worker `on` over a new connection: the decoded result, or nil and why not.
-local function try_cmd(srv, on, name, params)
-  local p = {}
-  for k, v in pairs(params or {}) do p[k] = v end
-  p.on = on
-  local c, cerr = helpers.connect(srv.port)
-  if not c then return nil, "connect: " .. tostring(cerr) end
-  local resp, err = c:request("GET", "/" .. name .. query_string(p), { { "Connection", "close" } })
-  c:close()
-  if not resp then return nil, "request: " .. tostring(err) end
-  if resp.status ~= 200 then return nil, resp.status .. " " .. resp.body end
-  return helpers.json_decode(resp.body), resp.body
-end
-
--- try_cmd until it succeeds.
-local function cmd(srv, on, name, params)
-  local last
-  local res = helpers.wait_for(function()
-    local r, why = try_cmd(srv, on, name, params)
-    if r and r.error == nil then return r end
-    last = r and r.error or why
-  end)
-  assert(res, string.format("command %s on worker %s never succeeded: %s", name, tostring(on), tostring(last)))
-  return res
-end
+local try_cmd, cmd, query_string = helpers.mesh_try_cmd, helpers.mesh_cmd, helpers.query_string
 
 -- Polls a state (got() returns it, or nil) until pred(state) holds.
 local function wait_until(got, pred, what, srv)

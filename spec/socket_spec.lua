@@ -24,19 +24,7 @@ local function upstream_says(up, cmd)
   return tonumber(line)
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
-local function fd_count(pid)
-  local p = io.popen("ls /proc/" .. pid .. "/fd 2>/dev/null | wc -l")
-  local n = tonumber(p:read("*a"))
-  p:close()
-  return n
-end
+local free_port, fd_count = helpers.free_port, helpers.fd_count
 
 describe("moonfork.socket.tcp()", function()
   local up, srv
