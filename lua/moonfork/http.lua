@@ -403,4 +403,9 @@ function _M.serve(server)
     body = _M.on_conn_body }
 end
 
+-- moonfork.http.request(url[, opts]): the HTTP client (lua/moonfork/http_client.lua), loaded on first use.
+function _M.request(url, opts)
+  return require("moonfork.http_client").request(url, opts)
+end
+
 return _M
