@@ -18,6 +18,7 @@
 #include "net_tls.h"
 
 static bind_type_t sock_type;
+#define TLS_SESSION_MT "moonfork.tls_session" /* userdata: one net_tls_session_t * */
 static lua_State *tcp_L; /* the main thread: callbacks never run on the coroutine that made the socket */
 
 enum { CB_CONNECTED, CB_DATA, CB_SENT, CB_RESOLVED, CB_HANDSHAKE, CB_DRAIN, CB_EXIT, CB_COUNT };
@@ -161,12 +162,13 @@ static int tcp_keep_loop(lua_State *L) {
   return 0;
 }
 
-/* tcp.tls(ud, server_name, verify) -> true | nil, err; then handshake(sock, err) */
+/* tcp.tls(ud, server_name, verify[, session]) -> true | nil, err; then handshake(sock, err) */
 static int tcp_tls(lua_State *L) {
   net_tcp_t *s = tcp_arg(L);
   const char *name = luaL_optstring(L, 2, NULL);
+  net_tls_session_t **reuse = lua_isnoneornil(L, 4) ? NULL : luaL_checkudata(L, 4, TLS_SESSION_MT);
   if (s == NULL) return tcp_fail(L, UV_EOF);
-  int r = net_tcp_tls(s, name, lua_toboolean(L, 3));
+  int r = net_tcp_tls(s, name, lua_toboolean(L, 3), reuse ? *reuse : NULL);
   if (r == UV_ENOSYS && net_tls_error()) {
     lua_pushnil(L);
     lua_pushstring(L, net_tls_error()); /* OpenSSL could not be loaded */
@@ -175,6 +177,28 @@ static int tcp_tls(lua_State *L) {
   if (r != 0) return tcp_fail(L, r);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* tcp.session(ud) -> the TLS session of a socket after its handshake (a userdata to give to a later
+ * tcp.tls), and whether this handshake resumed one; nil when the socket has no TLS. */
+static int tcp_session(lua_State *L) {
+  net_tcp_t *s = tcp_arg(L);
+  net_tls_t *t = s ? net_tcp_tls_of(s) : NULL;
+  if (t == NULL) return 0;
+  net_tls_session_t **box = lua_newuserdata(L, sizeof *box);
+  *box = NULL;
+  luaL_getmetatable(L, TLS_SESSION_MT);
+  lua_setmetatable(L, -2);
+  *box = net_tls_session(t);
+  lua_pushboolean(L, net_tls_reused(t));
+  return 2;
+}
+
+static int tls_session_gc(lua_State *L) {
+  net_tls_session_t **box = luaL_checkudata(L, 1, TLS_SESSION_MT);
+  net_tls_session_unref(*box);
+  *box = NULL;
+  return 0;
 }
 
 /* tcp.alive(ud) -> whether a pooled connection may be reused (the peer has not closed it). */
@@ -295,10 +319,16 @@ void bind_tcp_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const luaL_Reg fns[] = {{"on", tcp_on},       {"new", tcp_new},         {"connect", tcp_connect},
                                  {"read", tcp_read},   {"send", tcp_send},       {"keep_loop", tcp_keep_loop},
                                  {"close", tcp_close}, {"resolve", tcp_resolve}, {"alive", tcp_alive},
-                                 {"tls", tcp_tls},     {NULL, NULL}};
+                                 {"tls", tcp_tls},     {"session", tcp_session}, {NULL, NULL}};
   tcp_L = L;
   net_tcp_init(loop, &cbs);
   bind_type_init(L, &sock_type, "socket");
+  luaL_newmetatable(L, TLS_SESSION_MT);
+  lua_pushcfunction(L, tls_session_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushliteral(L, "TLS session");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
   bind_module_open(L, "moonfork.core.tcp", fns);
   lua_pushnumber(L, (lua_Number)cfg->resolver_ttl_ms);
   lua_setfield(L, -2, "resolver_ttl");

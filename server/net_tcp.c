@@ -131,14 +131,16 @@ static void net_tcp_handshake(void *owner, const char *err) {
   if (!s->closed) net_tcp.cb->on_handshake(s, err);
 }
 
-int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify) {
+int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify, net_tls_session_t *reuse) {
   static const net_tls_io_t io = {net_tcp_send_raw, net_tcp_plain, net_tcp_handshake};
   if (s->tls) return UV_EALREADY;
-  s->tls = net_tls_new(server_name, verify, &io, s);
+  s->tls = net_tls_new(server_name, verify, reuse, &io, s);
   if (s->tls == NULL) return net_tls_error() ? UV_ENOSYS : UV_ENOMEM;
   int r = net_tcp_read(s, 1);
   return r != 0 ? r : net_tls_start(s->tls);
 }
+
+net_tls_t *net_tcp_tls_of(net_tcp_t *s) { return s->tls; }
 
 int net_tcp_alive(net_tcp_t *s) {
   uv_os_fd_t fd;
@@ -165,6 +167,7 @@ static void net_tcp_freed(uv_handle_t *handle) {
 
 void net_tcp_close(net_tcp_t *s) {
   if (s->closed) return;
+  if (s->tls) net_tls_close_notify(s->tls); /* while send_raw still writes */
   s->closed = 1;
   uv_close(&s->h.handle, net_tcp_freed);
 }

@@ -4,6 +4,8 @@
 
 #include <uv.h>
 
+#include "net_tls.h"
+
 typedef struct net_tcp_s net_tcp_t;
 
 /* What a socket tells its owner. None of them runs after net_tcp_close. on_read gets n > 0 bytes, or
@@ -34,7 +36,9 @@ int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n);
 int net_tcp_alive(net_tcp_t *s);
 /* Starts TLS on a connected socket (net_tls.h: SNI server_name, verification); on_handshake follows,
  * then reads and writes carry plaintext. 0 or a negative UV_E* code. */
-int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify);
+int net_tcp_tls(net_tcp_t *s, const char *server_name, int verify, net_tls_session_t *reuse);
+/* Its TLS session state, NULL before net_tcp_tls. */
+net_tls_t *net_tcp_tls_of(net_tcp_t *s);
 /* Whether the socket keeps the loop alive (a pooled idle socket does not). */
 void net_tcp_keep_loop(net_tcp_t *s, int on);
 /* Closes the socket: no callback runs after this; the memory goes in libuv's close callback. */

@@ -10,7 +10,12 @@
  * Linked, OpenSSL cost every worker about 1.9 MB of RSS at start, TLS used or not. The headers
  * still give the types, constants and prototypes; a header macro (SSL_set_tlsext_host_name, ...)
  * is written out as the call it stands for (SSL_ctrl, ...). When loading fails, TLS is unavailable
- * and net_tls_error says why. */
+ * and net_tls_error says why.
+ *
+ * Session reuse: every session has a box (net_tls_session_t, counted references) that its connection
+ * and any Lua session object share. OpenSSL's new-session callback fills the box; with TLS 1.3 the
+ * ticket comes after the handshake, so a box handed out at the end of the handshake is filled in
+ * when the first records are read. A new connection given a box offers the session it holds. */
 #include "net_tls.h"
 
 #include <dlfcn.h>
@@ -26,7 +31,9 @@
   X(SSL_new) X(SSL_free) X(SSL_ctrl) X(SSL_set_bio) X(SSL_set_connect_state) X(SSL_set1_host)   \
   X(SSL_set_verify) X(SSL_do_handshake) X(SSL_get_error) X(SSL_get_verify_result) X(SSL_read)   \
   X(SSL_write) X(BIO_s_mem) X(BIO_new) X(BIO_free) X(BIO_read) X(BIO_write) X(ERR_get_error)    \
-  X(ERR_clear_error) X(ERR_reason_error_string) X(X509_verify_cert_error_string)
+  X(ERR_clear_error) X(ERR_reason_error_string) X(X509_verify_cert_error_string)                \
+  X(SSL_CTX_sess_set_new_cb) X(SSL_set_ex_data) X(SSL_get_ex_data) X(SSL_set_session)            \
+  X(SSL_SESSION_free) X(SSL_session_reused) X(SSL_shutdown)
 
 #define NET_TLS_FIELD(name) __typeof__(&name) name;
 static struct {
@@ -62,15 +69,37 @@ static int net_tls_load(void) {
 
 const char *net_tls_error(void) { return net_tls_loaded < 0 ? net_tls_err : NULL; }
 
+struct net_tls_session_s {
+  SSL_SESSION *sess; /* NULL until the server has given one */
+  int refs;
+};
+
 struct net_tls_s {
   SSL *ssl;
+  net_tls_session_t *box; /* this connection's session, for resuming later ones */
   BIO *in, *out; /* owned by ssl */
   const net_tls_io_t *io;
   void *owner;
-  int done; /* the handshake is over */
+  int done;   /* the handshake is over */
+  int failed; /* a fatal error: no close_notify, and the session is not to be resumed */
 };
 
 static SSL_CTX *net_tls_ctx;
+
+void net_tls_session_unref(net_tls_session_t *box) {
+  if (box == NULL || --box->refs > 0) return;
+  if (box->sess) ossl.SSL_SESSION_free(box->sess);
+  free(box);
+}
+
+/* OpenSSL has a session (a ticket) for ssl: it goes into the connection's box, replacing the last. */
+static int net_tls_new_session(SSL *ssl, SSL_SESSION *sess) {
+  net_tls_t *t = ossl.SSL_get_ex_data(ssl, 0);
+  if (t == NULL || t->box == NULL) return 0;
+  if (t->box->sess) ossl.SSL_SESSION_free(t->box->sess);
+  t->box->sess = sess;
+  return 1; /* the reference is ours */
+}
 
 static SSL_CTX *net_tls_context(void) {
   if (net_tls_ctx) return net_tls_ctx;
@@ -78,11 +107,16 @@ static SSL_CTX *net_tls_context(void) {
   if (net_tls_ctx == NULL) return NULL;
   /* SSL_CTX_set_min_proto_version */
   ossl.SSL_CTX_ctrl(net_tls_ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION, NULL);
+  /* SSL_CTX_set_session_cache_mode: the callback sees each session; OpenSSL keeps none itself */
+  ossl.SSL_CTX_ctrl(net_tls_ctx, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE,
+                    NULL);
+  ossl.SSL_CTX_sess_set_new_cb(net_tls_ctx, net_tls_new_session);
   ossl.SSL_CTX_set_default_verify_paths(net_tls_ctx);
   return net_tls_ctx;
 }
 
-net_tls_t *net_tls_new(const char *server_name, int verify, const net_tls_io_t *io, void *owner) {
+net_tls_t *net_tls_new(const char *server_name, int verify, net_tls_session_t *reuse, const net_tls_io_t *io,
+                       void *owner) {
   if (net_tls_load() != 0) return NULL;
   SSL_CTX *ctx = net_tls_context();
   if (ctx == NULL) return NULL;
@@ -91,7 +125,11 @@ net_tls_t *net_tls_new(const char *server_name, int verify, const net_tls_io_t *
   t->ssl = ossl.SSL_new(ctx);
   t->in = ossl.BIO_new(ossl.BIO_s_mem());
   t->out = ossl.BIO_new(ossl.BIO_s_mem());
-  if (t->ssl == NULL || t->in == NULL || t->out == NULL) goto fail_ssl;
+  t->box = calloc(1, sizeof *t->box);
+  if (t->ssl == NULL || t->in == NULL || t->out == NULL || t->box == NULL) goto fail_ssl;
+  t->box->refs = 1;
+  ossl.SSL_set_ex_data(t->ssl, 0, t);
+  if (reuse && reuse->sess) ossl.SSL_set_session(t->ssl, reuse->sess); /* offered; the server may refuse */
   ossl.SSL_set_bio(t->ssl, t->in, t->out);
   ossl.SSL_set_connect_state(t->ssl);
   if (server_name && *server_name) {
@@ -110,6 +148,7 @@ fail_ssl:
     ossl.BIO_free(t->in);
     ossl.BIO_free(t->out);
   }
+  free(t->box);
   free(t);
   return NULL;
 }
@@ -149,6 +188,7 @@ static int net_tls_handshake(net_tls_t *t) {
   int e = ossl.SSL_get_error(t->ssl, r);
   if (w >= 0 && (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)) return 1;
   char err[256];
+  t->failed = 1;
   net_tls_reason(t, err, sizeof err);
   t->io->on_handshake(t->owner, err);
   return -1;
@@ -170,6 +210,7 @@ void net_tls_feed(net_tls_t *t, const char *p, size_t n) {
     int e = ossl.SSL_get_error(t->ssl, r);
     net_tls_flush(t);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+    if (e != SSL_ERROR_ZERO_RETURN) t->failed = 1;
     t->io->on_plain(t->owner, NULL, e == SSL_ERROR_ZERO_RETURN ? UV_EOF : UV_EPROTO);
     return;
   }
@@ -180,13 +221,32 @@ int net_tls_write(net_tls_t *t, const uv_buf_t *bufs, unsigned n) {
   for (unsigned i = 0; i < n; i++) {
     if (bufs[i].len == 0) continue;
     ossl.ERR_clear_error();
-    if (ossl.SSL_write(t->ssl, bufs[i].base, (int)bufs[i].len) <= 0) return UV_EPROTO;
+    if (ossl.SSL_write(t->ssl, bufs[i].base, (int)bufs[i].len) <= 0) {
+      t->failed = 1;
+      return UV_EPROTO;
+    }
   }
   return net_tls_flush(t);
 }
 
+net_tls_session_t *net_tls_session(net_tls_t *t) {
+  t->box->refs++;
+  return t->box;
+}
+
+int net_tls_reused(net_tls_t *t) { return t->done && ossl.SSL_session_reused(t->ssl); }
+
+void net_tls_close_notify(net_tls_t *t) {
+  if (!t->done || t->failed) return;
+  ossl.ERR_clear_error();
+  ossl.SSL_shutdown(t->ssl);
+  net_tls_flush(t);
+}
+
 void net_tls_free(net_tls_t *t) {
   if (t == NULL) return;
+  ossl.SSL_set_ex_data(t->ssl, 0, NULL);
   ossl.SSL_free(t->ssl);
+  net_tls_session_unref(t->box);
   free(t);
 }

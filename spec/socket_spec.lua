@@ -222,6 +222,17 @@ describe("sock:sslhandshake()", function()
     assert.are.equal("HTTP/1.0 200 ok", got.line)
   end)
 
+  it("returns a session that a later handshake resumes", function()
+    local srv = helpers.start_env("socket_app", { "--workers", "1" }, { SSL_CERT_FILE = ca })
+    local resp = assert(srv:get("/tls_reuse?port=" .. server.port))
+    assert.are.equal(200, resp.status, resp.body)
+    local got = helpers.json_decode(resp.body)
+    assert.are.equal("userdata", got.kind)
+    assert.are.equal("New", got.first)
+    assert.are.equal("Reused", got.second)
+    assert.are.same({ false, true }, got.reused)
+  end)
+
   it("fails with the reason for a wrong name or an unknown CA; without verify it connects", function()
     local srv = helpers.start_env("socket_app", { "--workers", "1" }, { SSL_CERT_FILE = ca })
     assert.are.same({ false, "certificate verify failed: hostname mismatch" },

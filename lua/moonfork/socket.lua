@@ -433,30 +433,44 @@ end
 ---------------------------------------------------------------------------------------------------
 -- TLS
 
--- sock:sslhandshake(reused_session, server_name, verify) -> true | nil, err. SNI with server_name;
--- with verify, the chain against the system's CA store and the name against server_name. A pooled
--- connection that already speaks TLS returns true at once. (Sessions are not resumed yet: the first
--- argument is accepted and ignored, and no session object is returned.)
+-- sock:sslhandshake(reused_session, server_name, verify) -> session | true | nil, err. SNI with
+-- server_name; with verify, the chain against the system's CA store and the name against server_name.
+-- reused_session: a session a former handshake returned, offered to the server (it may decline), or
+-- false, and then the answer is true rather than a session. A pooled connection that already speaks
+-- TLS answers at once. sock:sessionreused() says whether the last handshake resumed one.
 function Socket:sslhandshake(reused_session, server_name, verify)
   local conn = self._c
   if not conn or conn.closed then return nil, "closed" end
   if server_name ~= nil and type(server_name) ~= "string" then
     error("sock:sslhandshake(session, server_name, verify): server_name must be a string", 2)
   end
-  if conn.tls then return true end
-  if #conn.buf > 0 then
-    self:_fail()
-    return nil, "data arrived before the TLS handshake"
+  if reused_session ~= nil and reused_session ~= false and type(reused_session) ~= "userdata" then
+    error("sock:sslhandshake(session, server_name, verify): session must come from a former sslhandshake", 2)
   end
-  local ok, err = tcp_tls(conn.ud, server_name, verify and true or false)
-  conn.reading = true
-  if ok then ok, err = wait_on(conn, "hco", timeout_of(self._rt)) end
-  if not ok then
-    self:_fail()
-    return nil, err
+  if not conn.tls then
+    if #conn.buf > 0 then
+      self:_fail()
+      return nil, "data arrived before the TLS handshake"
+    end
+    local ok, err = tcp_tls(conn.ud, server_name, verify and true or false, reused_session or nil)
+    conn.reading = true
+    if ok then ok, err = wait_on(conn, "hco", timeout_of(self._rt)) end
+    if not ok then
+      self:_fail()
+      return nil, err
+    end
+    conn.tls = true
   end
-  conn.tls = true
-  return true
+  if reused_session == false then return true end
+  return (ctcp.session(conn.ud))
+end
+
+-- sock:sessionreused() -> whether this connection's TLS handshake resumed a session (not in OpenResty).
+function Socket:sessionreused()
+  local conn = self._c
+  if not conn or conn.closed or not conn.tls then return false end
+  local _, reused = ctcp.session(conn.ud)
+  return reused or false
 end
 
 ---------------------------------------------------------------------------------------------------
