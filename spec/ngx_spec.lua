@@ -137,6 +137,10 @@ describe("moonfork.ngx", function()
       assert.are.same({ premature = false, args = { "x", false, 3 }, phase = "timer", running = 1 }, got)
     end)
 
+    it("ngx.timer.every runs its callback again and again with premature = false; a zero delay raises", function()
+      assert.are.same({ runs = { { false, "arg" }, { false, "arg" }, { false, "arg" } }, zero = false }, call("/every"))
+    end)
+
     it("lets the callback talk to redis through the driver", function()
       local key = "ngx:timer:" .. math.random(1, 1e9)
       assert.are.same({ true, false }, call("/timer-redis", "&key=" .. key))
@@ -185,9 +189,9 @@ describe("moonfork.ngx when the worker drains", function()
     if rs then redis_server.stop(rs) end
   end)
 
-  it("runs a pending ngx.timer.at callback at once with premature = true, and it may still do I/O", function()
+  it("runs pending ngx.timer callbacks at once with premature = true (they may still do I/O), and refuses new timers", function()
     local resp = assert(srv:get("/timer-premature?port=" .. rs.port))
-    assert.are.same({ true }, helpers.json_decode(resp.body))
+    assert.are.same({ true, true }, helpers.json_decode(resp.body))
     assert.is_false(redis_server.cmd(rs, "GET", "ngx:premature"))
     -- a request in flight keeps the draining worker alive until the callback has finished
     local c = srv:connect()
@@ -196,6 +200,22 @@ describe("moonfork.ngx when the worker drains", function()
     srv:signal("TERM")
     resp = assert(c:receive())
     assert.are.same({ done = true }, helpers.json_decode(resp.body))
-    assert.are.equal("true:true", redis_server.cmd(rs, "GET", "ngx:premature"))
+    assert.are.equal("true:true:false:process exiting", redis_server.cmd(rs, "GET", "ngx:premature"))
+    assert.are.equal("true", redis_server.cmd(rs, "GET", "ngx:premature-every"))
+  end)
+end)
+
+describe("ngx.md5", function()
+  teardown(function() helpers.stop_all() end)
+
+  it("maps libcrypto into the worker only at the first digest", function()
+    local srv = helpers.start("ngx_app", { "--workers", "1" })
+    local function mapped()
+      return (helpers.read_file("/proc/" .. srv.workers[1] .. "/maps") or ""):find("libcrypto", 1, true) ~= nil
+    end
+    assert.is_false(mapped())
+    local resp = assert(srv:get("/md5?s=hello"))
+    assert.are.same({ "5d41402abc4b2a76b9719d911017c592" }, helpers.json_decode(resp.body))
+    assert.is_true(mapped())
   end)
 end)
