@@ -137,6 +137,12 @@ describe("moonfork.ngx", function()
       assert.are.same({ premature = false, args = { "x", false, 3 }, phase = "timer", running = 1 }, got)
     end)
 
+    it("logs a callback's error with its traceback, and the worker goes on", function()
+      assert.are.same({ true }, call("/timer-error"))
+      srv:wait_log("error in timer callback: .*ngx%-timer%-boom")
+      assert.are.same({ running = 0 }, call("/timer-counts"))
+    end)
+
     it("ngx.timer.every runs its callback again and again with premature = false; a zero delay raises", function()
       assert.are.same({ runs = { { false, "arg" }, { false, "arg" }, { false, "arg" } }, zero = false }, call("/every"))
     end)

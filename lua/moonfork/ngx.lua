@@ -141,10 +141,10 @@ function ngx.log(level, ...)
   if type(level) ~= "number" or level_names[level] == nil then
     error("bad argument #1 to 'log' (a level such as ngx.ERR expected, got " .. tostring(level) .. ")", 2)
   end
+  if level > M.log_level then return end -- before looking at the arguments, as nginx does
   local n = select("#", ...)
   local parts = {}
   for i = 1, n do parts[i] = log_piece((select(i, ...)), i + 1) end
-  if level > M.log_level then return end
   local info = getinfo(2, "Sl")
   local where = info and (info.short_src .. ":" .. (info.currentline or 0) .. ": ") or ""
   moonfork.log("[" .. level_names[level] .. "] " .. where .. concat(parts))
