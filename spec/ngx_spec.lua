@@ -193,6 +193,10 @@ describe("moonfork.ngx", function()
       assert.are.equal(1, n, list)
     end)
 
+    it("retries a refused connect, sleeping with ngx.sleep between attempts", function()
+      assert.are.same({ false, "connection refused", 3 }, call("/retry", "&closed=" .. helpers.free_port()))
+    end)
+
     it("subscribes on one connection and reads the message another publishes from a timer", function()
       assert.are.same({ first = { "subscribe", "ngx:ch", 1 }, msg = { "message", "ngx:ch", "hello" } }, call("/pubsub"))
     end)
