@@ -146,6 +146,10 @@ describe("moonfork.socket.tcp()", function()
       assert.are.same({ { false, "connection in dubious state" }, { false, "closed" } }, call("/dubious"))
     end)
 
+    it("sizes a pool at the first setkeepalive that gives a size, ignoring later sizes", function()
+      assert.are.same({ pooled = 2 }, call("/pool_size", "key=1&port=" .. up.port))
+    end)
+
     it("queues connects past pool_size up to the backlog, and refuses the next", function()
       local got = call("/backlog", "key=1&port=" .. up.port)
       assert.are.same({ false, "too many waiting connect operations" }, got.c)

@@ -41,7 +41,9 @@ local closing = false -- the worker drains or exits: nothing goes into a pool an
 local function pool_get(name, size)
   local p = pools[name]
   if not p then
-    p = { idle = {}, size = size or DEFAULT_POOL_SIZE, count = 0, queue = {} }
+    -- sized: a size was given (connect's pool_size, or the first setkeepalive's); later ones are
+    -- ignored, as in OpenResty, where a pool's size is fixed when it is made
+    p = { idle = {}, size = size or DEFAULT_POOL_SIZE, sized = size ~= nil, count = 0, queue = {} }
     pools[name] = p
   end
   return p
@@ -512,7 +514,7 @@ function Socket:setkeepalive(idle_ms, pool_size)
     conn_close(conn)
     return 1
   end
-  if pool_size and pool_size > 0 then p.size = pool_size end
+  if pool_size and pool_size > 0 and not p.sized then p.size, p.sized = pool_size, true end
   disown(conn, conn.root)
   conn.root, conn.pooled = nil, true
   local ok = tcp_read(conn.ud, true) -- a close, or data out of turn, while pooled closes it
