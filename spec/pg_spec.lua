@@ -241,6 +241,25 @@ describe("moonfork.pg", function()
     end)
   end)
 
+  describe("worker exit", function()
+    it("closes every connection and exits 0 (no leak or error under the sanitizers)", function()
+      assert.are.same({ ok = true }, call("/listen", { ch = "events" }))
+      assert.are.equal(1, query("SELECT 1", { size = 2 }).n)
+      assert.is_truthy(backend_running('LISTEN "events"'))
+      local worker = srv.workers[1]
+      srv:signal("TERM")
+      assert.are.equal(0, srv:exit_status(60), srv:log_text())
+      srv:wait_log("worker 1 %(pid " .. worker .. "%) exited with status 0")
+      local log = srv:log_text()
+      assert.is_nil(log:find("Sanitizer", 1, true), log)
+      assert.is_nil(log:find("runtime error", 1, true), log)
+      assert.is_truthy(helpers.wait_for(function()
+        return pg_server.sql(pg, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+          .. "AND pid <> pg_backend_pid()") == "0"
+      end))
+    end)
+  end)
+
   describe("listen", function()
     local function notified_with(payload)
       return helpers.wait_for(function()
@@ -250,6 +269,20 @@ describe("moonfork.pg", function()
         end
       end)
     end
+
+    it("works from the script's main chunk, where a query raises instead", function()
+      helpers.stop_all()
+      srv = helpers.start_env("pg_app", { "--workers", "1" }, { PG_CONNINFO = pg.conninfo })
+      assert.is_true(helpers.wait_for(function()
+        assert(pg_server.sql(pg, "NOTIFY boot, 'up'"))
+        for _, s in ipairs(call("/notified").got) do
+          if s == "boot:up" then return true end
+        end
+      end))
+      local got = call("/main-chunk-query")
+      assert.is_false(got.ok)
+      assert.matches("queries can only run in a request handler", got.err)
+    end)
 
     it("calls fn(payload, channel) for each NOTIFY, and LISTENs again after its connection dies", function()
       assert.are.same({ ok = true }, call("/listen", { ch = "events" }))

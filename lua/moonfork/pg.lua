@@ -18,6 +18,7 @@ local moonfork = require "moonfork"
 local type, tostring, error, pairs, setmetatable, pcall, floor =
   type, tostring, error, pairs, setmetatable, pcall, math.floor
 local remove, find, gsub = table.remove, string.find, string.gsub
+local running = coroutine.running
 
 local _M = { _VERSION = "0.1" }
 
@@ -150,6 +151,9 @@ end
 -- the pool
 
 local function acquire(db)
+  if not running() then -- the main chunk: nothing to wait in (checked before a connection is counted)
+    error("moonfork.pg: queries can only run in a request handler, a timer or another moonfork callback", 3)
+  end
   while true do
     if db.closed then return nil, "closed: the pool was closed" end
     local conn = remove(db.idle)
