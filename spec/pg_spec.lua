@@ -109,6 +109,21 @@ describe("moonfork.pg", function()
         b = "boolean:true", n = "null", by = "bytes:00ff0041", u = "string:" } }, got.rows)
     end)
 
+    it("answers COPY with an error and closes that connection, instead of waiting for data", function()
+      local got = query("COPY notes FROM STDIN", { size = 1 })
+      assert.are.equal("08006", got.code)
+      assert.matches("COPY is not supported", got.err)
+      assert.are.equal(1, query("SELECT 1", { size = 1 }).n)
+    end)
+
+    it("gives up on a query after query_timeout, closing its connection", function()
+      local got = query("SELECT pg_sleep(60)", { size = 1, qt = 300 })
+      assert.are.equal("timeout: the query took longer than 300 ms", got.err)
+      local pid = backend_running("SELECT pg_sleep(60)") -- the server still runs it: stop it
+      if pid then pg_server.sql(pg, "SELECT pg_terminate_backend(" .. pid .. ")") end
+      assert.are.equal(1, query("SELECT 1", { size = 1, qt = 300 }).n)
+    end)
+
     it("raises for a table parameter, naming its position", function()
       local got = query("SELECT $1::text", { p1 = "table" })
       assert.matches("parameter %$1 is a table", got.raised)
