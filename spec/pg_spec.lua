@@ -256,6 +256,28 @@ describe("moonfork.pg", function()
     end)
   end)
 
+  describe("worker drain", function()
+    it("closes idle connections while a request still runs", function()
+      helpers.stop_all()
+      srv = helpers.start("pg_app", { "--workers", "1", "--grace", "30" })
+      local idle = query("SELECT pg_backend_pid() AS pid", { size = 1, timeout = 1000 }).rows[1].pid
+      idle = tonumber(idle:match("%d+"))
+      local a = send_only("/query", { sql = "SELECT pg_sleep(60)", size = 1, timeout = 2000 })
+      local busy = backend_running("SELECT pg_sleep(60)")
+      assert.is_truthy(busy)
+      srv:signal("TERM")
+      assert.is_truthy(helpers.wait_for(function()
+        return pg_server.sql(pg, "SELECT count(*) FROM pg_stat_activity WHERE pid = " .. idle) == "0"
+      end), "the idle connection stayed open")
+      assert.is_true(helpers.alive(srv.workers[1])) -- still draining: the request runs on
+      assert(pg_server.sql(pg, "SELECT pg_cancel_backend(" .. busy .. ")"))
+      local resp = assert(a:receive({ timeout = 30 }))
+      assert.matches("57014", resp.body)
+      a:close()
+      assert.are.equal(0, srv:exit_status(60), srv:log_text())
+    end)
+  end)
+
   describe("worker exit", function()
     it("closes every connection and exits 0 (no leak or error under the sanitizers)", function()
       assert.are.same({ ok = true }, call("/listen", { ch = "events" }))
