@@ -186,11 +186,12 @@ describe("moonfork.pg", function()
     end)
 
     it("rolls back a transaction a query left open before the connection is reused", function()
+      local pid = query("SELECT pg_backend_pid() AS pid", { size = 1 }).rows[1].pid
       assert.are.equal("BEGIN", query("BEGIN", { size = 1 }).command)
       query("INSERT INTO notes (id) VALUES (50)", { size = 1 })
       -- inside the old transaction, the INSERT would have given it a transaction id
-      local got = query("SELECT pg_current_xact_id_if_assigned() IS NULL AS fresh", { size = 1 })
-      assert.are.same({ { fresh = "boolean:true" } }, got.rows)
+      local got = query("SELECT pg_current_xact_id_if_assigned() IS NULL AS fresh, pg_backend_pid() AS pid", { size = 1 })
+      assert.are.same({ { fresh = "boolean:true", pid = pid } }, got.rows) -- the same connection, reused
       assert.are.equal("50", ids())
     end)
   end)
