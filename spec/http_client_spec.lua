@@ -137,6 +137,12 @@ describe("moonfork.http.request()", function()
       assert.are.equal(1, got.pooled)
     end)
 
+    it("sends a request again on a new connection when the pooled one was closed by the server meanwhile", function()
+      local got = call("/many", { url = "/then-drop", n = 3 })
+      assert.are.same({ 200, 200, 200 }, got.results)
+      assert.are.equal(4, got.accepts) -- each /then-drop's connection drops the next request
+    end)
+
     it("does not reuse a connection after a close-delimited body, junk after the response or keepalive = false", function()
       assert.are.equal(4, call("/many", { url = "/close?n=3", n = 3 }).accepts) -- 3 + the count's own
       assert.are.equal(7, call("/many", { url = "/extra", n = 3 }).accepts)
@@ -171,6 +177,12 @@ describe("moonfork.http.request()", function()
       assert.are.same({ "malformed response: Invalid character in Content-Length",
         "malformed response: Invalid character in Content-Length" }, got.results)
       assert.are.equal(5, got.accepts) -- 3 before (the first here reuses n=50's), 1 more, the count's own
+    end)
+
+    it("raises an error for a header value with CR or LF, and sends nothing", function()
+      local got = call("/bad-header")
+      assert.is_false(got.ok)
+      assert.is_truthy(got.err:find("header X-A has a CR, LF or NUL", 1, true), got.err)
     end)
 
     it("returns nil, err for a URL it cannot use", function()
