@@ -207,6 +207,17 @@ describe("moonfork.http.request()", function()
       assert.are.equal(0, got.pooled)
     end)
 
+    it("relays a body much larger than memory would hold without holding it: the Lua heap and the RSS stay small", function()
+      local pid = srv.workers[1]
+      call("/stream", { url = "/len?n=100000" })
+      local rss0 = assert(helpers.rss_kib(pid))
+      local got = call("/stream", { url = "/len?n=" .. 200 * 1024 * 1024 })
+      assert.are.same({ 200, 200 * 1024 * 1024, false }, { got.status, got.size, got.err })
+      assert.is_true(got.heap_mib < 32, "the Lua heap reached " .. got.heap_mib .. " MiB")
+      local grew = (helpers.rss_kib(pid) - rss0) / 1024
+      assert.is_true(grew < 32, "RSS grew by " .. grew .. " MiB")
+    end)
+
     it("closes a stream abandoned with res:close() or left unread by its handler: no descriptor is kept", function()
       local worker = srv.workers[1]
       assert.are.same({ after_close = false, first = true }, call("/stream-abandon", { url = "/len?n=1000000", close = "1" }))

@@ -27,7 +27,7 @@ local DEFAULT_MAX_BODY = 10 * 1024 * 1024
 local READ_MAX = 1024 * 1024   -- bytes taken from the socket's buffer per read
 local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending the body anyway
 local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
-local SPARE_MAX = 64           -- parsers kept for reuse
+local SPARE_MAX = 16           -- parsers kept for reuse (each keeps at most 80 KiB of buffers)
 
 ---------------------------------------------------------------------------------------------------
 -- urls
@@ -229,7 +229,10 @@ local function release(st, o)
   else
     sock:close()
   end
-  if p and #spare < SPARE_MAX then spare[#spare + 1] = p end
+  if p and #spare < SPARE_MAX then
+    pstart(p, false, nil, false) -- gives back what its buffers grew past their keep size
+    spare[#spare + 1] = p
+  end
 end
 
 local function abandon(st)
