@@ -102,6 +102,10 @@ describe("moonfork.http.request()", function()
         host = { "127.0.0.1:" .. up.port }, ["content-length"] = { "4" } } }, got.length)
     end)
 
+    it("fails with the error of a body function that returns nil, err, without ending the body", function()
+      assert.are.same({ res = false, err = "the client went away", after = "next" }, call("/body-abort"))
+    end)
+
     it("with Expect: 100-continue sends the body after 100, not at all when the server answers first, and after a wait when the server ignores it", function()
       local got = call("/expect")
       assert.are.equal(200, got["/expect"].status)

@@ -160,11 +160,15 @@ local function build_head(o, u)
   return t, chunked, expect and body ~= nil
 end
 
--- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk.
+-- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk. A function
+-- that returns nil, err aborts the request: the body is not ended, the connection will be closed.
 local function send_pieces(sock, body, chunked)
   while true do
-    local piece = body()
-    if piece == nil then break end
+    local piece, perr = body()
+    if piece == nil then
+      if perr ~= nil then return nil, tostring(perr) end
+      break
+    end
     if type(piece) ~= "string" then error("moonfork.http.request(): opts.body returned a " .. type(piece), 0) end
     if #piece > 0 then
       local ok, err = sock:send(chunked and { format("%x\r\n", #piece), piece, "\r\n" } or piece)
