@@ -129,6 +129,14 @@ describe("moonfork.http.request()", function()
       local got = get("/redirect?n=3")
       assert.are.same({ 302, "redirect?n=2", "moved" }, { got.status, got.headers.location, got.body })
     end)
+
+    it("after a 303 sends GET without the body, and drops credentials and Host on a redirect to another origin", function()
+      local got = call("/redirect-headers")
+      assert.are.same({ method = "GET", path = "/echo", body = "", headers = { host = { "127.0.0.1:" .. up.port },
+        authorization = { "secret" }, ["x-keep"] = { "1" } } }, got.same)
+      assert.are.same({ method = "POST", path = "/echo", body = "data", headers = { host = { "localhost:" .. up.port },
+        ["x-keep"] = { "1" }, ["content-type"] = { "text/plain" }, ["content-length"] = { "4" } } }, got.other)
+    end)
   end)
 
   describe("keep-alive", function()

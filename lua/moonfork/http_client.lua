@@ -275,7 +275,11 @@ Response.__index = Response
 -- res:read() -> the next piece of a streamed body, nil at its end (or after close), or nil, err.
 function Response:read()
   local st = self._st
-  if not st then return nil end
+  if not st then
+    local last = self._last -- (the body that came whole with the head)
+    self._last = nil
+    return last
+  end
   while true do
     local piece = st.piece
     if piece then
@@ -307,7 +311,7 @@ end
 -- res:close(): the rest of a streamed body is not wanted; the connection is closed.
 function Response:close()
   local st = self._st
-  self._st = nil
+  self._st, self._last = nil, nil
   if st then abandon(st) end
 end
 
@@ -372,6 +376,9 @@ local function exchange(st, o, u)
   return read_head(st, o, false)
 end
 
+-- What a pooled connection the server had closed meanwhile fails with.
+local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pipe"] = true }
+
 -- One request on one connection (a fresh one after a pooled one the peer had closed): res | nil, err.
 local function once(url, o)
   local u, err = parse_url(url)
@@ -391,22 +398,44 @@ local function once(url, o)
     end
     abandon(st)
     err = reason
-    if not (reused and replayable and not st.got and (err == "closed" or err == "connection reset by peer")) then
+    if not (reused and replayable and not st.got and STALE[err]) then
       break
     end
   end
   return nil, err
 end
 
--- The headers of a request whose body is dropped (a 303), without those that describe the body.
-local function without_body_headers(h)
+-- Headers that describe a body (dropped with it: a 303), and those meant for one origin only (dropped
+-- on a redirect to another: the credentials, the Host the caller set).
+local BODY_HEADERS = { ["content-length"] = true, ["transfer-encoding"] = true, ["content-type"] = true,
+                       expect = true }
+local ORIGIN_HEADERS = { host = true, authorization = true, cookie = true, ["proxy-authorization"] = true }
+
+local function headers_without(h, drop)
   if not h then return nil end
   local t = {}
   for name, v in pairs(h) do
-    local l = lower(name)
-    if l ~= "content-length" and l ~= "transfer-encoding" and l ~= "content-type" and l ~= "expect" then t[name] = v end
+    if not drop[lower(name)] then t[name] = v end
   end
   return t
+end
+
+local function origin(u)
+  return u.scheme .. "://" .. (u.unix or u.host) .. ":" .. tostring(u.port)
+end
+
+-- Sets o up for the request a redirect asks for; nil, err when it cannot be made.
+local function redirect(o, res, url)
+  local u = parse_url(url)
+  if u and origin(u) ~= origin(res._u) then
+    o.headers, o.pool = headers_without(o.headers, ORIGIN_HEADERS), nil
+  end
+  if res.status == 303 or ((res.status == 301 or res.status == 302) and o.method == "POST") then
+    o.method, o.body, o.headers = o.method == "HEAD" and "HEAD" or "GET", nil, headers_without(o.headers, BODY_HEADERS)
+  elseif type(o.body) == "function" then
+    return nil, "cannot follow a " .. res.status .. " redirect with a body given as a function"
+  end
+  return true
 end
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
@@ -434,7 +463,8 @@ function _M.request(url, opts)
     if not o.stream then
       local ok, rerr = read_whole(res, st)
       if not ok then return nil, rerr end
-    elseif st.done and not st.piece then -- no body (HEAD, 204, 304...): the connection goes back now
+    elseif st.done then -- the whole body came with the head (or there is none): the connection goes back now
+      res._last, st.piece = st.piece, nil
       res:_finish()
     end
     local loc = REDIRECT[res.status] and o.redirects > 0 and res.headers.location
@@ -446,13 +476,9 @@ function _M.request(url, opts)
     end
     drain(res)
     url = resolve(res._u, loc)
-    if res.status == 303 or ((res.status == 301 or res.status == 302) and o.method == "POST") then
-      o.method, o.body, o.headers = o.method == "HEAD" and "HEAD" or "GET", nil, without_body_headers(o.headers)
-    elseif type(o.body) == "function" then
-      return nil, "cannot follow a " .. res.status .. " redirect with a body given as a function"
-    end
+    local ok, rerr = redirect(o, res, url)
+    if not ok then return nil, rerr end
   end
 end
-
 
 return _M
