@@ -191,6 +191,11 @@ describe("moonfork.http.request()", function()
       assert.are.equal(5, got.accepts) -- 3 before (the first here reuses n=50's), 1 more, the count's own
     end)
 
+    it("raises an error for misuse: bad opts (NaN, out of range, wrong types) or a URL that is not a string", function()
+      assert.are.same({ nan = "opts.timeout", redirects = "opts.redirects", headers = "opts.headers", body = "opts.body",
+        method = "opts.method", maxBody = "opts.maxBody", url = "url must be a string" }, call("/misuse"))
+    end)
+
     it("raises an error for a header value with CR or LF, and sends nothing", function()
       local got = call("/bad-header")
       assert.is_false(got.ok)

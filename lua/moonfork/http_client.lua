@@ -23,6 +23,7 @@ local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
 local _M = { _VERSION = "0.1" }
 
 local MAX_REDIRECTS = 10
+local MAX_MS = 2 ^ 31
 local DEFAULT_MAX_BODY = 10 * 1024 * 1024
 local READ_MAX = 1024 * 1024   -- bytes taken from the socket's buffer per read
 local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending the body anyway
@@ -74,8 +75,8 @@ end
 -- options
 
 local function check_ms(v, name)
-  if v ~= nil and (type(v) ~= "number" or v < 0) then
-    error("moonfork.http.request(): opts." .. name .. " must be a number of milliseconds", 4)
+  if v ~= nil and (type(v) ~= "number" or not (v >= 0 and v <= MAX_MS)) then -- (NaN fails too)
+    error("moonfork.http.request(): opts." .. name .. " must be a number of milliseconds from 0 to 2^31", 4)
   end
   return v
 end
@@ -100,12 +101,12 @@ local function options(opts)
   o.st = check_ms(opts.sendTimeout, "sendTimeout") or t
   o.rt = check_ms(opts.readTimeout, "readTimeout") or t
   local r = opts.redirects or 0
-  if type(r) ~= "number" or r < 0 or r > MAX_REDIRECTS then
+  if type(r) ~= "number" or not (r >= 0 and r <= MAX_REDIRECTS) or r % 1 ~= 0 then
     error("moonfork.http.request(): opts.redirects must be a number from 0 to " .. MAX_REDIRECTS, 3)
   end
   o.redirects = r
   local mb = opts.maxBody
-  if mb ~= nil and (type(mb) ~= "number" or mb < 0) then error("moonfork.http.request(): opts.maxBody must be a number of bytes", 3) end
+  if mb ~= nil and (type(mb) ~= "number" or not (mb >= 0)) then error("moonfork.http.request(): opts.maxBody must be a number of bytes", 3) end
   o.max_body = mb or (not o.stream and DEFAULT_MAX_BODY or nil)
   return o
 end
