@@ -149,6 +149,11 @@ describe("moonfork.http.request()", function()
       assert.are.equal(1, got.pooled)
     end)
 
+    it("closes a pooled connection idle past opts.idle", function()
+      assert.are.equal(200, get("/len?n=1", { idle = 100 }).status)
+      assert.is_truthy(helpers.wait_for(function() return call("/pooled").pooled == 0 end, 10))
+    end)
+
     it("sends a request again on a new connection when the pooled one was closed by the server meanwhile", function()
       local got = call("/many", { url = "/then-drop", n = 3 })
       assert.are.same({ 200, 200, 200 }, got.results)
