@@ -81,6 +81,24 @@ local function check_ms(v, name)
   return v
 end
 
+local function bad_field(s) return find(tostring(s), "[\r\n%z]") ~= nil end
+
+-- Raises (at the caller of request) for a header name that is not a token, or a value that would
+-- end its line (CR, LF) or a string (NUL): nothing of such a request is sent.
+local function check_headers(h)
+  if h == nil then return end
+  if type(h) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 4) end
+  for name, v in pairs(h) do
+    if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
+      error("moonfork.http.request(): bad header name " .. tostring(name), 4)
+    end
+    local list = type(v) == "table" and v or { v }
+    for i = 1, #list do
+      if bad_field(list[i]) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+    end
+  end
+end
+
 -- The request's settings, from opts (raises on misuse).
 local function options(opts)
   if opts ~= nil and type(opts) ~= "table" then error("moonfork.http.request(url, opts): opts must be a table", 3) end
@@ -91,7 +109,7 @@ local function options(opts)
   if type(o.method) ~= "string" or not match(o.method, "^[%w!#$%%&'*+.^_`|~-]+$") then
     error("moonfork.http.request(): opts.method must be a method name", 3)
   end
-  if o.headers ~= nil and type(o.headers) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 3) end
+  check_headers(o.headers)
   local bt = type(o.body)
   if o.body ~= nil and bt ~= "string" and bt ~= "function" then
     error("moonfork.http.request(): opts.body must be a string or a function", 3)
@@ -114,18 +132,16 @@ end
 ---------------------------------------------------------------------------------------------------
 -- the request
 
-local function bad_field(s) return find(s, "[\r\n%z]") ~= nil end
 
 -- Adds "name: value" lines for one header (a string, or a list for a repeated one) to t.
+-- (check_headers has checked them)
 local function add_header(t, n, name, v)
-  if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
-    error("moonfork.http.request(): bad header name " .. tostring(name), 4)
+  if type(v) ~= "table" then
+    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", tostring(v), "\r\n"
+    return n + 4
   end
-  if type(v) ~= "table" then v = { v } end
   for _, one in ipairs(v) do
-    one = tostring(one)
-    if bad_field(one) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
-    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", one, "\r\n"
+    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", tostring(one), "\r\n"
     n = n + 4
   end
   return n
