@@ -207,6 +207,11 @@ describe("moonfork.http.request()", function()
       assert.is_truthy(got.err:find("header X-A has a CR, LF or NUL", 1, true), got.err)
     end)
 
+    it("skips interim 1xx responses, and refuses a server that sends more than 16 of them", function()
+      assert.are.same({ 200, "done" }, { get("/interim?n=3").status, get("/interim?n=16").body })
+      assert.are.same({ err = "malformed response: more than 16 1xx responses" }, get("/interim?n=17"))
+    end)
+
     it("returns nil, err for a URL it cannot use", function()
       local function bad(url)
         local resp = assert(srv:get("/get?port=1&url=" .. escape(url)))

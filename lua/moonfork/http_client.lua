@@ -27,6 +27,7 @@ local MAX_MS = 2 ^ 31
 local DEFAULT_MAX_BODY = 10 * 1024 * 1024
 local READ_MAX = 1024 * 1024   -- bytes taken from the socket's buffer per read
 local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending the body anyway
+local MAX_INTERIM = 16         -- 1xx responses before the final one
 local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
 local SPARE_MAX = 16           -- parsers kept for reuse (each keeps at most 80 KiB of buffers)
 
@@ -275,6 +276,8 @@ local function read_head(st, o, want_continue)
         return status, reason, headers
       end
       local rest = st.rest -- an interim response: the final one follows
+      st.interim = (st.interim or 0) + 1
+      if st.interim > MAX_INTERIM then return nil, "malformed response: more than " .. MAX_INTERIM .. " 1xx responses" end
       st.done, st.headed, st.rest = false, false, nil
       pstart(st.p, st.no_body, o.max_body, st.whole)
       st.rest = rest
