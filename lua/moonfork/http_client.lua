@@ -61,6 +61,22 @@ local function parse_url(url)
   return u
 end
 
+-- parse_url, remembered: a worker calls the same few upstreams again and again. (The parts are only
+-- read, never changed; the cache starts over past URL_CACHE_MAX names.)
+local url_cache, url_cached = {}, 0
+local URL_CACHE_MAX = 256
+
+local function parse_url_cached(url)
+  local u = url_cache[url]
+  if u then return u end
+  local err
+  u, err = parse_url(url)
+  if not u then return nil, err end
+  if url_cached >= URL_CACHE_MAX then url_cache, url_cached = {}, 0 end
+  url_cache[url], url_cached = u, url_cached + 1
+  return u
+end
+
 -- The URL a Location value names, relative to `base` (RFC 3986 §5.2, the common cases).
 local function resolve(u, loc)
   if match(loc, "^%a[%w+.-]*://") then return loc end
@@ -100,6 +116,8 @@ local function check_headers(h)
   end
 end
 
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, PATCH = true, OPTIONS = true }
+
 -- The request's settings, from opts (raises on misuse).
 local function options(opts)
   if opts ~= nil and type(opts) ~= "table" then error("moonfork.http.request(url, opts): opts must be a table", 3) end
@@ -107,7 +125,7 @@ local function options(opts)
   local o = { method = opts.method or "GET", headers = opts.headers, body = opts.body, stream = opts.stream,
               keepalive = opts.keepalive ~= false, pool = opts.pool, pool_size = opts.poolSize,
               idle = check_ms(opts.idle, "idle"), verify = opts.verify ~= false }
-  if type(o.method) ~= "string" or not match(o.method, "^[%w!#$%%&'*+.^_`|~-]+$") then
+  if not METHODS[o.method] and (type(o.method) ~= "string" or not match(o.method, "^[%w!#$%%&'*+.^_`|~-]+$")) then
     error("moonfork.http.request(): opts.method must be a method name", 3)
   end
   check_headers(o.headers)
@@ -401,7 +419,7 @@ local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pip
 
 -- One request on one connection (a fresh one after a pooled one the peer had closed): res | nil, err.
 local function once(url, o)
-  local u, err = parse_url(url)
+  local u, err = parse_url_cached(url)
   if not u then return nil, err end
   local replayable = type(o.body) ~= "function"
   for _ = 1, RETRIES do
