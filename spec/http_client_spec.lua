@@ -184,6 +184,8 @@ describe("moonfork.http.request()", function()
 
     it("returns nil, 'closed' when the peer closes mid-body", function()
       assert.are.same({ err = "closed" }, get("/half"))
+      local got = call("/stream", { url = "/half" }) -- streamed: the pieces that came, then the error
+      assert.are.same({ 200, 10, "closed", 0 }, { got.status, got.size, got.err, got.pooled })
     end)
 
     it("refuses a malformed response and a body over maxBody, and does not reuse their connections", function()
