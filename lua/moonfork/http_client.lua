@@ -414,6 +414,10 @@ local function exchange(st, o, u)
   return read_head(st, o, false)
 end
 
+-- Methods a request may be sent again with when its connection turned out closed (RFC 9110 §9.2.2):
+-- the server may have acted on one that it then failed to answer.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true, TRACE = true }
+
 -- What a pooled connection the server had closed meanwhile fails with.
 local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pipe"] = true }
 
@@ -421,7 +425,7 @@ local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pip
 local function once(url, o)
   local u, err = parse_url_cached(url)
   if not u then return nil, err end
-  local replayable = type(o.body) ~= "function"
+  local replayable = type(o.body) ~= "function" and IDEMPOTENT[o.method]
   for _ = 1, RETRIES do
     local sock
     sock, err = connect(u, o)
