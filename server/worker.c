@@ -44,6 +44,7 @@
 #include "luastate.h"
 #include "bind_http.h"
 #include "bind_mesh.h"
+#include "bind_httpc.h"
 #include "bind_tcp.h"
 #include "bind_pg.h"
 #include "mesh.h"
@@ -320,6 +321,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_mesh_open(worker.L);
   bind_tcp_open(worker.L, worker.loop, cfg);
   bind_pg_open(worker.L, worker.loop);
+  bind_httpc_open(worker.L);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
   mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);
