@@ -76,7 +76,7 @@ static int redis_connect(lua_State *L) {
 static int redis_send(lua_State *L) {
   net_redis_t *c = redis_arg(L);
   size_t len;
-  char *cmd = redis_resp_format(L, 2, 2, &len);
+  char *cmd = redis_resp_format(L, 2, &len);
   if (c == NULL) {
     redisFreeCommand(cmd);
     return redis_fail(L, "closed");

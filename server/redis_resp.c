@@ -159,8 +159,9 @@ int redis_resp_next(lua_State *L, redis_resp_t *r, int *is_err) {
   return 1;
 }
 
-/* The argument at i as a string pushed or left in place: integral numbers without an exponent. */
-static const char *resp_arg(lua_State *L, int i, int argno, size_t *len) {
+/* The argument at i (the n-th after the command's name) as a string, in place: integral numbers
+ * without an exponent. */
+static const char *resp_arg(lua_State *L, int i, int n, size_t *len) {
   int t = lua_type(L, i);
   if (t == LUA_TNUMBER) {
     lua_Number v = lua_tonumber(L, i);
@@ -171,13 +172,14 @@ static const char *resp_arg(lua_State *L, int i, int argno, size_t *len) {
       lua_replace(L, i);
     }
   } else if (t != LUA_TSTRING) {
-    const char *msg = lua_pushfstring(L, "a command argument must be a string or a number, not a %s", lua_typename(L, t));
-    luaL_argerror(L, argno, msg);
+    luaL_error(L, "%s: argument #%d must be a string or a number, not a %s",
+               n > 0 && lua_type(L, i - n) == LUA_TSTRING ? lua_tostring(L, i - n) : "redis command", n,
+               lua_typename(L, t));
   }
   return lua_tolstring(L, i, len);
 }
 
-char *redis_resp_format(lua_State *L, int idx, int argno, size_t *len) {
+char *redis_resp_format(lua_State *L, int idx, size_t *len) {
   int argc = lua_gettop(L) - idx + 1;
   if (argc <= 0) luaL_error(L, "a redis command needs a name");
   const char *small_argv[16];
@@ -188,7 +190,7 @@ char *redis_resp_format(lua_State *L, int idx, int argno, size_t *len) {
     argv = lua_newuserdata(L, (size_t)argc * (sizeof *argv + sizeof *argvlen));
     argvlen = (size_t *)(argv + argc);
   }
-  for (int i = 0; i < argc; i++) argv[i] = resp_arg(L, idx + i, argno + i, &argvlen[i]);
+  for (int i = 0; i < argc; i++) argv[i] = resp_arg(L, idx + i, i, &argvlen[i]);
   char *cmd = NULL;
   int n = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
   if (n < 0 || cmd == NULL) luaL_error(L, "out of memory formatting a redis command");

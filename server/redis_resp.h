@@ -25,9 +25,9 @@ int redis_resp_feed(redis_resp_t *r, const char *data, size_t n);
  * memory error: call it in protected mode. */
 int redis_resp_next(lua_State *L, redis_resp_t *r, int *is_err);
 
-/* Formats the command in the Lua values at idx..top (strings or numbers; anything else raises an
- * argument error numbered from argno) as RESP; returns a malloc'd buffer the caller frees, its length
- * in *len. */
-char *redis_resp_format(lua_State *L, int idx, int argno, size_t *len);
+/* Formats the command in the Lua values at idx..top (its name, then its arguments: strings or numbers,
+ * anything else raises "NAME: argument #n must be ...") as RESP; integral numbers are written without
+ * an exponent. Returns a buffer to free with redisFreeCommand, its length in *len. */
+char *redis_resp_format(lua_State *L, int idx, size_t *len);
 
 #endif

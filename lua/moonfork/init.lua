@@ -24,6 +24,16 @@ function _M.listen(opts, server)
   return nodes
 end
 
+-- Clients a script may never use load on first use: moonfork.redis, moonfork.pg.
+local lazy = { redis = "moonfork.redis", pg = "moonfork.pg" }
+setmetatable(_M, { __index = function(t, k)
+  local name = lazy[k]
+  if name == nil then return nil end
+  local m = require(name)
+  rawset(t, k, m)
+  return m
+end })
+
 if master then
   -- The master never runs timers or handlers: loading a script there must not start any.
   _M.setTimeout = function() return false end
@@ -75,16 +85,6 @@ _M.log = core.log
 _M.static = require "moonfork.static"
 _M.socket = require "moonfork.socket"
 _M.null = require("cjson").null -- what a database's NULL becomes (the same value as cjson.null and ngx.null)
-
--- Clients a script may never use load on first use: moonfork.redis, moonfork.pg.
-local lazy = { redis = "moonfork.redis", pg = "moonfork.pg" }
-setmetatable(_M, { __index = function(t, k)
-  local name = lazy[k]
-  if name == nil then return nil end
-  local m = require(name)
-  rawset(t, k, m)
-  return m
-end })
 
 local function check(ms, fn, name)
   if type(ms) ~= "number" or not (ms >= 0 and ms <= sched.MAX_MS) then
