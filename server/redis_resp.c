@@ -147,7 +147,7 @@ int redis_resp_next(lua_State *L, redis_resp_t *r, int *is_err) {
   r->L = L;
   if (redisReaderGetReply(r->reader, &reply) != REDIS_OK) {
     resp_reset(L, r);
-    lua_pushfstring(L, "redis protocol error: %s", r->reader->errstr[0] ? r->reader->errstr : "bad reply");
+    lua_pushstring(L, r->reader->errstr[0] ? r->reader->errstr : "Protocol error: bad reply"); /* hiredis's words */
     return -1;
   }
   if (reply == NULL) return 0; /* incomplete: the arrays built so far stay in the open table */

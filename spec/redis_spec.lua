@@ -13,9 +13,9 @@ local function clients(r)
   return n - 1
 end
 
-local function start(r, workers)
+local function start(r, workers, liar_port)
   return helpers.start_env("redis_app", { "--workers", tostring(workers or 1) },
-    { REDIS_PORT = r.port, REDIS_PATH = r.path, REDIS_PASSWORD = r.opts.password })
+    { REDIS_PORT = r.port, REDIS_PATH = r.path, REDIS_PASSWORD = r.opts.password, LIAR_PORT = liar_port })
 end
 
 local function get_json(conn_or_srv, path)
@@ -183,6 +183,30 @@ describe("moonfork.redis", function()
       assert.are.same({ { "m1", "news.a", "news.*" } }, get_json(srv, "/preceived"))
       get_json(srv, "/punsubscribe")
       assert.is_true(helpers.wait_for(function() return cmd(r, "PUBLISH", "news.a", "m2") == 0 end, 10))
+    end)
+  end)
+
+  describe("a server that sends malformed replies", function()
+    it("gets a clear protocol error and its connection dropped; the worker stays up and reconnects", function()
+      r = redis_server.start()
+      local port = helpers.free_port()
+      local liar = helpers.bg_start({ "lua", helpers.FIXTURES .. "/redis_liar.lua", tostring(port) })
+      finally(function() helpers.bg_stop(liar, "KILL") end)
+      srv = start(r, 1, port)
+      local ping = helpers.wait_for(function()
+        local got = get_json(srv, "/liar?cmd=PING")
+        return got[1] == "PONG" and got
+      end, 10)
+      assert.are.same({ "PONG" }, ping)
+      local got = get_json(srv, "/liar?cmd=GARBAGE")
+      assert.is_false(got[1])
+      assert.matches('redis: Protocol error, got "?" as reply type byte (127.0.0.1:', got[2], 1, true)
+      assert.is_truthy(helpers.wait_for(function() return get_json(srv, "/liar?cmd=PING")[1] == "PONG" end, 10))
+      got = get_json(srv, "/liar?cmd=DEEP")
+      assert.is_false(got[1])
+      assert.matches("nested multi bulk replies with depth > 7", got[2], 1, true)
+      assert.is_truthy(helpers.wait_for(function() return get_json(srv, "/liar?cmd=PING")[1] == "PONG" end, 10))
+      assert.are.same({ srv.workers[1] }, { helpers.alive(srv.workers[1]) and srv.workers[1] })
     end)
   end)
 

@@ -92,7 +92,7 @@ static void test_malformed(lua_State *L) {
   int is_err;
   redis_resp_t *r = redis_resp_new();
   CHECK(take(L, r, "?what\r\n", &is_err) == -1);
-  CHECK(strstr(lua_tostring(L, -1), "redis protocol error") != NULL);
+  CHECK_STR(lua_tostring(L, -1), "Protocol error, got \"?\" as reply type byte");
   lua_settop(L, 0);
   CHECK(redis_resp_feed(r, "+OK\r\n", 5) == -1); /* the reader stays failed: drop the connection */
   redis_resp_free(L, r);
