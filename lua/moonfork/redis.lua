@@ -89,13 +89,35 @@ local function where(o)
   return o.path or (o.host .. ":" .. o.port)
 end
 
--- A new connection of `client`, connected, authenticated and on its db: conn | nil, err.
+-- The ms left until deadline (0 when past: a wait of 0 times out at once).
+local function left(deadline)
+  local ms = deadline - now()
+  return ms > 0 and ms or 0
+end
+
+-- AUTH and SELECT on a new connection, within the deadline: true | nil, err.
+local function handshake(conn, o, deadline)
+  local ok, err = true, nil
+  if o.password then
+    if o.username then ok, err = request(conn, left(deadline), "AUTH", o.username, o.password)
+    else ok, err = request(conn, left(deadline), "AUTH", o.password) end
+    if not ok then return nil, "redis: AUTH failed: " .. sub(err, find(err, "^redis: ") and 8 or 1) end
+  end
+  if o.db then
+    ok, err = request(conn, left(deadline), "SELECT", o.db)
+    if not ok then return nil, "redis: SELECT failed: " .. sub(err, find(err, "^redis: ") and 8 or 1) end
+  end
+  return true
+end
+
+-- A new connection of `client`, connected, authenticated and on its db, all within connectTimeout:
+-- conn | nil, err.
 local function dial(client, kind)
   local o = client.opts
-  local ms = o.connectTimeout
+  local deadline = now() + o.connectTimeout
   local addr, err = o.path, nil
   if not addr then
-    addr, err = resolve(o.host, ms)
+    addr, err = resolve(o.host, o.connectTimeout)
     if not addr then return nil, err end
   end
   local conn = { client = client, kind = kind, q = {}, head = 0, tail = 0, ready = false, closed = false }
@@ -107,21 +129,13 @@ local function dial(client, kind)
   ok, err = c_connect(ud, addr, not o.path and o.port or nil)
   if ok then
     conn.cco = running()
-    ok, err = wait(ms)
+    ok, err = wait(left(deadline))
     conn.cco = nil
     if err == "timeout" then err = "redis: connect timeout" end
   else
     err = "redis: " .. err
   end
-  if ok and o.password then
-    if o.username then ok, err = request(conn, ms, "AUTH", o.username, o.password)
-    else ok, err = request(conn, ms, "AUTH", o.password) end
-    if not ok then err = "redis: AUTH failed: " .. tostring(err) end
-  end
-  if ok and o.db then
-    ok, err = request(conn, ms, "SELECT", o.db)
-    if not ok then err = "redis: SELECT failed: " .. tostring(err) end
-  end
+  if ok then ok, err = handshake(conn, o, deadline) end
   if not ok then
     conn_close(conn, err)
     return nil, err .. " (" .. where(o) .. ")"
