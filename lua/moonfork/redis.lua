@@ -182,8 +182,16 @@ function reconnect(client)
   connect_main(client)
 end
 
+-- Raises at the caller's caller (the script) where a command could not wait for its reply.
+local function check_wait()
+  if not (running() and isyieldable()) then
+    error("moonfork.redis: commands can only run in a request handler, a timer or another moonfork callback", 4)
+  end
+end
+
 -- The shared connection, ready: conn | nil, err (at once while Redis is known to be down).
 local function main_conn(client, ms)
+  check_wait()
   local conn = client.main
   if conn then
     if conn.ready then return conn end
@@ -293,6 +301,7 @@ local blocking = {
 -- A blocking command on a connection of its own (from the client's idle pool, or a new one); a
 -- timeout closes that connection, so Redis stops blocking for a client that went away.
 local function call_blocking(self, block_ms, ...)
+  check_wait()
   local pool = self.bpool
   local conn = pool[#pool]
   while conn and conn.closed do -- lost while idle
