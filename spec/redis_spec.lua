@@ -96,6 +96,11 @@ describe("moonfork.redis", function()
       assert.are.same({ { "q", "x" } }, receive_json(waiting))
     end)
 
+    it("lets a blocking command wait for its block time plus the client's timeout, not the timeout alone", function()
+      local null = helpers.json_decode("null")
+      assert.are.same({ { null }, { null } }, get_json(srv, "/fast-blocking"))
+    end)
+
     it("drops the late reply of a command that timed out: the next command gets its own reply", function()
       cmd(r, "SET", "a", "A")
       cmd(r, "SET", "b", "B")

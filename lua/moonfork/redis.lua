@@ -220,7 +220,7 @@ local function lost(conn, err)
     schedule(client)
   end
   conn_close(conn, err)
-  if conn.kind == "sub" then conn.sub:_lost(err) end
+  if conn.kind == "sub" and conn.sub then conn.sub:_lost(err) end -- (none yet while it is being dialed)
 end
 
 if cr then
