@@ -208,6 +208,26 @@ describe("moonfork.redis", function()
     end)
   end)
 
+  describe("a worker that drains", function()
+    it("closes its subscriptions at once, while a request it still serves keeps using Redis", function()
+      r = redis_server.start()
+      srv = start(r, 1)
+      local old = srv.workers[1]
+      assert.is_true(helpers.wait_for(function() return cmd(r, "PUBSUB", "NUMSUB", "room")[2] == 1 end, 10))
+      local held = send_all(srv, "/blpop?key=hold&seconds=0", 1)[1]
+      assert.is_truthy(helpers.wait_for(function() return cmd(r, "CLIENT", "LIST"):find("cmd=blpop", 1, true) end, 10))
+      srv:signal("HUP")
+      srv:wait_log("retiring", 1)
+      -- the new worker subscribes; the old one, still serving the BLPOP, has let its subscription go
+      assert.is_true(helpers.wait_for(function()
+        return srv:count_log("reload done") == 1 and cmd(r, "PUBSUB", "NUMSUB", "room")[2] == 1
+      end, 10) or false, srv:log_text())
+      assert.is_true(helpers.alive(old))
+      assert.are.equal(1, cmd(r, "RPUSH", "hold", "x"))
+      assert.are.same({ { "hold", "x" } }, receive_json(held))
+    end)
+  end)
+
   describe("a server that sends malformed replies", function()
     it("gets a clear protocol error and its connection dropped; the worker stays up and reconnects", function()
       r = redis_server.start()
