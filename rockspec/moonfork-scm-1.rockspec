@@ -27,6 +27,7 @@ dependencies = {}   -- the binary embeds LuaJIT; no Lua of LuaRocks' own is need
 external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },                       -- libuv1-dev
   LUAJIT = { header = "luajit-2.1/luajit.h", library = "luajit-5.1" }, -- libluajit-5.1-dev
+  HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },    -- libhiredis-dev (moonfork.redis)
 }
 
 build = {
