@@ -153,6 +153,24 @@ describe("moonfork.redis", function()
       assert.are.equal(4, clients(r))
     end)
 
+    it("keeps a worker's memory bounded over 100,000 pipelined commands", function()
+      r = redis_server.start()
+      srv = start(r, 1)
+      local function bursts(n)
+        for _ = 1, n do
+          local got = get_json(srv, "/burst?n=2000&key=mem")
+          assert.are.same({}, got.errors)
+          get_json(srv, "/pipeline")
+        end
+      end
+      bursts(10)
+      local before = helpers.rss_kib(srv.workers[1])
+      bursts(50)
+      local after = helpers.rss_kib(srv.workers[1])
+      assert.is_true(after - before < 3072, ("RSS grew from %d to %d KiB"):format(before, after))
+      assert.are.equal("120000", cmd(r, "GET", "mem"))
+    end)
+
     it("connects lazily in workers and never from the master; an exiting worker closes its connections", function()
       r = redis_server.start()
       srv = start(r, 1)
