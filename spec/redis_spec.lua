@@ -55,7 +55,7 @@ describe("moonfork.redis", function()
       srv = start(r)
     end)
 
-    it("maps every reply type: status and bulk to strings, integers to numbers, nil to moonfork.null, arrays (nested, empty, with nils) to tables, errors to nil, 'ERR ...'", function()
+    it("(over TCP to an address, to a name, and over a Unix socket) maps every reply type: status and bulk to strings, integers to numbers, nil to moonfork.null, arrays (nested, empty, with nils) to tables, errors to nil, 'ERR ...'", function()
       assert.are.same({
         set = { "OK" }, get = { "hello" }, binary = { "OK", 3 },
         missing = { helpers.json_decode("null") }, int = { 0, 41, 42 },
@@ -64,7 +64,7 @@ describe("moonfork.redis", function()
         nilarray = { { 1, helpers.json_decode("null"), 3 } },
         error = { false, "ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'x' " },
         wrongtype = { false, "ERR value is not an integer or out of range" },
-        status = { "PONG" }, after = { "hello" }, unix = { "hello" },
+        status = { "PONG" }, after = { "hello" }, unix = { "hello" }, named = { "hello" },
       }, get_json(srv, "/types"))
       assert.are.equal("a\0b", cmd(r, "GET", "b"))
     end)

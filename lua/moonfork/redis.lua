@@ -74,14 +74,16 @@ local function request(conn, ms, ...)
   return v
 end
 
+-- The addresses of host (a literal is its own): { addr... } | nil, err. Names go through
+-- moonfork.socket's resolver callback (libuv's getaddrinfo, so /etc/hosts is honoured).
 local function resolve(host, ms)
-  if find(host, "^%d+%.%d+%.%d+%.%d+$") or find(host, ":", 1, true) then return host end
+  if find(host, "^%d+%.%d+%.%d+%.%d+$") or find(host, ":", 1, true) then return { host } end
   local w = { co = running(), host = host }
   local ok, err = ctcp.resolve(host, w)
   local addrs
   if ok then addrs, err = wait(ms) end
   w.co = nil
-  if addrs and addrs[1] then return addrs[1] end
+  if addrs and addrs[1] then return addrs end
   return nil, "redis: " .. host .. " could not be resolved (" .. tostring(err or "no address") .. ")"
 end
 
@@ -110,23 +112,14 @@ local function handshake(conn, o, deadline)
   return true
 end
 
--- A new connection of `client`, connected, authenticated and on its db, all within connectTimeout:
--- conn | nil, err.
-local function dial(client, kind)
-  local o = client.opts
-  local deadline = now() + o.connectTimeout
-  local addr, err = o.path, nil
-  if not addr then
-    addr, err = resolve(o.host, o.connectTimeout)
-    if not addr then return nil, err end
-  end
+-- One connection attempt to addr (port nil: a Unix path) until deadline: conn | nil, err (closed).
+local function attempt(client, kind, addr, port, deadline)
   local conn = { client = client, kind = kind, q = {}, head = 0, tail = 0, ready = false, closed = false }
-  local ud
-  ud, err = c_new(conn, o.path ~= nil)
+  local ud, err = c_new(conn, port == nil)
   if not ud then return nil, "redis: " .. err end
   conn.ud = ud
   local ok
-  ok, err = c_connect(ud, addr, not o.path and o.port or nil)
+  ok, err = c_connect(ud, addr, port)
   if ok then
     conn.cco = running()
     ok, err = wait(left(deadline))
@@ -135,9 +128,31 @@ local function dial(client, kind)
   else
     err = "redis: " .. err
   end
+  if ok then return conn end
+  conn_close(conn, err)
+  return nil, err
+end
+
+-- A new connection of `client`, connected (to the first address of its host that does not refuse),
+-- authenticated and on its db, all within connectTimeout: conn | nil, err.
+local function dial(client, kind)
+  local o = client.opts
+  local deadline = now() + o.connectTimeout
+  local conn, err
+  if o.path then
+    conn, err = attempt(client, kind, o.path, nil, deadline)
+  else
+    local addrs
+    addrs, err = resolve(o.host, o.connectTimeout)
+    for i = 1, addrs and #addrs or 0 do
+      conn, err = attempt(client, kind, addrs[i], o.port, deadline)
+      if conn or err ~= "redis: connection refused" then break end
+    end
+  end
+  local ok = conn ~= nil
   if ok then ok, err = handshake(conn, o, deadline) end
   if not ok then
-    conn_close(conn, err)
+    if conn then conn_close(conn, err) end
     return nil, err .. " (" .. where(o) .. ")"
   end
   conn.ready = true
