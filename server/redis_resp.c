@@ -25,6 +25,7 @@ struct redis_resp_s {
   lua_State *L;  /* during redis_resp_next */
   int open_ref;  /* registry ref of the table of open arrays: [d] = the array at depth d, [0] = the reply */
   int top_err;   /* the reply is an error */
+  size_t max_pending;
 };
 
 static char resp_marker;
@@ -110,6 +111,7 @@ redis_resp_t *redis_resp_new(void) {
   }
   r->reader->privdata = r;
   r->open_ref = LUA_NOREF;
+  r->max_pending = REDIS_RESP_MAX_PENDING;
   return r;
 }
 
@@ -120,9 +122,11 @@ void redis_resp_free(lua_State *L, redis_resp_t *r) {
   free(r);
 }
 
+void redis_resp_limit(redis_resp_t *r, size_t max_pending) { r->max_pending = max_pending; }
+
 int redis_resp_feed(redis_resp_t *r, const char *data, size_t n) {
   redisReader *rd = r->reader;
-  if (rd->err || rd->len - rd->pos + n > REDIS_RESP_MAX_PENDING) return -1;
+  if (rd->err || rd->len - rd->pos + n > r->max_pending) return -1;
   return redisReaderFeed(rd, data, n) == REDIS_OK ? 0 : -1;
 }
 

@@ -14,8 +14,10 @@ typedef struct redis_resp_s redis_resp_t;
 redis_resp_t *redis_resp_new(void);
 /* Frees the reader; L (NULL once the Lua state is gone) releases its registry slot. */
 void redis_resp_free(lua_State *L, redis_resp_t *r);
+/* The most an unfinished reply may buffer (default REDIS_RESP_MAX_PENDING; smaller in tests). */
+void redis_resp_limit(redis_resp_t *r, size_t max_pending);
 /* Appends bytes read from the server (copied). 0, or -1 when out of memory or when an unfinished
- * reply holds more than REDIS_RESP_MAX_PENDING bytes (the reader is then unusable: drop the connection). */
+ * reply holds more than the limit (the reader is then unusable: drop the connection). */
 int redis_resp_feed(redis_resp_t *r, const char *data, size_t n);
 /* Pushes the next complete reply as a Lua value and returns 1: status and bulk -> string, integer ->
  * number, nil bulk and nil array -> moonfork.null (a NULL light userdata, as cjson.null), array ->
