@@ -153,9 +153,14 @@ describe("moonfork.redis", function()
       assert.are.equal(4, clients(r))
     end)
 
-    it("keeps a worker's memory bounded over 100,000 pipelined commands", function()
+    it("keeps a worker's memory bounded over 120,000 pipelined commands", function()
       r = redis_server.start()
       srv = start(r, 1)
+      local maps = helpers.read_file("/proc/" .. srv.workers[1] .. "/maps") or ""
+      if maps:find("libasan", 1, true) then
+        pending("RSS says nothing under AddressSanitizer, whose quarantine keeps freed memory (its leak check runs at exit)")
+        return
+      end
       local function bursts(n)
         for _ = 1, n do
           local got = get_json(srv, "/burst?n=2000&key=mem")
