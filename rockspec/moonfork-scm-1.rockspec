@@ -28,6 +28,7 @@ external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },                       -- libuv1-dev
   LUAJIT = { header = "luajit-2.1/luajit.h", library = "luajit-5.1" }, -- libluajit-5.1-dev
   LIBPQ = { header = "postgresql/libpq-fe.h", library = "pq" },        -- libpq-dev (moonfork.pg)
+  HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },    -- libhiredis-dev (moonfork.redis)
 }
 
 build = {

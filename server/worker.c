@@ -45,6 +45,7 @@
 #include "bind_http.h"
 #include "bind_mesh.h"
 #include "bind_httpc.h"
+#include "bind_redis.h"
 #include "bind_tcp.h"
 #include "bind_pg.h"
 #include "mesh.h"
@@ -81,6 +82,7 @@ static void worker_exit(int status) {
   worker.exit_status = status;
   if (worker.L && bind_http_serving()) bind_core_emit(worker.L, "exit");
   if (worker.L) bind_tcp_emit(worker.L, "exit"); /* the socket pools */
+  if (worker.L) bind_redis_emit(worker.L, "exit");
   if (worker.srv && worker.access_fd >= 0) http_server_set_access_log(worker.srv, -1);
   uv_stop(worker.loop);
 }
@@ -127,6 +129,7 @@ static void worker_drain(const char *why, int close_idle) {
   if (worker.srv) http_server_set_draining(worker.srv);
   if (worker.L && bind_http_serving()) bind_core_emit(worker.L, "drain");
   if (worker.L) bind_tcp_emit(worker.L, "drain");
+  if (worker.L) bind_redis_emit(worker.L, "drain");
   if (worker.srv) http_server_drain(worker.srv, close_idle);
 }
 
@@ -322,6 +325,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_tcp_open(worker.L, worker.loop, cfg);
   bind_pg_open(worker.L, worker.loop);
   bind_httpc_open(worker.L);
+  bind_redis_open(worker.L, worker.loop);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
   mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);
