@@ -27,7 +27,7 @@ local moonfork = require "moonfork"
 local redis = require "moonfork.redis"
 local sched = require "moonfork.sched"
 
-local encode, decode, null = cjson.encode, cjson.decode, cjson.null
+local encode, decode = cjson.encode, cjson.decode
 local pairs, ipairs, pcall, type, tostring, tonumber = pairs, ipairs, pcall, type, tostring, tonumber
 local match, find, format, remove = string.match, string.find, string.format, table.remove
 local spawn, sleep = sched.spawn, sched.sleep
@@ -206,12 +206,12 @@ local function read_loop(self)
   local wait_ms, failing = 100, false
   while self.leader == self.nodes.id and not moonfork.draining do
     local r, err = self.redis:xread("COUNT", BATCH, "BLOCK", BLOCK_MS, "STREAMS", self.key, self.last)
-    if type(r) == "table" then
+    if r ~= nil then -- entries, or null: nothing new within BLOCK_MS
       if failing then moonfork.log("chat: reading the stream again from " .. self.last) end
       failing, wait_ms = false, 100
-      local s = r[1]
+      local s = type(r) == "table" and r[1]
       if type(s) == "table" and type(s[2]) == "table" then deliver(self, s[2], true) end
-    elseif r ~= null then
+    else
       if not failing then moonfork.log("chat: reading the stream failed (" .. tostring(err) .. "); retrying from " .. self.last) end
       failing = true
       sleep(wait_ms)
