@@ -24,7 +24,7 @@
 -- A worker started after the others (a respawn) is not "synced": it holds polls and streams until
 -- a synced peer has sent it the log. The first generation of workers (spawn serial <= the worker
 -- count) starts synced with an empty log. If every worker dies at once the log is lost: it lives in
--- memory only (scale-out with Redis is a later step).
+-- memory only (with a Redis configured, server.lua uses streamlog.lua instead).
 local cjson = require "cjson"
 local moonfork = require "moonfork"
 
