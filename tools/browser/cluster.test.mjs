@@ -155,6 +155,39 @@ async function main() {
       await B.page.screenshot({ path: path.join(SHOTS, 'cluster-b.png') });
     });
 
+    await test('cluster: a post whose answer is lost is sent again with its key and stored once', async () => {
+      let lost = 0, posts = 0;
+      const keys = [];
+      await A.page.route('**/messages', async (route) => {
+        if (route.request().method() !== 'POST') return route.continue();
+        posts++;
+        keys.push(JSON.parse(route.request().postData() || '{}').key);
+        if (lost === 0) {
+          lost++;
+          await route.fetch();                     // the server stores it...
+          return route.abort('connectionreset');   // ...and the page never hears back
+        }
+        return route.continue();
+      });
+      const t = `answer lost ${RUN}`;
+      await send(A.page, t);
+      await waitForMessage(B.page, t, 'B');
+      await waitForMessage(A.page, t, 'A');
+      // the page sends it again (same key) and, answered, empties the input
+      await A.page.waitForFunction(() => document.querySelector('[data-testid="message-input"]').value === '',
+        null, { timeout: WAIT });
+      await A.page.unroute('**/messages');
+      assert(lost === 1 && posts === 2, `${posts} posts went out, expected the first and one retry`);
+      assert(keys[0] && keys[0] === keys[1], `the retry's key ${keys[1]} is not the first's ${keys[0]}`);
+      const err = (await A.page.textContent('[data-testid="error"]').catch(() => '')).trim();
+      assert(!err, `A shows an error: ${err}`);
+      for (const [p, who] of [[A.page, 'A'], [B.page, 'B']]) {
+        assert(await messageItem(p, t).count() === 1, `${who} shows the retried message ${await messageItem(p, t).count()} times`);
+      }
+      const ia = await checkIds(A.page, 'A'), ib = await checkIds(B.page, 'B');
+      assert(ia.length === 3 && JSON.stringify(ia) === JSON.stringify(ib), `A and B show ${ia} / ${ib}`);
+    });
+
     await test('cluster: B\'s host is SIGKILLed; B reconnects through nginx and the chat goes on', async () => {
       execFileSync(process.env.CLUSTER_TOOL, ['--dir', process.env.CLUSTER_DIR, 'host-kill', String(hostB)]);
       const a2 = `A after host ${hostB} died ${RUN}`, b2 = `B after host ${hostB} died ${RUN}`;
@@ -167,7 +200,7 @@ async function main() {
       await waitForMessage(B.page, b2, 'B');
       const ia = await checkIds(A.page, 'A'), ib = await checkIds(B.page, 'B');
       assert(JSON.stringify(ia) === JSON.stringify(ib), `A and B show different ids: ${ia} / ${ib}`);
-      assert(ia.length === 4, `the pages show ${ia.length} messages, expected 4`);
+      assert(ia.length === 5, `the pages show ${ia.length} messages, expected 5`);
     });
 
     await test('cluster: no uncaught JavaScript errors in the pages', async () => {
