@@ -123,6 +123,26 @@ describe("chat on a Redis Stream", function()
       "the readers did not get every acknowledged post exactly once, in order")
   end)
 
+  it("goes on reading the stream after the worker that read it was SIGKILLed", function()
+    for _ = 1, 4 do reader() end
+    local ids = {}
+    for i = 1, 3 do ids[i] = post_ok(srv, "ann", "before " .. i) end
+    assert.is_true(sse.pump(readers, function() return all_got(readers, ids) end, 20))
+    local line = srv:wait_log("mesh leader: worker %d+ %(pid %d+%)")
+    local pid = tonumber(line:match("%(pid (%d+)%)"))
+    helpers.kill(pid, "KILL")
+    srv:wait_log("mesh leader: worker %d+ %(pid %d+%)", 2) -- the master named another reader
+    for i = 1, 3 do
+      assert(helpers.wait_for(function()
+        local status, body = sse.post(HOST, srv.port, { user = "ann", text = "after " .. i, key = "after-" .. i })
+        if status == 201 then ids[#ids + 1] = body.id end
+        return status == 201
+      end, 20))
+    end
+    assert.is_true(sse.pump(readers, function() return all_got(readers, ids) end, 30),
+      "the readers did not get every post exactly once, in order, after the reader died")
+  end)
+
   it("refuses a since that is not a stream id", function()
     local status, body = sse.request(HOST, srv.port, "GET", "/messages?since=abc")
     assert.equal(400, status)
