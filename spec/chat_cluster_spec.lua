@@ -157,6 +157,16 @@ describe("the chat across two hosts", function()
     all_delivered()
   end)
 
+  it("(tools/cluster-demo) down stops nginx's workers too, not only its master", function()
+    local kids = sh_out("pgrep -P " .. env.NGINX_PID)
+    assert.matches("%d", kids, nil, "nginx has no worker")
+    assert(tool(dir, "down"))
+    env = nil
+    for pid in kids:gmatch("%d+") do
+      assert(helpers.wait_for(function() return not helpers.alive(tonumber(pid)) end, 10), "nginx worker " .. pid .. " lives")
+    end
+  end)
+
   it("catches a host up from the stream when its link comes back, and its readers miss nothing", function()
     open_readers(6)
     assert.is_true(streams_on(env, 2) > 0, "host 2 holds no stream: nothing would be tested")
