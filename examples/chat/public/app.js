@@ -4,7 +4,11 @@
 // Last-Event-ID); when EventSource is missing, or fails before it ever opens, or fails 3 times
 // in a row, it falls back to long polling GET /poll?since=N. Either way every message is
 // shown once (deduplicated by id) and kept in id order.
-// Sending: POST /messages {"user", "text"} -> 201 {"id"} or 400 {"error"}.
+// Sending: POST /messages {"user", "text", "key"} -> 201 {"id"} or 400/503 {"error"}. The key is made
+// once per message and kept across retries, so a post whose answer was lost is stored once.
+//
+// Ids: numbers without Redis ("17"), Redis stream ids with it ("1733130000000-0"). Both are compared
+// as (ms, seq) pairs, never as strings or floats.
 (function () {
   'use strict';
 
@@ -14,6 +18,7 @@
   var POLL_TIMEOUT_MS = 60000;   // the server answers a poll within ~25 s; this is a safety net
   var HISTORY_TIMEOUT_MS = 10000; // the first GET /messages; the stream catches up after it
   var MAX_SHOWN = 1000;          // messages kept in the page
+  var POST_RETRIES = 2;          // a post that got no answer, or 503, is sent again (same key)
 
   var $ = function (id) { return document.getElementById(id); };
   var el = {
@@ -27,10 +32,23 @@
 
   // ---- state -------------------------------------------------------------------------------
   var myName = '';
-  var lastId = 0;        // highest id delivered by the server's stream/poll (never by our own POST)
-  var shown = {};        // id -> <li>, for dedupe
-  var shownIds = [];     // ids in the page, ascending
+  var lastId = null;     // highest id delivered by the server's stream/poll (never by our own POST)
+  var shown = {};        // id key -> <li>, for dedupe
+  var shownIds = [];     // parsed ids in the page, ascending
   var started = false;
+
+  // ---- ids ---------------------------------------------------------------------------------
+  // parseId("17") -> {key: "17", ms: 17, seq: 0}; parseId("1733130000000-3") -> {ms: 1733130000000, seq: 3}
+  function parseId(v) {
+    var m = /^(\d{1,15})(?:-(\d{1,15}))?$/.exec(String(v == null ? '' : v));
+    if (!m) return null;
+    var id = { ms: Number(m[1]), seq: m[2] === undefined ? 0 : Number(m[2]) };
+    if (id.ms === 0 && id.seq === 0) return null;
+    id.key = m[2] === undefined ? String(id.ms) : id.ms + '-' + id.seq;
+    return id;
+  }
+  function cmpId(a, b) { return a.ms !== b.ms ? a.ms - b.ms : a.seq - b.seq; }
+  function since() { return lastId ? encodeURIComponent(lastId.key) : '0'; }
 
   // ---- small helpers -----------------------------------------------------------------------
   function storageGet(key) {
@@ -73,7 +91,7 @@
   function renderMessage(m) {
     var li = document.createElement('li');
     li.className = 'message' + (m.user === myName ? ' mine' : '');
-    li.setAttribute('data-id', String(m.id));
+    li.setAttribute('data-id', m.id.key);
     li.setAttribute('data-testid', 'message');
 
     var avatar = document.createElement('span');
@@ -116,10 +134,10 @@
   // addMessage(m, fromServerStream): show m unless it is already shown; keep id order.
   function addMessage(m, fromStream) {
     if (!m || typeof m !== 'object') return;
-    var id = Number(m.id);
-    if (!isFinite(id) || id <= 0) return;
-    if (fromStream && id > lastId) lastId = id;
-    if (shown[id]) return;
+    var id = parseId(m.id);
+    if (!id) return;
+    if (fromStream && (!lastId || cmpId(id, lastId) > 0)) lastId = id;
+    if (shown[id.key]) return;
     m = { id: id, user: String(m.user == null ? '' : m.user), text: String(m.text == null ? '' : m.text),
           time: m.time == null ? Date.now() / 1000 : m.time };
 
@@ -127,18 +145,18 @@
     var li = renderMessage(m);
     // find the insertion point from the end (messages nearly always arrive in order)
     var i = shownIds.length;
-    while (i > 0 && shownIds[i - 1] > id) i--;
+    while (i > 0 && cmpId(shownIds[i - 1], id) > 0) i--;
     if (i === shownIds.length) el.list.appendChild(li);
-    else el.list.insertBefore(li, shown[shownIds[i]]);
+    else el.list.insertBefore(li, shown[shownIds[i].key]);
     shownIds.splice(i, 0, id);
-    shown[id] = li;
+    shown[id.key] = li;
 
     while (shownIds.length > MAX_SHOWN) {
       var old = shownIds.shift();
-      var oldLi = shown[old];
+      var oldLi = shown[old.key];
       if (oldLi && oldLi.parentNode) oldLi.parentNode.removeChild(oldLi);
       // keep a tombstone so a late duplicate of a dropped message is still ignored
-      shown[old] = true;
+      shown[old.key] = true;
     }
     el.empty.hidden = true;
     if (stick || m.user === myName) scrollToBottom();
@@ -146,7 +164,8 @@
 
   function addBatch(list) {
     if (!Array.isArray(list)) return;
-    list.slice().sort(function (a, b) { return Number(a.id) - Number(b.id); })
+    list.filter(function (m) { return m && parseId(m.id); })
+      .sort(function (a, b) { return cmpId(parseId(a.id), parseId(b.id)); })
       .forEach(function (m) { addMessage(m, true); });
   }
 
@@ -159,7 +178,7 @@
   function startSSE() {
     setStatus('connecting', 'Connecting…');
     // ?since= for the first connection; on its own reconnects the browser sends Last-Event-ID
-    es = new window.EventSource('/events?since=' + lastId);
+    es = new window.EventSource('/events?since=' + since());
     sseOpenTimer = setTimeout(function () {
       if (!sseEverOpened) sseFailed('the event stream did not open');
     }, SSE_OPEN_TIMEOUT_MS);
@@ -173,7 +192,7 @@
     es.onmessage = function (ev) {
       var m;
       try { m = JSON.parse(ev.data); } catch (e) { return; }
-      if (m && m.id == null && ev.lastEventId) m.id = Number(ev.lastEventId);
+      if (m && m.id == null && ev.lastEventId) m.id = ev.lastEventId;
       addMessage(m, true);
     };
     es.onerror = function () {
@@ -215,7 +234,7 @@
   function pollLoop() {
     var ctl = typeof AbortController === 'function' ? new AbortController() : null;
     var timer = ctl ? setTimeout(function () { ctl.abort(); }, POLL_TIMEOUT_MS) : null;
-    fetch('/poll?since=' + lastId, { cache: 'no-store', signal: ctl ? ctl.signal : undefined })
+    fetch('/poll?since=' + since(), { cache: 'no-store', signal: ctl ? ctl.signal : undefined })
       .then(function (res) {
         if (!res.ok) throw new Error('HTTP ' + res.status);
         return res.json();
@@ -261,6 +280,48 @@
     el.composeForm.classList.toggle('has-error', !!text);
   }
 
+  // The key of the message being composed: the same text sent again (after an error) keeps it.
+  var postKey = null, postKeyText = null;
+  function newKey() {
+    var a = new Uint32Array(4);
+    if (window.crypto && window.crypto.getRandomValues) window.crypto.getRandomValues(a);
+    else for (var i = 0; i < 4; i++) a[i] = Math.random() * 4294967296 >>> 0;
+    return Array.prototype.map.call(a, function (x) { return x.toString(36); }).join('-');
+  }
+
+  // POSTs once; resolves with the body of a 201, rejects with an Error (err.retry: worth sending again).
+  function postOnce(text, key) {
+    return fetch('/messages', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: myName, text: text, key: key })
+    }).catch(function () {
+      var e = new Error('Could not send the message: the server is unreachable.');
+      e.retry = true;
+      throw e;
+    }).then(function (res) {
+      return res.text().then(function (raw) {
+        var body = null;
+        try { body = JSON.parse(raw); } catch (e) { /* not JSON */ }
+        if (!res.ok) {
+          var err = new Error((body && body.error) || ('The server answered ' + res.status +
+                              (res.statusText ? ' ' + res.statusText : '')));
+          err.retry = res.status === 503 || res.status === 502 || res.status === 504;
+          throw err;
+        }
+        return body;
+      });
+    });
+  }
+
+  function postWithRetries(text, key, left) {
+    return postOnce(text, key).catch(function (err) {
+      if (!err.retry || left <= 0) throw err;
+      return new Promise(function (resolve) { setTimeout(resolve, 1000 * (POST_RETRIES - left + 1)); })
+        .then(function () { return postWithRetries(text, key, left - 1); });
+    });
+  }
+
   function sendMessage() {
     if (sending) return;
     var text = el.input.value;
@@ -269,23 +330,10 @@
     el.send.disabled = true;
     el.composeForm.setAttribute('aria-busy', 'true');
     showError('');
-    fetch('/messages', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ user: myName, text: text })
-    })
-      .then(function (res) {
-        return res.text().then(function (raw) {
-          var body = null;
-          try { body = JSON.parse(raw); } catch (e) { /* not JSON */ }
-          if (!res.ok) {
-            throw new Error((body && body.error) || ('The server answered ' + res.status +
-                            (res.statusText ? ' ' + res.statusText : '')));
-          }
-          return body;
-        });
-      })
+    if (!postKey || postKeyText !== text) { postKey = newKey(); postKeyText = text; }
+    postWithRetries(text, postKey, POST_RETRIES)
       .then(function (body) {
+        postKey = null;
         el.input.value = '';
         autosize();
         // show it at once; the stream delivers it too and dedupe keeps one copy
@@ -294,8 +342,7 @@
         }
       })
       .catch(function (err) {
-        showError(err && err.message && err.message !== 'Failed to fetch'
-          ? err.message : 'Could not send the message: the server is unreachable.');
+        showError((err && err.message) || 'Could not send the message.');
       })
       .then(function () {
         sending = false;
@@ -324,7 +371,7 @@
     el.whoamiName.textContent = myName;
     // mark own messages already on the page
     shownIds.forEach(function (id) {
-      var li = shown[id];
+      var li = shown[id.key];
       if (li && li.classList) {
         var u = li.querySelector('.user');
         li.classList.toggle('mine', !!u && u.textContent === myName);
