@@ -35,6 +35,7 @@ if master then
   _M.static = function() return function() return false end end
   _M.log = function() end
   _M.on = function() end
+  _M.shared = require "moonfork.shared" -- the master maps the dicts too (a script may look them up early)
   _M.socket = { tcp = function() return setmetatable({}, { __index = function() return function() return nil, "closed" end end }) end }
   return _M
 end
@@ -77,7 +78,7 @@ _M.socket = require "moonfork.socket"
 _M.null = require("cjson").null -- what a database's NULL becomes (the same value as cjson.null and ngx.null)
 
 -- Clients a script may never use load on first use: moonfork.redis, moonfork.pg.
-local lazy = { redis = "moonfork.redis", pg = "moonfork.pg" }
+local lazy = { redis = "moonfork.redis", pg = "moonfork.pg", shared = "moonfork.shared" }
 setmetatable(_M, { __index = function(t, k)
   local name = lazy[k]
   if name == nil then return nil end
