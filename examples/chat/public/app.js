@@ -14,6 +14,7 @@
   var POLL_TIMEOUT_MS = 60000;   // the server answers a poll within ~25 s; this is a safety net
   var HISTORY_TIMEOUT_MS = 10000; // the first GET /messages; the stream catches up after it
   var MAX_SHOWN = 1000;          // messages kept in the page
+  var PRESENCE_MS = 10000;       // "I am here" (POST /presence), which answers who is online
 
   var $ = function (id) { return document.getElementById(id); };
   var el = {
@@ -22,7 +23,7 @@
     join: $('join'), joinForm: $('join-form'), nameInput: $('name-input'), joinError: $('join-error'),
     chat: $('chat'), scroll: $('messages-scroll'), list: $('messages'), empty: $('empty'),
     composeForm: $('compose-form'), input: $('message-input'), send: $('send-button'),
-    error: $('compose-error')
+    error: $('compose-error'), online: $('online')
   };
 
   // ---- state -------------------------------------------------------------------------------
@@ -316,6 +317,29 @@
   });
   el.input.addEventListener('input', function () { autosize(); if (el.error.textContent) showError(''); });
 
+  // ---- who is online (kept in the server's shared dicts: the same from every worker) ---------------
+  var presenceTimer = null;
+
+  function renderOnline(list) {
+    if (!el.online || !list) return;
+    var names = list.map(function (u) { return String(u.user); });
+    el.online.textContent = 'Online (' + names.length + '): ' + names.join(', ');
+    el.online.hidden = false;
+  }
+
+  function presence() {
+    clearTimeout(presenceTimer);
+    fetch('/presence', {
+      method: 'POST', cache: 'no-store',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: myName })
+    })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (body) { if (body) renderOnline(body.online); })
+      .catch(function () { /* the next round tries again */ })
+      .then(function () { presenceTimer = setTimeout(presence, PRESENCE_MS); });
+  }
+
   // ---- name / join ---------------------------------------------------------------------------------
   function showChat() {
     el.join.hidden = true;
@@ -331,6 +355,7 @@
       }
     });
     startReceiving();
+    presence();
     scrollToBottom();
     el.input.focus();
   }
