@@ -112,5 +112,7 @@ void shd_repair(shdict_t *d);
 void shd_format(shdict_t *d);
 
 static inline int shd_expired(const entry_t *e, uint64_t now) { return e->expire != 0 && e->expire <= now; }
+/* Has e expired by now? Reads the clock only for an entry that can expire (the common hot path has none). */
+static inline int shd_dead(const entry_t *e) { return e->expire != 0 && e->expire <= shd_now(); }
 
 #endif

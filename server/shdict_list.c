@@ -11,7 +11,7 @@ static int check_key(size_t klen) { return klen == 0 || klen > SHD_KEY_MAX ? SHD
 /* The live list entry for key: SHD_ENOTFOUND when missing (an expired one is removed first). */
 static int list_find(shdict_t *d, const char *key, size_t klen, uint32_t hash, uint32_t *out) {
   uint32_t i = shd_find(d, key, klen, hash, NULL);
-  if (i && shd_expired(shd_entry(d, i), shd_now())) {
+  if (i && shd_dead(shd_entry(d, i))) {
     shd_remove(d, i);
     i = 0;
   }
