@@ -160,6 +160,9 @@ static int worker_prepare(child_t *c, group_spawn_t *sp, char *err, size_t errle
 
 static void worker_release(child_t *c) {
   scoreboard_entry_t *sb = c->data;
+  if (c->pid > 0 && shdict_region_owner_died(c->pid) > 0) /* it died inside a shared dict operation */
+    mf_log("worker %d (pid %d) died holding a shared dict's lock: released; the dict is checked and "
+           "repaired by its next user", c->id, c->pid);
   leader_forget(c); /* it still led when the server began to stop */
   if (sb) scoreboard_release(master.board, (int)(sb - master.board->e));
 }

@@ -1,15 +1,14 @@
 /* shdict.c -- a dictionary in shared memory: hash, LRU, expiry and a chunk allocator over one region.
  *
  * Pure: no event loop, no Lua, no knowledge of who maps the region (shdict_region.c does that). Every
- * operation takes the dict's robust process-shared mutex; a process that finds its last owner dead
- * (EOWNERDEAD) rebuilds the derived state from the buckets (shdict_repair.c) before it goes on. To
+ * operation takes the dict's lock (shdict_lock.c); the first process to take it after an owner died
+ * holding it rebuilds the derived state from the buckets (shdict_repair.c) before it goes on. To
  * make that rebuild possible, writes are ordered so that the buckets are always a valid picture: a
  * new entry is filled completely before the one store that links it, and an old one is unlinked
  * before its chunks go back on the free list. Lists and get_keys are in shdict_list.c. */
 #define _GNU_SOURCE
 #include "shdict_internal.h"
 
-#include <errno.h>
 #include <math.h>
 #include <time.h>
 
@@ -58,13 +57,8 @@ int shdict_init(void *mem, size_t size) {
   d->nchunks = (uint32_t)n;
   d->nbuckets = nb;
   d->size = size;
-  pthread_mutexattr_t a;
-  if (pthread_mutexattr_init(&a) != 0) return -1;
-  int r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  if (r == 0) r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-  if (r == 0) r = pthread_mutex_init(&d->lock, &a);
-  pthread_mutexattr_destroy(&a);
-  if (r != 0) return -1;
+  d->lock = 0;
+  d->repair = 0;
   shd_format(d);
   d->magic = SHD_MAGIC;
   return 0;
@@ -75,37 +69,6 @@ shdict_t *shdict_open(void *mem, size_t size) {
   if (d == NULL || size < SHD_MIN_SIZE || d->magic != SHD_MAGIC || d->size != size) return NULL;
   return d;
 }
-
-/* Operations hold the lock for well under a microsecond: a waiter spins a little (reading the lock
- * word, not writing it) before it sleeps in the kernel, as nginx's ngx_shmtx does. */
-#define LOCK_SPINS 200
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-int shdict_lock(shdict_t *d) {
-  int r = pthread_mutex_trylock(&d->lock);
-  for (int i = 0; r == EBUSY && i < LOCK_SPINS; i++) {
-    cpu_relax();
-    if (__atomic_load_n(&d->lock.__data.__lock, __ATOMIC_RELAXED) == 0) r = pthread_mutex_trylock(&d->lock);
-  }
-  if (r == EBUSY) r = pthread_mutex_lock(&d->lock);
-  if (r == EOWNERDEAD) {
-    /* The last owner died inside an operation: make the dict consistent, then the lock. */
-    shd_repair(d);
-    d->recoveries++;
-    pthread_mutex_consistent(&d->lock);
-    return 0;
-  }
-  return r == 0 ? 0 : SHD_ELOCK;
-}
-
-void shdict_unlock(shdict_t *d) { pthread_mutex_unlock(&d->lock); }
 
 /* --- chunks, cursors, hashing ------------------------------------------------------------------ */
 

@@ -49,8 +49,7 @@ typedef struct {
   uint64_t recoveries; /* times a process found the lock's owner dead and repaired the dict */
 } shdict_stats_t;
 
-/* Formats [mem, mem+size) as an empty dict (size >= SHD_MIN_SIZE). Returns 0, or -1 (size too small or
- * the lock cannot be made robust and process-shared). */
+/* Formats [mem, mem+size) as an empty dict (size >= SHD_MIN_SIZE). Returns 0, or -1 (size too small). */
 int shdict_init(void *mem, size_t size);
 /* The dict that shdict_init formatted at mem, or NULL when mem does not hold one of this size. */
 shdict_t *shdict_open(void *mem, size_t size);
@@ -98,6 +97,9 @@ void shdict_stats(const shdict_t *d, shdict_stats_t *st);
  * last owner died holding it. Returns 0 or SHD_ELOCK. */
 int shdict_lock(shdict_t *d);
 void shdict_unlock(shdict_t *d);
+/* The master, once it reaped process pid: if pid held d's lock, releases it and marks d for repair by
+ * its next user. Returns 1 when it did. */
+int shdict_owner_died(shdict_t *d, int pid);
 /* Checks every invariant (chains, LRU, lists, free list, counts); returns 0 or a line number > 0 of
  * shdict_repair.c naming the broken one. For tests; takes no lock. */
 int shdict_check(shdict_t *d);

@@ -24,7 +24,8 @@ struct shdict_s {
   uint64_t size;
   uint64_t buckets_off, chunks_off; /* from the start of the header */
   uint32_t nchunks, nbuckets;       /* nbuckets: a power of two */
-  pthread_mutex_t lock;             /* robust, process-shared */
+  uint32_t lock;                    /* the owner's pid, 0 when free (shdict_lock.c) */
+  uint32_t repair;                  /* an owner died holding the lock: rebuild before use */
   uint32_t free_head, nfree;
   uint32_t lru_head, lru_tail;      /* head: most recently used */
   uint32_t nkeys;

@@ -130,3 +130,9 @@ shdict_t *shdict_region_find(const char *name) {
     if (strcmp(shdict_region.dir->dict[i].name, name) == 0) return shdict_region.dict[i];
   return NULL;
 }
+
+int shdict_region_owner_died(int pid) {
+  int n = 0;
+  for (int i = 0; i < shdict_region.count; i++) n += shdict_owner_died(shdict_region.dict[i], pid);
+  return n;
+}

@@ -22,6 +22,10 @@ int shdict_region_attach(int fd, char *err, size_t errlen);
 /* The region's fd (master), or -1. */
 int shdict_region_fd(void);
 
+/* Master: worker pid is gone (reaped): releases any dict lock it held, marking the dict for repair.
+ * Returns how many it released. */
+int shdict_region_owner_died(int pid);
+
 /* Any process: the dicts it has mapped. */
 int shdict_region_count(void);
 const char *shdict_region_name(int i);

@@ -207,7 +207,8 @@ static void test_fragmentation_run(void) {
 }
 
 /* A child takes the lock, tears an operation (chunks off the free list, an entry half linked) and is
- * killed holding it: the parent's next call must not hang, must repair, and must find the dict sound. */
+ * killed holding it. The parent plays the master (shdict_owner_died once it reaped the child): its
+ * next call must not hang, must repair, and must find the dict sound. */
 static void test_owner_killed_holding_lock(void) {
   shdict_t *d = new_dict(1 << 18);
   int f;
@@ -234,6 +235,9 @@ static void test_owner_killed_holding_lock(void) {
   CHECK(read(p[0], &c, 1) == 1);
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
+  CHECK(shdict_owner_died(d, pid + 1) == 0); /* another pid: not the owner, nothing happens */
+  CHECK(shdict_owner_died(d, pid) == 1);     /* what the master does once it reaped a worker */
+  CHECK(shdict_owner_died(d, pid) == 0);
   const char *s = get_str(d, "before", 0);
   CHECK(s != NULL && strcmp(s, "kept") == 0);
   s = get_str(d, "x", 0);
@@ -245,8 +249,8 @@ static void test_owner_killed_holding_lock(void) {
   close(p[0]), close(p[1]);
 }
 
-/* Children hammer the dict and are SIGKILLed at random points, many times: the dict stays sound and
- * usable, and keys nobody touched keep their values. */
+/* Children hammer the dict and are SIGKILLed at random points, many times (each reaped as the master
+ * does): the dict stays sound and usable, and keys nobody touched keep their values. */
 static void test_killed_mid_operation_loop(void) {
   shdict_t *d = new_dict(1 << 18);
   int f;
@@ -270,6 +274,7 @@ static void test_killed_mid_operation_loop(void) {
     usleep(1000 + (unsigned)(rand() % 5000));
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    shdict_owner_died(d, pid);
     double n;
     CHECK(shdict_incr(d, "count", 5, 1, 1, 0, 0, &n, &f) == 0); /* never hangs */
     CHECK(shdict_check(d) == 0);
