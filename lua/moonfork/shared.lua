@@ -266,6 +266,9 @@ function dict.free_space(self) check(self, ""); return tonumber(C.shdict_free_sp
 
 -- moonfork.shared.<name>: the dict, or nil when listen() declared none of that name.
 local _M = { _VERSION = "0.1" }
+
+-- A dict object for a shdict_t pointer (bench/shdict/ffi-vs-capi).
+function _M._wrap(p) return setmetatable({ d = p, name = "?" }, mt) end
 local dicts = {}
 return setmetatable(_M, { __index = function(_, name)
   if type(name) ~= "string" then return nil end
