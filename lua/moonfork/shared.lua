@@ -62,10 +62,13 @@ local function check(self, key)
   return key
 end
 
+local MAX_MS = 2 ^ 52 -- about 142,000 years: "never" in practice, and exact in a double
+
 local function ms_of(exptime, what)
   if exptime == nil or exptime == 0 then return 0 end
-  if type(exptime) ~= "number" or exptime < 0 then error('bad "' .. what .. '" argument', 3) end
+  if type(exptime) ~= "number" or not (exptime > 0) then error('bad "' .. what .. '" argument', 3) end
   local ms = floor(exptime * 1000 + 0.5)
+  if ms > MAX_MS then return MAX_MS end
   return ms > 0 and ms or 1
 end
 
