@@ -419,9 +419,11 @@ int shdict_expire(shdict_t *d, const char *key, size_t klen, int64_t ms) {
   return ttl_op(d, key, klen, ms < 0 ? 0 : ms, NULL);
 }
 
+/* As OpenResty does: every entry expires now (get_stale still sees it; sets and flush_expired take
+ * the memory back). */
 int shdict_flush_all(shdict_t *d) {
   if (shdict_lock(d)) return SHD_ELOCK;
-  shd_format(d);
+  for (uint32_t i = d->lru_head; i; i = shd_entry(d, i)->lnext) shd_entry(d, i)->expire = 1;
   shdict_unlock(d);
   return 0;
 }

@@ -79,6 +79,7 @@ int shdict_llen(shdict_t *d, const char *key, size_t klen, int64_t *len);
 int shdict_ttl(shdict_t *d, const char *key, size_t klen, int64_t *ms);
 /* expire: a new time to live (0 = never). */
 int shdict_expire(shdict_t *d, const char *key, size_t klen, int64_t ms);
+/* flush_all: every entry expires now (memory comes back lazily, or with flush_expired). */
 int shdict_flush_all(shdict_t *d);
 /* Removes up to max expired entries (0 = all); returns how many. */
 int shdict_flush_expired(shdict_t *d, int max);

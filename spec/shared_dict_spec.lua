@@ -64,7 +64,7 @@ describe("shared dicts", function()
   describe("get and set", function()
     it("stores strings, numbers and booleans with flags, and gives nil for a missing key", function()
       local r = run(srv, [[
-        d:flush_all()
+        d:flush_all() d:flush_expired()
         local a = { d:set("s", "text", 0, 7) }
         d:set("n", 4.25) d:set("b", false)
         local s, f = d:get("s")
@@ -107,7 +107,7 @@ describe("shared dicts", function()
 
     it("set evicts the least recently used entries and says forcible; safe_set says 'no memory'", function()
       local r = run(srv, [[
-        small:flush_all()
+        small:flush_all() small:flush_expired()
         local v, i, forcible = ("x"):rep(1000), 0, false
         while not forcible do
           i = i + 1
@@ -133,10 +133,16 @@ describe("shared dicts", function()
     end)
 
     it("expire sets a new time to live; flush_expired removes expired entries", function()
-      run(srv, [[ d:flush_all() d:set("a", 1) d:set("b", 2) d:set("c", 3) d:expire("a", 0.001) d:expire("b", 0.001) ]])
+      run(srv, [[ d:flush_all() d:flush_expired() d:set("a", 1) d:set("b", 2) d:set("c", 3) d:expire("a", 0.001) d:expire("b", 0.001) ]])
       assert(helpers.wait_for(function() return run(srv, [[ return d:get("a") == nil and d:get("b") == nil ]])[1] end))
       local r = run(srv, [[ return d:flush_expired(), d:get("c"), select(2, d:expire("zz", 1)) ]])
       assert.same({ 2, 3, "not found" }, r)
+    end)
+    it("flush_all expires every entry: get misses, get_stale still sees it, flush_expired frees it", function()
+      local r = run(srv, [[ small:set("f", "x") small:flush_all()
+        local a, b = small:get("f"), select(3, small:get_stale("f")) small:flush_expired()
+        return a, b, small:get_stale("f") ]])
+      assert.same({ nil, true, nil }, r)
     end)
   end)
 
@@ -183,7 +189,7 @@ describe("shared dicts", function()
 
   describe("get_keys, capacity and free_space", function()
     it("lists up to max keys (default 1024, 0 = all)", function()
-      local r = run(srv, [[ d:flush_all() for i = 1, 1500 do d:set("k" .. i, i) end
+      local r = run(srv, [[ d:flush_all() d:flush_expired() for i = 1, 1500 do d:set("k" .. i, i) end
         d:set("gone", 1, 0.001) moonfork.sleep(5)
         local all = d:get_keys(0) local seen = {} for _, k in ipairs(all) do seen[k] = true end
         return #d:get_keys(), #d:get_keys(10), #all, seen.k1 and seen.k1500 and not seen.gone ]])
@@ -191,7 +197,7 @@ describe("shared dicts", function()
     end)
 
     it("reports the size listen() gave and the free bytes", function()
-      local r = run(srv, [[ small:flush_all() local f0 = small:free_space() small:set("k", ("v"):rep(500))
+      local r = run(srv, [[ small:flush_all() small:flush_expired() local f0 = small:free_space() small:set("k", ("v"):rep(500))
         return small:capacity(), f0 > 60000, small:free_space() < f0 ]])
       assert.same({ 65536, true, true }, r)
     end)
@@ -203,7 +209,7 @@ describe("shared dicts", function()
     -- least three times what the value needs.
     it("never says 'no memory' from fragmentation in a long mixed-size run", function()
       local r = run(srv, [[
-        d:flush_all()
+        d:flush_all() d:flush_expired()
         local val, fails, oks = ("m"):rep(8192), 0, 0
         math.randomseed(7)
         for i = 1, 100000 do
@@ -222,7 +228,7 @@ describe("shared dicts", function()
 
   describe("moonfork status", function()
     it("shows each dict's capacity, bytes used and keys, in the JSON and the table", function()
-      run(srv, [[ small:flush_all() small:set("one", 1) small:set("two", 2) ]])
+      run(srv, [[ small:flush_all() small:flush_expired() small:set("one", 1) small:set("two", 2) ]])
       local s = dict_status(ctl, "small")
       assert.equal(65536, s.capacity)
       assert.equal(2, s.keys)

@@ -109,6 +109,8 @@ static void test_expiry(void) {
   CHECK(shdict_flush_expired(d, 0) == 2);
   CHECK_STR(get_str(d, "keep", 0), "v");
   CHECK(shdict_flush_all(d) == 0 && get_str(d, "keep", 0) == NULL);
+  CHECK_STR(get_str(d, "keep", 1), "v"); /* expired, as OpenResty's flush_all leaves it */
+  CHECK(shdict_flush_expired(d, 0) == 1 && get_str(d, "keep", 1) == NULL);
   CHECK(shdict_check(d) == 0);
   shdict_set_clock(NULL);
 }
