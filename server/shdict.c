@@ -138,12 +138,18 @@ uint32_t shd_hash(const char *key, size_t n) {
   return (uint32_t)(h ^ (h >> 32));
 }
 
-/* Takes n chunks off the free list as one chain (the caller checked nfree). Returns its first. */
+/* Takes n chunks as one chain (the caller checked nfree): from the free list, then never-used ones.
+ * Returns its first. */
 uint32_t shd_alloc(shdict_t *d, uint32_t n) {
-  uint32_t first = d->free_head, last = first;
-  for (uint32_t i = 1; i < n; i++) last = ((cont_t *)shd_chunk(d, last))->next;
-  d->free_head = ((cont_t *)shd_chunk(d, last))->next;
-  ((cont_t *)shd_chunk(d, last))->next = 0;
+  uint32_t first = 0, *link = &first;
+  for (uint32_t k = 0; k < n; k++) {
+    uint32_t i = d->free_head;
+    if (i) d->free_head = ((cont_t *)shd_chunk(d, i))->next;
+    else i = d->fresh++;
+    *link = i;
+    link = &((cont_t *)shd_chunk(d, i))->next;
+  }
+  *link = 0;
   d->nfree -= n;
   return first;
 }

@@ -3,7 +3,9 @@
  * The region is a header, a bucket array and fixed 64-byte chunks. Every item (an entry, a list
  * element) is a chain of chunks, so any free chunk fits any request: free space never fragments
  * (OpenResty's "no memory" while memory is free). Chunk 0 is never used; index 0 means "none".
- * Links are chunk indexes, never pointers: each process maps the region at its own address. */
+ * Links are chunk indexes, never pointers: each process maps the region at its own address. Chunks
+ * are handed out from the free list, else from the never-used end, so a dict's memory is touched (and
+ * committed) only as it fills: a 1 GB dict costs nothing at start. */
 #ifndef MOONFORK_SHDICT_INTERNAL_H
 #define MOONFORK_SHDICT_INTERNAL_H
 
@@ -26,7 +28,8 @@ struct shdict_s {
   uint32_t nchunks, nbuckets;       /* nbuckets: a power of two */
   uint32_t lock;                    /* the owner's pid, 0 when free (shdict_lock.c) */
   uint32_t repair;                  /* an owner died holding the lock: rebuild before use */
-  uint32_t free_head, nfree;
+  uint32_t free_head, nfree;        /* nfree: the free list plus the chunks from `fresh` on */
+  uint32_t fresh;                   /* chunks from here on were never used (and never touched) */
   uint32_t lru_head, lru_tail;      /* head: most recently used */
   uint32_t nkeys;
   uint64_t recoveries;

@@ -26,7 +26,7 @@ static void unmark_chain(walk_t *w, uint32_t idx, uint32_t k) {
 static int mark_chain(walk_t *w, uint32_t idx, uint32_t n) {
   uint32_t i = idx, k = 0;
   while (k < n) {
-    if (i == 0 || i >= w->d->nchunks || w->mark[i]) break;
+    if (i == 0 || i >= w->d->fresh || w->mark[i]) break;
     w->mark[i] = 1;
     k++;
     i = ((cont_t *)shd_chunk(w->d, i))->next;
@@ -41,7 +41,7 @@ static void repair_list(walk_t *w, entry_t *e) {
   uint32_t prev = 0, count = 0, *slot = &e->aux;
   while (*slot) {
     uint32_t el = *slot;
-    if (el >= w->d->nchunks || w->mark[el]) break;
+    if (el >= w->d->fresh || w->mark[el]) break;
     elem_t *x = shd_elem(w->d, el);
     int ok = x->type == SHD_TSTRING || x->type == SHD_TNUMBER || x->type == SHD_TBOOLEAN;
     if (!ok || !mark_chain(w, el, shd_nchunks(ELEM_HDR, x->vlen))) break;
@@ -58,7 +58,7 @@ static void repair_list(walk_t *w, entry_t *e) {
 /* Does entry i (not yet marked) check out as a member of bucket b? Marks its chains when it does. */
 static int entry_ok(walk_t *w, uint32_t i, uint32_t b) {
   shdict_t *d = w->d;
-  if (i >= d->nchunks || w->mark[i]) return 0;
+  if (i >= d->fresh || w->mark[i]) return 0;
   entry_t *e = shd_entry(d, i);
   if (e->klen == 0 || e->klen > SHD_KEY_MAX || (e->hash & (d->nbuckets - 1)) != b) return 0;
   int t = e->type;
@@ -89,12 +89,12 @@ static void repair_bucket(walk_t *w, uint32_t b) {
   uint32_t *slot = &shd_buckets(d)[b];
   while (*slot) {
     uint32_t i = *slot;
-    if (i >= d->nchunks || w->mark[i]) {
+    if (i >= d->fresh || w->mark[i]) {
       *slot = 0;
       break;
     }
     if (!entry_ok(w, i, b)) {
-      *slot = shd_entry(d, i)->hnext < d->nchunks ? shd_entry(d, i)->hnext : 0;
+      *slot = shd_entry(d, i)->hnext < d->fresh ? shd_entry(d, i)->hnext : 0;
       continue;
     }
     shd_lru_push(d, i);
@@ -104,6 +104,7 @@ static void repair_bucket(walk_t *w, uint32_t b) {
 }
 
 void shd_repair(shdict_t *d) {
+  if (d->fresh == 0 || d->fresh > d->nchunks) d->fresh = d->nchunks; /* torn: look at every chunk */
   walk_t w = {d, calloc(d->nchunks, 1)};
   if (w.mark == NULL) { /* no memory to check with: start empty rather than trust it */
     shd_format(d);
@@ -114,8 +115,8 @@ void shd_repair(shdict_t *d) {
   d->nkeys = 0;
   for (uint32_t b = 0; b < d->nbuckets; b++) repair_bucket(&w, b);
   d->free_head = 0;
-  d->nfree = 0;
-  for (uint32_t i = d->nchunks - 1; i > 0; i--) {
+  d->nfree = d->nchunks - d->fresh;
+  for (uint32_t i = d->fresh - 1; i > 0; i--) {
     if (w.mark[i]) continue;
     ((cont_t *)shd_chunk(d, i))->next = d->free_head;
     d->free_head = i;
@@ -126,9 +127,8 @@ void shd_repair(shdict_t *d) {
 
 void shd_format(shdict_t *d) {
   memset(shd_buckets(d), 0, (size_t)d->nbuckets * 4);
-  for (uint32_t i = 1; i < d->nchunks; i++)
-    ((cont_t *)shd_chunk(d, i))->next = i + 1 < d->nchunks ? i + 1 : 0;
-  d->free_head = d->nchunks > 1 ? 1 : 0;
+  d->free_head = 0;
+  d->fresh = 1;
   d->nfree = d->nchunks - 1;
   d->lru_head = d->lru_tail = 0;
   d->nkeys = 0;
@@ -172,10 +172,10 @@ int shdict_check(shdict_t *d) {
     }
   }
   for (uint32_t i = d->free_head; i && !r; i = ((cont_t *)shd_chunk(d, i))->next, freen++)
-    if (i >= d->nchunks || w.mark[i]) r = __LINE__;
+    if (i >= d->fresh || w.mark[i]) r = __LINE__;
     else w.mark[i] = 1;
-  if (!r && (keys != d->nkeys || freen != d->nfree)) r = __LINE__;
-  for (uint32_t i = 1; i < d->nchunks && !r; i++)
+  if (!r && (keys != d->nkeys || freen + (d->nchunks - d->fresh) != d->nfree)) r = __LINE__;
+  for (uint32_t i = 1; i < d->fresh && !r; i++)
     if (!w.mark[i]) r = __LINE__; /* a chunk neither used nor free: leaked */
   if (!r) r = check_lru(d);
   free(w.mark);

@@ -180,6 +180,37 @@ static void test_keys(void) {
   CHECK(shdict_keys(d, &cur, 0, buf, 3, &used) == SHD_EBUF || used == 0);
 }
 
+static long rss_kb(void) {
+  long pages = 0, res = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return 0;
+  if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+  fclose(f);
+  return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* A 512 MB dict touches its chunks only as they are used: formatting it writes the buckets (8 MB),
+ * not the chunks, and a few sets touch a few pages. */
+static void test_memory_touched_lazily(void) {
+  size_t size = (size_t)512 << 20;
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  CHECK(p != MAP_FAILED);
+  if (p == MAP_FAILED) return;
+  long before = rss_kb();
+  CHECK(shdict_init(p, size) == 0);
+  shdict_t *d = shdict_open(p, size);
+  int f;
+  for (int i = 0; i < 1000; i++) {
+    char k[16];
+    snprintf(k, sizeof k, "k%d", i);
+    set_str(d, SHD_SET, k, "value", 0, &f);
+  }
+  CHECK(rss_kb() - before < 32 * 1024);
+  CHECK(shdict_free_space(d) > (uint64_t)400 << 20);
+  CHECK(shdict_check(d) == 0);
+  munmap(p, size);
+}
+
 /* A long run of sets of mixed sizes (16 B to 8 KiB) into a dict kept about half full: safe_set must
  * never say "no memory" while free space is at least three times the value. */
 static void test_fragmentation_run(void) {
@@ -292,6 +323,7 @@ int main(void) {
   test_lru_eviction();
   test_lists();
   test_keys();
+  test_memory_touched_lazily();
   test_fragmentation_run();
   test_owner_killed_holding_lock();
   test_killed_mid_operation_loop();
