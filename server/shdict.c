@@ -203,7 +203,7 @@ void shd_remove(shdict_t *d, uint32_t i) {
   entry_t *e = shd_entry(d, i);
   uint32_t *slot = &shd_buckets(d)[e->hash & (d->nbuckets - 1)];
   while (*slot && *slot != i) slot = &shd_entry(d, *slot)->hnext;
-  if (*slot) *slot = e->hnext; /* the commit point: from here on the entry is gone */
+  if (*slot) __atomic_store_n(slot, e->hnext, __ATOMIC_RELEASE); /* the commit point: gone from here */
   shd_lru_unlink(d, i);
   d->nkeys--;
   if (e->type == SHD_TLIST) {
@@ -320,7 +320,7 @@ static uint32_t entry_new(shdict_t *d, const char *key, size_t klen, uint32_t ha
   shd_write_value(&c, v, str);
   uint32_t *b = &shd_buckets(d)[hash & (d->nbuckets - 1)];
   e->hnext = *b;
-  *b = i; /* the commit point */
+  __atomic_store_n(b, i, __ATOMIC_RELEASE); /* the commit point: everything above is written first */
   shd_lru_push(d, i);
   d->nkeys++;
   return i;

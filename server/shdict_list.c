@@ -51,12 +51,13 @@ static int push_locked(shdict_t *d, const char *key, size_t klen, int left, cons
     shd_cur_write(&c, key, klen);
     uint32_t *b = &shd_buckets(d)[hash & (d->nbuckets - 1)];
     e->hnext = *b;
-    *b = i;
+    __atomic_store_n(b, i, __ATOMIC_RELEASE);
     shd_lru_push(d, i);
     d->nkeys++;
   }
   entry_t *e = shd_entry(d, i);
   uint32_t el = elem_new(d, v, str, n);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the element is written before it is linked */
   elem_t *x = shd_elem(d, el);
   if (left) {
     x->enext = e->aux;
