@@ -78,7 +78,7 @@ int shdict_region_add(const char *name, uint64_t size, uint64_t *old_size, char 
       (p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, shdict_region.fd, (off_t)off)) == MAP_FAILED ||
       shdict_init(p, size) != 0) {
     snprintf(err, errlen, "shared dict %s: cannot make %llu bytes: %s", name, (unsigned long long)size,
-             errno ? strerror(errno) : "no robust process-shared mutex");
+             errno ? strerror(errno) : "too small");
     if (p != MAP_FAILED) munmap(p, size);
     return -1;
   }
