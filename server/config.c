@@ -244,6 +244,40 @@ int mf_config_set_from_script(mf_config_t *cfg, const char *key, const char *val
   return 1;
 }
 
+#define SHARED_MIN (32ULL << 10)
+#define SHARED_MAX (16ULL << 30)
+
+int mf_config_add_shared(mf_config_t *cfg, const char *name, const char *size, char *err, size_t errlen) {
+  size_t n = strlen(name);
+  int ok = n > 0 && n < sizeof cfg->shared[0].name && !(name[0] >= '0' && name[0] <= '9');
+  for (size_t i = 0; ok && i < n; i++)
+    ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+         (name[i] >= '0' && name[i] <= '9') || name[i] == '_';
+  if (!ok) {
+    snprintf(err, errlen, "listen(): shared dict name '%.80s' must be letters, digits and _ (not first a "
+             "digit), at most 63 bytes", name);
+    return -1;
+  }
+  uint64_t u;
+  if (mf_parse_size(size, &u) != 0 || u < SHARED_MIN || u > SHARED_MAX) {
+    snprintf(err, errlen, "listen(): shared dict %s: bad size '%.80s' (bytes from 32k to 16g, e.g. 512k or "
+             "10m)", name, size);
+    return -1;
+  }
+  for (int i = 0; i < cfg->nshared; i++)
+    if (strcmp(cfg->shared[i].name, name) == 0) {
+      cfg->shared[i].size = u;
+      return 0;
+    }
+  if (cfg->nshared >= MF_SHARED_MAX) {
+    snprintf(err, errlen, "listen(): at most %d shared dicts", MF_SHARED_MAX);
+    return -1;
+  }
+  snprintf(cfg->shared[cfg->nshared].name, sizeof cfg->shared[0].name, "%s", name);
+  cfg->shared[cfg->nshared++].size = u;
+  return 0;
+}
+
 int mf_config_to_args(const mf_config_t *cfg, char **argv, int max) {
   int n = 0;
   for (size_t k = 0; k < MF_ARRAY_SIZE(opts) && n < max; k++) {

@@ -10,6 +10,8 @@
 #define MOONFORK_VERSION "0.1.0"
 #endif
 
+#define MF_SHARED_MAX 32 /* shared dicts (listen()'s `shared` table) */
+
 typedef struct {
   char host[256];
   long port;
@@ -45,6 +47,12 @@ typedef struct {
   long serial; /* the master's spawn count: a later worker has a higher one */
   long sb_index; /* this worker's entry in the scoreboard */
   int want_help, want_version;
+  /* listen({shared = {name = size}}): the shared dicts the master makes (shdict_region.c) */
+  struct {
+    char name[64];
+    uint64_t size;
+  } shared[MF_SHARED_MAX];
+  int nshared;
 } mf_config_t;
 
 void mf_config_defaults(mf_config_t *cfg);
@@ -56,6 +64,10 @@ int mf_config_parse_args(mf_config_t *cfg, int argc, char **argv, char *err, siz
  * Returns 0, 1 when the name is unknown, or -1 with a reason in err when the value is bad. */
 int mf_config_set_from_script(mf_config_t *cfg, const char *key, const char *value, char *err,
                               size_t errlen);
+
+/* Adds a shared dict from listen()'s `shared` table: name ([A-Za-z_][A-Za-z0-9_]*, at most 63 bytes)
+ * and size (bytes, or "512k", "10m", "1g"; from 32k to 16g). Returns 0, or -1 with a reason in err. */
+int mf_config_add_shared(mf_config_t *cfg, const char *name, const char *size, char *err, size_t errlen);
 
 /* Writes the options a worker needs as "--name=value" strings into argv (caller frees each string).
  * Returns how many were written (at most max). */

@@ -30,6 +30,7 @@
 #include "reload.h"
 #include "reuseport.h"
 #include "scoreboard.h"
+#include "shdict_region.h"
 #include "script.h"
 #include "status.h"
 #include "util.h"
@@ -62,7 +63,25 @@ mf_config_t *master_config(void) { return master.cfg; }
 
 int master_announced(void) { return master.announced; }
 
+/* listen()'s shared dicts (shdict_region.c): made at start; a reload adds new ones, and a changed size
+ * waits for the next restart (a dict every worker has mapped cannot move). Returns 0 or -1. */
+static int master_shared(const mf_config_t *cfg, int reload, char *err, size_t errlen) {
+  for (int i = 0; i < cfg->nshared; i++) {
+    uint64_t old = 0, want = cfg->shared[i].size;
+    int r = shdict_region_add(cfg->shared[i].name, want, &old, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) mf_log("%sshared dict %s: %llu bytes", reload ? "reload: new " : "", cfg->shared[i].name,
+                       (unsigned long long)want);
+    if (r == 2)
+      mf_log("reload: shared dict %s keeps its %llu bytes; the new size (%llu) applies at the next restart",
+             cfg->shared[i].name, (unsigned long long)old, (unsigned long long)want);
+  }
+  return 0;
+}
+
 void master_use_config(mf_config_t *next) {
+  char err[512];
+  if (master_shared(next, 1, err, sizeof err) != 0) mf_log("reload: %s", err);
   master.cfg = next;
   for (int i = 0; i < master.nargs; i++) free(master.args[i]);
   master.nargs = mf_config_to_args(next, master.args, (int)MF_ARRAY_SIZE(master.args));
@@ -135,11 +154,15 @@ static int worker_prepare(child_t *c, group_spawn_t *sp, char *err, size_t errle
   sp->argv[n] = NULL;
   sp->fds[MF_FD_LISTEN] = listen_fd;
   sp->fds[MF_FD_SCOREBOARD] = master.board_fd;
+  sp->fds[MF_FD_SHDICT] = shdict_region_fd();
   return 0;
 }
 
 static void worker_release(child_t *c) {
   scoreboard_entry_t *sb = c->data;
+  if (c->pid > 0 && shdict_region_owner_died(c->pid) > 0) /* it died inside a shared dict operation */
+    mf_log("worker %d (pid %d) died holding a shared dict's lock: released; the dict is checked and "
+           "repaired by its next user", c->id, c->pid);
   leader_forget(c); /* it still led when the server began to stop */
   if (sb) scoreboard_release(master.board, (int)(sb - master.board->e));
 }
@@ -425,6 +448,7 @@ static int master_prepare(mf_config_t *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "cannot create the scoreboard: %s", strerror(errno));
     return -1;
   }
+  if (shdict_region_create(err, errlen) < 0 || master_shared(cfg, 0, err, errlen) != 0) return -1;
   master.loop = uv_default_loop();
   if (cfg->reuseport && reuseport_init(master.loop, master.listen_fd, handoff, err, errlen) != 0) return -1;
   master.started_ms = uv_now(master.loop);

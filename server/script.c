@@ -23,6 +23,24 @@ static mf_config_t *probe_cfg;
 static char probe_err[512];
 static time_t probe_deadline;
 
+/* listen({shared = {name = size, ...}}): the shared dicts (config.c checks names and sizes). */
+static int probe_shared(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE)
+    return luaL_error(L, "listen(): option shared must be a table of name = size, e.g. { sessions = \"10m\" }");
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    int kt = lua_type(L, -2), vt = lua_type(L, -1);
+    if (kt != LUA_TSTRING || (vt != LUA_TSTRING && vt != LUA_TNUMBER))
+      return luaL_error(L, "listen(): shared: each entry must be name = size (a string or a number of bytes)");
+    lua_pushvalue(L, -1);
+    char why[512];
+    int r = mf_config_add_shared(probe_cfg, lua_tostring(L, -3), lua_tostring(L, -1), why, sizeof why);
+    if (r != 0) return luaL_error(L, "%s", why);
+    lua_pop(L, 2);
+  }
+  return 0;
+}
+
 /* core.probe_listen(opts): records listen()'s options, then stops the script. */
 static int core_probe_listen(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) {
@@ -32,6 +50,11 @@ static int core_probe_listen(lua_State *L) {
       if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "listen(): option names must be strings");
       const char *key = lua_tostring(L, -2);
       const char *val = NULL;
+      if (strcmp(key, "shared") == 0) {
+        probe_shared(L, lua_gettop(L));
+        lua_pop(L, 1);
+        continue;
+      }
       if (lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TSTRING) {
         lua_pushvalue(L, -1);
         val = lua_tostring(L, -1);

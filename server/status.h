@@ -35,6 +35,26 @@ typedef struct {
 #undef STATUS_FIELD
 } status_worker_t;
 
+/* Each shared dict's fields (shdict_region.c), the same way: `moonfork status` prints them as a second
+ * table. BYTES: a count of bytes (shown as k/M/G); NAME: a dict's name. */
+#define STATUS_SHARED_FIELDS(X)          \
+  X(name, NAME, "shared dict", -16)      \
+  X(capacity, BYTES, "capacity", 9)      \
+  X(used, BYTES, "used", 9)              \
+  X(free, BYTES, "free", 9)              \
+  X(keys, INT, "keys", 9)                \
+  X(recoveries, INT, "recoveries", 10)
+
+typedef char status_name_t[64];
+#define STATUS_CTYPE_BYTES long long
+#define STATUS_CTYPE_NAME status_name_t
+
+typedef struct {
+#define STATUS_FIELD(name, type, head, width) STATUS_CTYPE_##type name;
+  STATUS_SHARED_FIELDS(STATUS_FIELD)
+#undef STATUS_FIELD
+} status_shared_t;
+
 /* The master's own part of a status. */
 typedef struct {
   int pid;
@@ -47,7 +67,7 @@ typedef struct {
 
 /* Appends the status reply: the master, then each running child of g (by id, then serial). */
 void status_json(mf_buf_t *b, const status_master_t *m, const group_t *g);
-/* Prints the workers of a status reply as `moonfork status`'s table. */
+/* Prints the workers of a status reply as `moonfork status`'s table (then the shared dicts', if any). */
 void status_print_workers(FILE *out, const char *json);
 /* Appends {"ok":true|false,"KEY":"TEXT"} with TEXT escaped. */
 void status_reply(mf_buf_t *b, int ok, const char *key, const char *text);

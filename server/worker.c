@@ -50,6 +50,7 @@
 #include "bind_pg.h"
 #include "mesh.h"
 #include "scoreboard.h"
+#include "shdict_region.h"
 #include "script.h"
 
 typedef struct {
@@ -304,6 +305,9 @@ static int worker_link(mf_config_t *cfg) {
   uv_unref((uv_handle_t *)&worker.sigusr1);
   worker.board = scoreboard_attach();
   if (worker.board && cfg->sb_index > 0) worker.sb = &worker.board->e[cfg->sb_index];
+  char err[256]; /* the shared dicts (shdict_region.c); moonfork.shared finds them by name */
+  if (fcntl(MF_FD_SHDICT, F_GETFD) >= 0 && shdict_region_attach(MF_FD_SHDICT, err, sizeof err) != 0)
+    mf_log("shared dicts: %s", err);
   worker.access_fd = -1;
   return 0;
 }

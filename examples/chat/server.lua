@@ -1,5 +1,7 @@
 -- examples/chat/server.lua: the comet chat. Every worker serves the page, takes posts and holds
 -- clients open (long polls and Server-Sent Events); chatlog.lua keeps all workers' logs in one order.
+-- Who is online is kept in shared dicts (moonfork.shared), so every worker sees every user: `seen`
+-- remembers each name's last-seen time, `online` holds the names heard from in the last ONLINE_S.
 --
 --   moonfork examples/chat/server.lua        then open http://127.0.0.1:8080
 local moonfork = require "moonfork"
@@ -14,6 +16,7 @@ local find, gsub, len = string.find, string.gsub, string.len
 local POLL_MS = (tonumber(os.getenv("CHAT_POLL_SECONDS")) or 25) * 1000
 local PING_MS = (tonumber(os.getenv("CHAT_PING_SECONDS")) or 15) * 1000
 local POST_MS = 10000
+local ONLINE_S = tonumber(os.getenv("CHAT_ONLINE_SECONDS")) or 30 -- the page says "here" every 10 s
 local MAX_TEXT, MAX_USER = 2000, 64
 
 local serve_static = moonfork.static("public")
@@ -58,6 +61,50 @@ local function when_synced(res, fn)
   res:on("close", function() log:unwait(waiter) end)
 end
 
+-- ---- presence: moonfork.shared.seen / .online, the same in every worker ------------------------
+local seen, online -- dicts, set once listen() declared them
+
+-- The user was here just now: remembered (last seen) and online for ONLINE_S.
+local function touch(user)
+  local now = os.time()
+  seen:set(user, now)
+  online:set(user, now, ONLINE_S)
+end
+
+local function online_json()
+  local names, parts = online:get_keys(0), {}
+  table.sort(names)
+  for i, name in ipairs(names) do parts[i] = encode({ user = name, seen = seen:get(name) }) end
+  return '{"online":[' .. concat(parts, ",") .. "]}"
+end
+
+local function send_online(res)
+  res:writeHead(200, { ["Content-Type"] = "application/json", ["Cache-Control"] = "no-store" })
+  res:finish(online_json())
+end
+
+-- The user from a JSON body {"user": ...}, or nil after answering 400.
+local function user_of(req, res)
+  local ok, body = pcall(decode, req.body)
+  local why
+  if not ok or type(body) ~= "table" then why = "the body must be a JSON object"
+  elseif type(body.user) ~= "string" or not find(body.user, "%S") then why = "user is missing or empty"
+  elseif chars(body.user) > MAX_USER then why = "user is over " .. MAX_USER .. " characters" end
+  if why then
+    bad(res, why)
+    return nil
+  end
+  return body.user, body
+end
+
+-- POST /presence {"user"}: the page says its user is here; the answer is who is online.
+local function presence(req, res)
+  local user = user_of(req, res)
+  if not user then return end
+  touch(user)
+  send_online(res)
+end
+
 local function post_message(req, res)
   local ok, body = pcall(decode, req.body)
   if not ok or type(body) ~= "table" then return bad(res, "the body must be a JSON object") end
@@ -69,6 +116,7 @@ local function post_message(req, res)
   if streamlog.valid_key(body.key) == false then
     return bad(res, "key must be up to 100 letters, digits and - _ : .")
   end
+  touch(user)
   local key, timer
   key = log:post(user, text, function(id, err)
     moonfork.clearTimer(timer)
@@ -183,6 +231,8 @@ local server = moonfork.http.createServer(function(req, res)
   end
   if path == "/poll" and method == "GET" then return poll(req, res) end
   if path == "/events" and method == "GET" then return events(req, res) end
+  if path == "/presence" and method == "POST" then return presence(req, res) end
+  if path == "/online" and method == "GET" then return send_online(res) end
   if serve_static(req, res) then return end
   if path == "/messages" or path == "/poll" or path == "/events" then
     res:setHeader("Allow", path == "/messages" and "GET, POST" or "GET")
@@ -191,7 +241,8 @@ local server = moonfork.http.createServer(function(req, res)
   res:json({ error = "not found" }, 404)
 end)
 
-local nodes = moonfork.listen({ port = 8080 }, server)
+local nodes = moonfork.listen({ port = 8080, shared = { seen = "4m", online = "1m" } }, server)
+seen, online = moonfork.shared.seen, moonfork.shared.online
 
 -- With a Redis, the log is a Redis Stream shared by every host (streamlog.lua); without, the workers
 -- of this host keep it among themselves (chatlog.lua).

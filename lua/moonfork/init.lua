@@ -26,7 +26,7 @@ end
 
 -- Clients a script may never use load on first use: moonfork.redis, moonfork.pg (in the
 -- master too: a script makes its pools at the top, which the master also runs).
-local lazy = { redis = "moonfork.redis", pg = "moonfork.pg" }
+local lazy = { redis = "moonfork.redis", pg = "moonfork.pg", shared = "moonfork.shared" }
 setmetatable(_M, { __index = function(t, k)
   local name = lazy[k]
   if name == nil then return nil end
@@ -46,6 +46,7 @@ if master then
   _M.static = function() return function() return false end end
   _M.log = function() end
   _M.on = function() end
+  _M.shared = require "moonfork.shared" -- the master maps the dicts too (a script may look them up early)
   _M.socket = { tcp = function() return setmetatable({}, { __index = function() return function() return nil, "closed" end end }) end }
   return _M
 end

@@ -19,6 +19,7 @@
   var HISTORY_TIMEOUT_MS = 10000; // the first GET /messages; the stream catches up after it
   var MAX_SHOWN = 1000;          // messages kept in the page
   var POST_RETRIES = 2;          // a post that got no answer, or 503, is sent again (same key)
+  var PRESENCE_MS = 10000;       // "I am here" (POST /presence), which answers who is online
 
   var $ = function (id) { return document.getElementById(id); };
   var el = {
@@ -27,7 +28,7 @@
     join: $('join'), joinForm: $('join-form'), nameInput: $('name-input'), joinError: $('join-error'),
     chat: $('chat'), scroll: $('messages-scroll'), list: $('messages'), empty: $('empty'),
     composeForm: $('compose-form'), input: $('message-input'), send: $('send-button'),
-    error: $('compose-error')
+    error: $('compose-error'), online: $('online')
   };
 
   // ---- state -------------------------------------------------------------------------------
@@ -363,6 +364,29 @@
   });
   el.input.addEventListener('input', function () { autosize(); if (el.error.textContent) showError(''); });
 
+  // ---- who is online (kept in the server's shared dicts: the same from every worker) ---------------
+  var presenceTimer = null;
+
+  function renderOnline(list) {
+    if (!el.online || !list) return;
+    var names = list.map(function (u) { return String(u.user); });
+    el.online.textContent = 'Online (' + names.length + '): ' + names.join(', ');
+    el.online.hidden = false;
+  }
+
+  function presence() {
+    clearTimeout(presenceTimer);
+    fetch('/presence', {
+      method: 'POST', cache: 'no-store',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: myName })
+    })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (body) { if (body) renderOnline(body.online); })
+      .catch(function () { /* the next round tries again */ })
+      .then(function () { presenceTimer = setTimeout(presence, PRESENCE_MS); });
+  }
+
   // ---- name / join ---------------------------------------------------------------------------------
   function showChat() {
     el.join.hidden = true;
@@ -378,6 +402,7 @@
       }
     });
     startReceiving();
+    presence();
     scrollToBottom();
     el.input.focus();
   }
