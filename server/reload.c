@@ -48,6 +48,7 @@ static void reload_finish(group_t *g, int ok, const char *error) {
   if (ok) {
     mf_log("reload done: %d workers replaced", g->nslots);
     mf_buf_appendf(&b, "{\"ok\":true,\"workers\":%d}", g->nslots);
+    mf_buf_append(&b, "", 1); /* reply_all takes a C string; appendf does not count the NUL */
   } else {
     mf_log("reload failed: %s", error);
     status_reply(&b, 0, "error", error);
