@@ -118,6 +118,7 @@ static PostgresPollingStatusType net_pg_connect_poll(net_pg_t *p, PostgresPollin
 }
 
 net_pg_t *net_pg_connect(const char *conninfo, char *err, size_t errlen) {
+  if (net_pg_lib_load(err, errlen) != 0) return NULL;
   net_pg_t *p = calloc(1, sizeof *p);
   if (p == NULL) {
     snprintf(err, errlen, "out of memory");

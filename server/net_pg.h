@@ -2,7 +2,7 @@
 #ifndef MOONFORK_NET_PG_H
 #define MOONFORK_NET_PG_H
 
-#include <libpq-fe.h>
+#include "net_pg_lib.h" /* libpq, loaded at the first connection */
 #include <uv.h>
 
 typedef struct net_pg_s net_pg_t;

@@ -65,6 +65,17 @@ describe("moonfork.pg", function()
     end)
   end
 
+  describe("libpq", function()
+    it("is loaded into a worker at its first connection, not at start", function()
+      local function mapped()
+        return (helpers.read_file("/proc/" .. srv.workers[1] .. "/maps") or ""):find("libpq", 1, true) ~= nil
+      end
+      assert.is_false(mapped())
+      query("SELECT 1 AS one")
+      assert.is_true(mapped())
+    end)
+  end)
+
   describe("query", function()
     it("returns rows keyed by column, #rows, affected and command", function()
       local ins = query("INSERT INTO notes (id, title, owner) VALUES (1, 'a', 'ann'), (2, 'b', 'ann'), (3, 'c', 'bob')")

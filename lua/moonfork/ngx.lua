@@ -4,7 +4,7 @@
 -- written for OpenResty (lua-resty-redis and the like) loads and runs unchanged. Everything here is
 -- built on what moonfork already has: ngx.socket.tcp is moonfork.socket.tcp (the same cosocket API),
 -- ngx.null is cjson.null, ngx.sleep and ngx.timer.at are sched waits and timers in OpenResty's units
--- (seconds). What needs a request (ngx.say, ngx.req, ngx.exit), shared memory (ngx.shared) or PCRE
+-- (seconds). What needs a request (ngx.say, ngx.req, ngx.exit), or PCRE
 -- (ngx.re) is not here: the README lists what is and what is not.
 --
 -- The module loads in the master too (the master evaluates the script up to moonfork.listen()), where
@@ -53,7 +53,7 @@ ngx.config = {
 }
 
 ngx.var = {}      -- no nginx variables: every ngx.var.NAME is nil
-ngx.shared = nil  -- shared dictionaries: not yet (a later issue)
+ngx.shared = require "moonfork.shared" -- ngx.shared.NAME: the dicts listen({ shared = {...} }) declared
 
 ---------------------------------------------------------------------------------------------------
 -- sockets
