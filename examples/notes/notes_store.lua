@@ -53,6 +53,7 @@ end
 local function ensure_schema()
   if schema_ready then return true end
   local ok, err, code = db:transaction(function(tx)
+    tx:query("SET LOCAL client_min_messages = warning") -- no NOTICE that the table exists
     tx:query("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
     tx:query(SCHEMA)
   end)
