@@ -229,4 +229,5 @@ local server = moonfork.http.createServer(function(req, res)
   fail(res, 404, "not found")
 end)
 
-moonfork.listen({ port = 8080 }, server)
+local nodes = moonfork.listen({ port = 8080 }, server)
+cache.attach(nodes) -- a write whose INCR failed is told to every worker

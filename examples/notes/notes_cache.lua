@@ -7,8 +7,9 @@
 -- generations are never read again and expire by their TTL.
 --
 -- Redis is a cache, not a dependency: when it cannot be reached, lists read the database and writes
--- still succeed. A write whose INCR failed leaves this worker reading the database only, and
--- retrying the INCR in the background until it lands (see the README for what that leaves open).
+-- still succeed. A write whose INCR failed must not let a page cached before it be served once Redis
+-- is back (it may come back with its data): its worker tells the others over the mesh, and every
+-- worker then reads the database only, retrying the INCR in the background until its own lands.
 local moonfork = require "moonfork"
 
 local type, tostring = type, tostring
@@ -65,6 +66,9 @@ function _M.put(key, page)
   if not ok then failed(err) end
 end
 
+local SUSPECT = "notes-cache: a write could not bump the generation"
+local nodes -- the mesh, to tell the other workers
+
 local function retry_bump()
   while pending do
     if redis:incr(GEN) then
@@ -76,16 +80,32 @@ local function retry_bump()
   end
 end
 
+-- No cached reads in this worker until an INCR of its own has landed.
+local function suspect()
+  if pending then return end
+  pending = true
+  moonfork.setTimeout(0, retry_bump)
+end
+
+-- attach(nodes): after moonfork.listen, so that workers hear of each other's failed INCRs.
+function _M.attach(mesh)
+  nodes = mesh
+  if not redis then return end
+  nodes:on("node", function(stream)
+    stream:on("data", function(msg)
+      if msg == SUSPECT then suspect() end
+    end)
+  end)
+end
+
 -- invalidate(): after a write is committed, before it is answered.
 function _M.invalidate()
   if not redis then return end
   local ok, err = redis:incr(GEN)
   if ok then return worked() end
   failed(err)
-  if not pending then
-    pending = true
-    moonfork.setTimeout(0, retry_bump)
-  end
+  suspect()
+  if nodes then nodes:broadcast(SUSPECT) end
 end
 
 return _M
