@@ -322,6 +322,26 @@ describe("examples/notes", function()
       end)
     end
 
+    it("50 concurrent creates over both workers each bump the generation once, and a list shows all", function()
+      list()
+      local gen = tonumber(redis("GET", "notes:gen")) or 0
+      local conns = {}
+      for i = 1, 50 do
+        local c = srv:connect()
+        local body = cjson.encode({ title = "c" .. i })
+        assert(c:send(helpers.build_request("POST", "/api/notes", { ["Content-Type"] = "application/json" }, body)))
+        conns[i] = c
+      end
+      for i = 1, 50 do
+        assert.are.equal(201, assert(conns[i]:receive()).status)
+        conns[i]:close()
+      end
+      assert.are.equal(gen + 50, tonumber(redis("GET", "notes:gen")))
+      local page = list("?limit=100")
+      assert.are.equal(50, #page.notes)
+      assert.are.equal(50, count_rows())
+    end)
+
     it("with Redis down, every route still works, uncached", function()
       local note = create("before")
       list()
@@ -355,6 +375,32 @@ describe("examples/notes", function()
       assert.truthy(helpers.wait_for(function() return select(2, list()) == "hit" end))
       for _ = 1, 4 do assert.are.same({ "two", "one" }, titles(list())) end
       assert.truthy(srv:wait_log("Redis is back, lists are cached again"))
+    end)
+  end)
+
+  describe("configuration", function()
+    local function restart_with(redis_spec)
+      helpers.stop_all()
+      srv = helpers.start_env(APP, { "--workers", "2" }, { NOTES_PG = pg.conninfo, NOTES_REDIS = redis_spec })
+    end
+
+    it("NOTES_REDIS may be a Unix socket path", function()
+      restart_with(rs.path)
+      create("over the socket")
+      list()
+      assert.are.equal("hit", select(2, list()))
+      assert.truthy(redis_server.cmd(rs, "KEYS", "notes:list:*")[1])
+    end)
+
+    it("NOTES_REDIS=off lists from the database and leaves Redis alone", function()
+      restart_with("off")
+      create("uncached")
+      for _ = 1, 3 do
+        local page, state = list()
+        assert.are.equal("off", state)
+        assert.are.same({ "uncached" }, titles(page))
+      end
+      assert.are.same({}, redis_server.cmd(rs, "KEYS", "notes:*"))
     end)
   end)
 
