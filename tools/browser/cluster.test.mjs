@@ -128,8 +128,11 @@ async function main() {
       hostA = c[1] === 1 ? 1 : 2;
       assert(c[hostA] === 1, `A's stream is on no host (${JSON.stringify(c)})`);
       B = await openPage(browser, 'B', `Ben ${RUN.slice(-4)}`);
-      // nginx picks the host; reload B until its stream is on the other one
+      // nginx picks the host, round robin; reload B until its stream is on the other one. A page load
+      // makes a fixed number of requests, so when that number is even B's stream lands on A's host
+      // every time: one request of our own between reloads moves nginx's turn on by one.
       for (let i = 0; i < 20 && (c = await waitStreams(2))[3 - hostA] === 0; i++) {
+        await fetch(BASE + '/', { cache: 'no-store' }).then((r) => r.text()).catch(() => {});
         await B.page.reload({ waitUntil: 'domcontentloaded' });
         await waitForState(B.page, 'connected', 'B');
       }
