@@ -158,4 +158,8 @@ void bind_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   lua_setfield(L, -2, "script");
   lua_pushnumber(L, (lua_Number)cfg->serial);
   lua_setfield(L, -2, "serial");
+  if (cfg->redis) {
+    lua_pushstring(L, cfg->redis);
+    lua_setfield(L, -2, "redis_url");
+  }
 }

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum opt_kind { OPT_HOST, OPT_INT, OPT_SECONDS, OPT_MILLIS, OPT_SIZE, OPT_STRING, OPT_FLAG };
+enum opt_kind { OPT_HOST, OPT_INT, OPT_SECONDS, OPT_MILLIS, OPT_SIZE, OPT_STRING, OPT_FLAG, OPT_REDIS };
 
 /* Who may set an option, and who gets it. */
 #define F_WORKER 1 /* passed on to each worker */
@@ -67,6 +67,8 @@ static const opt_t opts[] = {
      "append a combined-format line per response to FILE"},
     {"error-log", "errorLog", NULL, OPT_STRING, OFF(error_log), 0, 0, F_WORKER,
      "write the log to FILE instead of stderr"},
+    {"redis", "redis", NULL, OPT_REDIS, OFF(redis), 0, 0, F_WORKER,
+     "Redis the hosts of a cluster share (redis://[:password@]host[:port][/db]): nodes:publish/subscribe"},
     {"watchdog", "watchdog", NULL, OPT_SECONDS, OFF(watchdog_ms), 0, 0, 0,
      "kill a worker whose loop is stuck this long, 0 = off (default 30)"},
     {"max-requests", "maxRequests", NULL, OPT_INT, OFF(max_requests), 0, 0x7fffffff, F_WORKER,
@@ -117,6 +119,13 @@ static void size_text(long v, char *buf, size_t len) {
   else snprintf(buf, len, "%ld", v);
 }
 
+/* --redis: a redis:// URL (moonfork.redis parses the rest when a worker connects). 0 or -1. */
+static int redis_url_check(const opt_t *o, const char *v, char *err, size_t errlen) {
+  if (strncmp(v, "redis://", 8) == 0 && v[8] != '\0' && strpbrk(v, " \t\r\n") == NULL) return 0;
+  snprintf(err, errlen, "bad value for %s: '%s' (a URL: redis://host:port)", o->name, v);
+  return -1;
+}
+
 /* Stores `value` into the option; 0 or -1 with a reason. */
 static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *err, size_t errlen) {
   void *field = (char *)cfg + o->offset;
@@ -150,6 +159,9 @@ static int opt_set(mf_config_t *cfg, const opt_t *o, const char *value, char *er
       }
       *(uint64_t *)field = u;
       return 0;
+    case OPT_REDIS:
+      if (redis_url_check(o, value, err, errlen) != 0) return -1;
+      /* fall through */
     case OPT_STRING:
       if (value[0] == '\0') break;
       *(char **)field = strdup(value);
@@ -287,6 +299,7 @@ int mf_config_to_args(const mf_config_t *cfg, char **argv, int max) {
     if (!(o->flags & F_WORKER)) continue; /* the hidden ones are the master's to add */
     switch (o->kind) {
       case OPT_STRING:
+      case OPT_REDIS:
         if (*(char *const *)field == NULL) continue;
         snprintf(buf, sizeof buf, "--%s=%s", o->name, *(char *const *)field);
         break;
@@ -321,6 +334,7 @@ void mf_config_usage(FILE *out) {
                       : opts[k].kind == OPT_MILLIS  ? "MS"
                       : opts[k].kind == OPT_SIZE    ? "BYTES"
                       : opts[k].kind == OPT_STRING  ? "VALUE"
+                      : opts[k].kind == OPT_REDIS   ? "URL"
                       : opts[k].kind == OPT_FLAG    ? ""
                                                     : "N";
     char left[64];

@@ -30,6 +30,7 @@ typedef struct {
   long reuseport;      /* a listening socket per worker slot (reuseport.c) */
   uint64_t sched_slice_us; /* the CPU time slice workers ask for, 0 = the kernel's (cpuslice.c) */
   char *control;      /* control socket path (NULL: the default for the port) */
+  char *redis;        /* --redis URL: the Redis the hosts of a cluster share (nodes:publish, the chat) */
   char *pid_file;
   char *access_log;
   char *error_log;

@@ -7,30 +7,11 @@
 local helpers = require "spec.helpers"
 local sse = require "spec.sse_client"
 
-local TOOL = helpers.ROOT .. "/tools/cluster-demo"
 local CHAT = helpers.ROOT .. "/examples/chat/server.lua"
 local HOST = "127.0.0.1"
 
-local function command(dir, ...)
-  local words = { helpers.shell_quote(TOOL), "--dir", helpers.shell_quote(dir) } -- (before any "--")
-  for _, a in ipairs({ ... }) do words[#words + 1] = helpers.shell_quote(a) end
-  return "MOONFORK_BIN=" .. helpers.shell_quote(helpers.BIN) .. " " .. table.concat(words, " ")
-end
-
-local function tool(dir, ...)
-  local p = io.popen(command(dir, ...) .. " 2>&1")
-  local out = p:read("*a")
-  return p:close(), out
-end
-
-local function read_env(dir)
-  local env = {}
-  for line in (helpers.read_file(dir .. "/cluster.env") or ""):gmatch("[^\n]+") do
-    local k, v = line:match("^([%w_]+)=(.*)$")
-    if k then env[k] = v end
-  end
-  return env
-end
+local cluster = require "spec.cluster"
+local command, tool, read_env = cluster.command, cluster.tool, cluster.read_env
 
 local function sh_out(cmd)
   local p = io.popen(cmd .. " 2>/dev/null")

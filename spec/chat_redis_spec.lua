@@ -11,8 +11,7 @@ local HOST = "127.0.0.1"
 local STREAM = "moonfork:chat"
 
 local function start_chat(r, workers)
-  return helpers.start_env(CHAT, { "--workers", tostring(workers or 2) },
-    { MOONFORK_REDIS = "redis://127.0.0.1:" .. r.port })
+  return helpers.start(CHAT, { "--workers", tostring(workers or 2), "--redis", "redis://127.0.0.1:" .. r.port })
 end
 
 local function post_ok(srv, user, text, key)

@@ -5,30 +5,9 @@
 local helpers = require "spec.helpers"
 local socket = require "socket"
 
-local TOOL = helpers.ROOT .. "/tools/cluster-demo"
+local cluster = require "spec.cluster"
 local APP = helpers.FIXTURES .. "/cluster_app.lua"
-
-local function tool(dir, ...)
-  local args = { TOOL, ... }
-  args[#args + 1] = "--dir"
-  args[#args + 1] = dir
-  local words = {}
-  for i, a in ipairs(args) do words[i] = helpers.shell_quote(a) end
-  local env = "MOONFORK_BIN=" .. helpers.shell_quote(helpers.BIN) .. " "
-  local p = io.popen(env .. table.concat(words, " ") .. " 2>&1")
-  local out = p:read("*a")
-  local ok = p:close()
-  return ok, out
-end
-
-local function read_env(dir)
-  local env = {}
-  for line in (helpers.read_file(dir .. "/cluster.env") or ""):gmatch("[^\n]+") do
-    local k, v = line:match("^([%w_]+)=(.*)$")
-    if k then env[k] = v end
-  end
-  return env
-end
+local tool, read_env = cluster.tool, cluster.read_env
 
 local function get(port, path)
   local c = socket.tcp()

@@ -246,7 +246,7 @@ seen, online = moonfork.shared.seen, moonfork.shared.online
 
 -- With a Redis, the log is a Redis Stream shared by every host (streamlog.lua); without, the workers
 -- of this host keep it among themselves (chatlog.lua).
-local url = moonfork.redisUrl or os.getenv("MOONFORK_REDIS")
+local url = moonfork.redisUrl -- --redis URL, or listen{ redis = URL }
 if url and url ~= "" then
   log = streamlog.new(nodes, { url = url, keep = 500 })
 else

@@ -86,6 +86,7 @@ _M.now = core.now
 _M.log = core.log
 _M.static = require "moonfork.static"
 _M.socket = require "moonfork.socket"
+_M.redisUrl = core.redis_url -- --redis URL / listen{ redis = URL }: the Redis the hosts of a cluster share
 _M.null = require("cjson").null -- what a database's NULL becomes (the same value as cjson.null and ngx.null)
 
 local function check(ms, fn, name)

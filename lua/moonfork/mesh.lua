@@ -101,6 +101,47 @@ function nodes:leader()
   return self._leader
 end
 
+---------------------------------------------------------------------------------------------------
+-- Across hosts: nodes:publish / nodes:subscribe go through the Redis every host was given (--redis
+-- URL, listen{ redis = URL }), as Redis channels named PREFIX .. channel. Every worker that subscribes
+-- has its own subscription (README: why not one per host relayed over the mesh). nodes:broadcast
+-- stays this host's mesh.
+
+local PREFIX = "moonfork:nodes:"
+local pubsub -- the worker's Redis client, made at the first publish or subscribe
+
+local function redis_client()
+  if not core.redis_url then return nil, "no Redis: start with --redis URL or listen{ redis = URL }" end
+  if not pubsub then pubsub = require("moonfork.redis").client({ url = core.redis_url }) end
+  return pubsub
+end
+
+local function check_channel(channel, what)
+  if type(channel) == "number" then channel = tostring(channel) end
+  if type(channel) ~= "string" or channel == "" then error(what .. ": channel must be a non-empty string", 3) end
+  return channel
+end
+
+-- nodes:publish(channel, message) -> how many subscribed workers (of every host) it reached, or nil, err.
+function nodes:publish(channel, message)
+  channel = check_channel(channel, "nodes:publish(channel, message)")
+  if type(message) == "number" then message = tostring(message) end
+  if type(message) ~= "string" then error("nodes:publish(channel, message): message must be a string", 2) end
+  local client, err = redis_client()
+  if not client then return nil, err end
+  return client:publish(PREFIX .. channel, message)
+end
+
+-- nodes:subscribe(channel, fn(message, channel)) -> sub (sub:close() ends it), or nil, err. fn runs in a
+-- coroutine of its own for each message published to channel by any worker of any host, this one too.
+function nodes:subscribe(channel, fn)
+  channel = check_channel(channel, "nodes:subscribe(channel, fn)")
+  if type(fn) ~= "function" then error("nodes:subscribe(channel, fn): fn must be a function", 2) end
+  local client, err = redis_client()
+  if not client then return nil, err end
+  return client:subscribe(PREFIX .. channel, function(message) return fn(message, channel) end)
+end
+
 -- The C core calls these (bind_mesh.c); it keeps the stream `peer` returns and calls back with it.
 cmesh.on {
   peer = function(ud, id, serial)
