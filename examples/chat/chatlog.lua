@@ -74,6 +74,7 @@ local function append(self, m, base)
     return false
   end
   m.json = client_json(m)
+  m.prev = self.last
   local log = self.log
   log[#log + 1] = m
   self.last = m.id
@@ -132,6 +133,19 @@ end
 
 function send(stream, t)
   if stream then stream:write(encode(t)) end
+end
+
+_M.ID_HINT = "since must be a whole number"
+
+-- Turns a Last-Event-ID or ?since= value into a position in the log (nil: not one).
+function _M:cursor(v)
+  local n = tonumber(v or 0)
+  if not n or n < 0 then return nil end
+  return n - n % 1
+end
+
+function _M:is_after(id, last)
+  return id > last
 end
 
 -- The messages after id n (the whole kept log when n is older than it).

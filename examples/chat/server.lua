@@ -5,6 +5,7 @@
 local moonfork = require "moonfork"
 local cjson = require "cjson"
 local chatlog = require "chatlog"
+local streamlog = require "streamlog"
 
 local encode, decode = cjson.encode, cjson.decode
 local tonumber, type, pairs, ipairs, pcall, concat = tonumber, type, pairs, ipairs, pcall, table.concat
@@ -28,12 +29,11 @@ local function bad(res, why)
   res:json({ error = why }, 400)
 end
 
+-- The position ?since= names (numbers without Redis, stream ids with it); nil when it is not one.
 local function since_of(req)
   local v = req.query.since
   if type(v) == "table" then v = v[1] end
-  local n = tonumber(v or 0)
-  if not n or n < 0 then return nil end
-  return n - n % 1
+  return log:cursor(v)
 end
 
 local function list_json(msgs)
@@ -66,11 +66,17 @@ local function post_message(req, res)
   if type(text) ~= "string" or not find(text, "%S") then return bad(res, "text is missing or empty") end
   if chars(user) > MAX_USER then return bad(res, "user is over " .. MAX_USER .. " characters") end
   if chars(text) > MAX_TEXT then return bad(res, "text is over " .. MAX_TEXT .. " characters") end
+  if streamlog.valid_key(body.key) == false then
+    return bad(res, "key must be up to 100 letters, digits and - _ : .")
+  end
   local key, timer
-  key = log:post(user, text, function(id)
+  key = log:post(user, text, function(id, err)
     moonfork.clearTimer(timer)
-    if not res.finished then res:json({ id = id }, 201) end
-  end)
+    if res.finished then return end
+    if id then return res:json({ id = id }, 201) end
+    res:json({ error = "the message store (Redis) is unreachable: " .. tostring(err) ..
+      "; the message was not acknowledged, send it again (with the same key it is stored once)" }, 503)
+  end, body.key)
   -- no id within POST_MS (no leader reachable): say so rather than hang; the post may still land
   timer = moonfork.setTimeout(POST_MS, function()
     log:forget(key)
@@ -86,7 +92,7 @@ local polls = {} -- res -> true for long polls waiting
 
 local function poll(req, res)
   local since = since_of(req)
-  if not since then return bad(res, "since must be a whole number") end
+  if not since then return bad(res, log.ID_HINT) end
   when_synced(res, function()
     local msgs = log:after(since)
     -- a worker on its way out answers at once: the client asks again, on another worker
@@ -128,9 +134,9 @@ local streams = {} -- res -> the last id sent on it, for every live stream
 local function stream_send(res, last)
   local kept = log.log
   local newest = kept[#kept]
-  if not newest or newest.id <= last then return last end
+  if not newest or newest.id == last or not log:is_after(newest.id, last) then return last end
   local chunk
-  if newest.id == last + 1 then -- the usual case: exactly one new message, the same bytes for every stream
+  if newest.prev == last then -- the usual case: exactly one new message, the same bytes for every stream
     chunk = sse_of(newest)
   else
     local parts = {}
@@ -148,8 +154,9 @@ local function stream_send(res, last)
 end
 
 local function events(req, res)
-  local last = tonumber(req.headers["last-event-id"] or "") or since_of(req)
-  if not last then return bad(res, "since must be a whole number") end
+  local h = req.headers["last-event-id"]
+  local last = h and log:cursor(h) or since_of(req)
+  if not last then return bad(res, log.ID_HINT) end
   res:writeHead(200, {
     ["Content-Type"] = "text/event-stream",
     ["Cache-Control"] = "no-store",
@@ -171,7 +178,7 @@ local server = moonfork.http.createServer(function(req, res)
   if path == "/messages" and method == "POST" then return post_message(req, res) end
   if path == "/messages" and method == "GET" then
     local since = since_of(req)
-    if not since then return bad(res, "since must be a whole number") end
+    if not since then return bad(res, log.ID_HINT) end
     return when_synced(res, function() send_list(res, log:after(since)) end)
   end
   if path == "/poll" and method == "GET" then return poll(req, res) end
@@ -186,7 +193,14 @@ end)
 
 local nodes = moonfork.listen({ port = 8080 }, server)
 
-log = chatlog.new(nodes, { keep = 500, workers = moonfork.workers })
+-- With a Redis, the log is a Redis Stream shared by every host (streamlog.lua); without, the workers
+-- of this host keep it among themselves (chatlog.lua).
+local url = moonfork.redisUrl or os.getenv("MOONFORK_REDIS")
+if url and url ~= "" then
+  log = streamlog.new(nodes, { url = url, keep = 500 })
+else
+  log = chatlog.new(nodes, { keep = 500, workers = moonfork.workers })
+end
 log:attach()
 
 -- One listener writes each new message to every stream (a stream whose client is too slow ends).
