@@ -14,6 +14,7 @@ cluster_up() { # cluster_up CONTESTANT DIR: two hosts of CONTESTANT on one redis
   local demo=$repo/tools/cluster-demo
   case "$1" in
     moonfork) "$demo" up --dir "$cdir" --app "$repo/examples/chat/server.lua" -- --workers "$workers" ;;
+    moonfork-noslice) "$demo" up --dir "$cdir" --app "$repo/examples/chat/server.lua" -- --workers "$workers" --sched-slice 0 ;;
     nchan) "$demo" up --dir "$cdir" --host-cmd "$repo/bench/cross/nchan-host {N} {REDIS_URL} {PORT} {DIR} $workers" ;;
     sio) NODE_PATH=$nodedir/node_modules "$demo" up --dir "$cdir" \
       --host-cmd "PORT={PORT} REDIS_URL={REDIS_URL} WORKERS=$workers exec node $repo/bench/cross/sio-host.js" ;;
@@ -63,6 +64,8 @@ run_one() { # run_one CONTESTANT ROUND: a fresh cluster, one load, one line in $
   read -r -a c0 <<<"$(cpu_ticks)"
   wait "$fpid"
   read -r -a c1 <<<"$(cpu_ticks)"
+  local load_after
+  load_after=$(cut -d' ' -f1 /proc/loadavg)
   . "$cdir/cluster.env"
   [ -n "$(ip netns pids "$NS1")" ] && [ -n "$(ip netns pids "$NS2")" ] || alive=no
   cluster_down
@@ -70,14 +73,14 @@ run_one() { # run_one CONTESTANT ROUND: a fresh cluster, one load, one line in $
   [ -n "$line" ] || { echo "cross/run: round $r $t: no result (see $out/$t-$r.err)" >&2; line='RESULT {"error":"no result"}'; }
   json=$(node -e 'const j=JSON.parse(process.argv[1]); const hz=+process.argv[4];
     Object.assign(j, {label: process.argv[2], round: +process.argv[3], hosts_cpu_s: +process.argv[5] / hz,
-      redis_cpu_s: +process.argv[6] / hz, hosts_alive_at_end: process.argv[7] === "yes", loadavg_before: +process.argv[8]});
+      redis_cpu_s: +process.argv[6] / hz, hosts_alive_at_end: process.argv[7] === "yes", loadavg_before: +process.argv[8], loadavg_after: +process.argv[9]});
     j.cpu_us_per_delivery = j.received ? +((j.hosts_cpu_s + j.redis_cpu_s) * 1e6 / j.received).toFixed(2) : null;
-    console.log(JSON.stringify(j))' "${line#RESULT }" "$t" "$r" "$hz" "$((c1[0] - c0[0]))" "$((c1[1] - c0[1]))" "$alive" "$load")
+    console.log(JSON.stringify(j))' "${line#RESULT }" "$t" "$r" "$hz" "$((c1[0] - c0[0]))" "$((c1[1] - c0[1]))" "$alive" "$load" "$load_after")
   echo "$json" >>"$results"
   node -e 'const j=JSON.parse(process.argv[1]);
     console.log(`round ${j.round} ${j.label.padEnd(8)}: ` + (j.error ? j.error :
       `${j.received}/${j.expected} delivered (lost ${j.lost}, dup ${j.duplicates}, out-of-order ${j.out_of_order}, ` +
       `order disagreements ${j.order_disagreements}), p50 ${j.p50_ms} p99 ${j.p99_ms} max ${j.max_ms} ms ` +
       `(cross-host p99 ${j.cross_p99_ms}), CPU hosts ${j.hosts_cpu_s.toFixed(2)} s + redis ${j.redis_cpu_s.toFixed(2)} s = ` +
-      `${j.cpu_us_per_delivery} us/delivery, load before ${j.loadavg_before}`))' "$json"
+      `${j.cpu_us_per_delivery} us/delivery, load ${j.loadavg_before} -> ${j.loadavg_after}`))' "$json"
 }
