@@ -42,6 +42,18 @@ if (m.moonfork) {
   if (m.sio) console.log(`moonfork p99 / Socket.IO p99 = ${(mf / m.sio.p99_ms).toFixed(2)} (target <= 0.5: ` +
     `${mf <= 0.5 * m.sio.p99_ms ? 'met' : 'NOT met'})`);
   console.log(`moonfork: nothing lost, duplicated or reordered in every round: ${clean('moonfork') ? 'yes' : 'NO'}`);
+  // Round by round: the contestants of one round ran back to back, under much the same load.
+  for (const [peer, goal] of [['nchan', 1], ['sio', 0.5]]) {
+    if (!m[peer]) continue;
+    const ratios = [];
+    for (const r of by.moonfork) {
+      const p = (by[peer] || []).find((x) => x.round === r.round);
+      if (p && r.p99_ms && p.p99_ms) ratios.push(r.p99_ms / p.p99_ms);
+    }
+    const met = ratios.filter((x) => x <= goal).length;
+    console.log(`round by round, moonfork p99 / ${peer} p99: ${ratios.map((x) => x.toFixed(2)).join(' ')} ` +
+      `(median ${med(ratios).toFixed(2)}; <= ${goal} in ${met} of ${ratios.length})`);
+  }
 }
 for (const r of rows) {
   if (r.error || r.lost || r.duplicates || r.out_of_order || r.order_disagreements || r.connected !== r.clients) {
