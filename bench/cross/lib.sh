@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154  # repo, workers, nodedir, out, results, clients, ...: set by bench/cross/run
 # bench/cross/lib.sh: the pieces of bench/cross/run (sourced): one cluster per contestant and round
 # through tools/cluster-demo, the servers' CPU time, one xfanout run and its RESULT line.
 cdir=""
@@ -53,10 +54,10 @@ run_one() { # run_one CONTESTANT ROUND: a fresh cluster, one load, one line in $
     cluster_down; return 1
   fi
   # shellcheck disable=SC2046
-  "$repo/bench/cross/xfanout" $(xfanout_args "$t") "${extra[@]}" >"$out/$t-$r.out" 2>"$out/$t-$r.err" &
-  local fpid=$! i
+  "$repo/bench/cross/xfanout" $(xfanout_args "$t") --dump "$out/$t-$r.msgs" "${extra[@]}" >"$out/$t-$r.out" 2>"$out/$t-$r.err" &
+  local fpid=$! _
   # CPU from when every client is connected (xfanout logs "publishing") to the end of the drain
-  for i in $(seq 1200); do
+  for _ in $(seq 1200); do
     grep -q publishing "$out/$t-$r.err" 2>/dev/null && break
     kill -0 "$fpid" 2>/dev/null || break
     sleep 0.05

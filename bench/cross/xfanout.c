@@ -45,7 +45,7 @@
 static const char *o_hosts = "127.0.0.1:8090", *o_sub = "/events", *o_pub = "/messages";
 static int o_clients = 1000, o_par = 100, o_quiet = 0, o_raw = 0, o_sio = 0;
 static double o_rate = 20, o_dur = 10, o_ctimeout = 30, o_drain = 3, o_settle = 0.5;
-static const char *o_label = "";
+static const char *o_label = "", *o_dump = NULL;   /* --dump FILE: one line per message */
 
 static int64_t now_rt(void) {
   struct timespec ts;
@@ -98,6 +98,7 @@ static float *lat_a, *lat_r, *lat_x; static long nlat, nlat_x;   /* ms; lat_x: a
 static int64_t first_send, last_delivery_mono, last_post_done_mono;
 static int sent, post_ok, post_fail, post_skipped;
 static float *post_lat; static int npost_lat;
+static float *kmax; static int64_t *ksent;   /* per message: the slowest delivery (ms), the send time */
 static int64_t t_start_mono;
 
 /* epoll data: index >= 0 client, -1 - i publisher i, INT32_MIN timer */
@@ -175,6 +176,8 @@ static void on_event(client_t *c, const char *b, const char *e, int64_t ts_a, in
   if (k < c->lastk) out_of_order++; else c->lastk = k;
   lat_a[nlat] = (float)((ts_a ? ts_a : ts_r) - t) / 1e6f;
   if (k % nh != c->h) lat_x[nlat_x++] = lat_a[nlat];
+  if (lat_a[nlat] > kmax[k]) kmax[k] = lat_a[nlat];
+  ksent[k] = t;
   lat_r[nlat] = (float)(ts_r - t) / 1e6f;
   nlat++;
   last_delivery_mono = now_mono();
@@ -486,6 +489,7 @@ int main(int argc, char **argv) {
       puts("usage: xfanout [--hosts IP:PORT,IP:PORT..] [--sub-path /events] [--pub-path /messages]\n"
            "               [--pub-format json|raw] [--proto sse|sio] [--clients C] [--rate R] [--duration D] [--connect-parallel N]\n"
            "              [--connect-timeout S] [--drain S] [--settle S] [--label X] [--quiet]\n"
+           "              [--dump FILE]  (per message: k, seconds after the first send, slowest delivery ms)\n"
            "              [--reconnect 1|0]  (reconnect a closed stream with Last-Event-ID, default 1)");
       return 0;
     }
@@ -505,6 +509,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--drain")) o_drain = atof(v);
     else if (!strcmp(a, "--settle")) o_settle = atof(v);
     else if (!strcmp(a, "--label")) o_label = v;
+    else if (!strcmp(a, "--dump")) o_dump = v;
     else if (!strcmp(a, "--reconnect")) o_reconnect = atoi(v);
     else { fprintf(stderr, "xfanout: unknown option %s\n", a); return 2; }
   }
@@ -525,6 +530,9 @@ int main(int argc, char **argv) {
   lat_r = malloc(sizeof(float) * (size_t)o_clients * nmsg);
   lat_x = malloc(sizeof(float) * (size_t)o_clients * nmsg);
   post_lat = malloc(sizeof(float) * nmsg);
+  kmax = calloc(nmsg, sizeof *kmax);
+  ksent = calloc(nmsg, sizeof *ksent);
+  if (!kmax || !ksent) die("malloc");
   if (!cl || !lat_a || !lat_r || !lat_x || !post_lat) die("malloc");
   for (int i = 0; i < o_clients; i++) { cl[i].fd = -1; cl[i].lastk = -1; cl[i].h = i % nh; cl[i].seen = calloc(nmsg, 1);
     cl[i].order = malloc(sizeof(int) * nmsg); if (!cl[i].seen || !cl[i].order) die("malloc"); }

@@ -34,8 +34,17 @@ static void jnum(FILE *f, const char *k, double v) {
   if (isnan(v)) fprintf(f, ",\"%s\":null", k); else fprintf(f, ",\"%s\":%.3f", k, v);
 }
 
+static void dump_messages(void) {
+  FILE *f = fopen(o_dump, "w");
+  if (!f) { perror(o_dump); return; }
+  for (int k = 0; k < nmsg; k++)
+    if (ksent[k]) fprintf(f, "%d %.3f %.3f\n", k, (ksent[k] - ksent[0]) / 1e9, kmax[k]);
+  fclose(f);
+}
+
 static void finish(void) {
   finishing = 1;
+  if (o_dump) dump_messages();
   struct rusage ru; getrusage(RUSAGE_SELF, &ru);
   double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
   qsort(lat_a, nlat, sizeof *lat_a, cmpf);
