@@ -1,0 +1,214 @@
+-- examples/proxy.lua: a reverse proxy in front of a list of HTTP upstreams.
+--
+-- Each request goes to the next upstream in turn (round robin, per worker), over a keep-alive pool of
+-- connections per upstream (moonfork.http.request). The method, the headers and the body go on, minus
+-- the hop-by-hop headers and with the client's address appended to X-Forwarded-For; the response comes
+-- back as it arrives, and a slow client slows the upstream down instead of filling the worker's memory
+-- (res:write returns false, res:drain waits, and meanwhile nothing more is read from the upstream). An
+-- upstream that refuses, times out or breaks off answers 502, and is skipped for a few seconds (a
+-- passive health check: no probes, the failures of real requests are the signal).
+--
+--   PROXY_UPSTREAMS=127.0.0.1:8081,127.0.0.1:8082 moonfork --workers 2 examples/proxy.lua
+--
+-- Environment (each optional): PROXY_UPSTREAMS (host:port, comma-separated; default the list below),
+-- PROXY_PORT (8080; --port wins), PROXY_SKIP_MS (how long a failed upstream is skipped, 5000),
+-- PROXY_TIMEOUT_MS (connect, send and read timeout towards an upstream, 10000), PROXY_POOL_SIZE
+-- (idle keep-alive connections kept per upstream and worker, 64), PROXY_MAX_BODY (the largest request
+-- body passed on, 1g; --max-body wins).
+--
+-- It is also a module: `require("proxy").handler{ upstreams = {...}, skipMs = ..., timeoutMs = ...,
+-- poolSize = ... }` returns the handler, for a script that serves other things beside it.
+local moonfork = require "moonfork"
+
+local type, tostring, tonumber, pairs, error = type, tostring, tonumber, pairs, error
+local lower, find, gmatch, match = string.lower, string.find, string.gmatch, string.match
+local now, request = moonfork.now, moonfork.http.request
+
+local DEFAULT_UPSTREAMS = { "127.0.0.1:8081", "127.0.0.1:8082" }
+
+local _M = {}
+
+-- Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message, so they stop
+-- here in both directions, together with any header a Connection header names.
+local HOP = {
+  connection = true, ["keep-alive"] = true, ["proxy-connection"] = true, te = true, trailer = true,
+  ["transfer-encoding"] = true, upgrade = true, ["proxy-authenticate"] = true, ["proxy-authorization"] = true,
+}
+
+local function named_by_connection(value, out)
+  if type(value) == "table" then
+    for i = 1, #value do named_by_connection(value[i], out) end
+    return out
+  end
+  for token in gmatch(value, "[^,%s]+") do
+    out = out or {}
+    out[lower(token)] = true
+  end
+  return out
+end
+
+-- Removes the hop-by-hop headers from h (lower-case names), in place; returns h.
+local function strip_hop(h)
+  local extra = h.connection and named_by_connection(h.connection)
+  for name in pairs(h) do
+    if HOP[name] or (extra and extra[name]) then h[name] = nil end
+  end
+  return h
+end
+_M.strip_hop = strip_hop
+
+---------------------------------------------------------------------------------------------------
+-- upstreams: round robin, skipping the ones that failed less than skipMs ago
+
+local function parse_upstreams(list)
+  if type(list) == "string" then
+    local t = {}
+    for item in gmatch(list, "[^,%s]+") do t[#t + 1] = item end
+    list = t
+  end
+  if type(list) ~= "table" or #list == 0 then error("proxy: no upstreams (PROXY_UPSTREAMS=host:port,...)", 3) end
+  local ups = {}
+  for i = 1, #list do
+    local item = list[i]
+    local host, port = match(tostring(item), "^%[?([^%]]-)%]?:(%d+)$")
+    port = tonumber(port)
+    if not host or host == "" or not port or port < 1 or port > 65535 then
+      error("proxy: bad upstream " .. tostring(item) .. " (expected host:port)", 3)
+    end
+    local hostport = find(host, ":", 1, true) and ("[" .. host .. "]:" .. port) or (host .. ":" .. port)
+    ups[i] = { name = hostport, base = "http://" .. hostport, down_until = 0 }
+  end
+  return ups
+end
+
+-- The next upstream in turn that is not being skipped; when all are, the next one anyway (a request
+-- is how a skipped upstream gets its chance back early when every other one is down too).
+local function pick(pool)
+  local ups, n = pool.ups, #pool.ups
+  local t = now()
+  for _ = 1, n do
+    local i = pool.next
+    pool.next = i % n + 1
+    local up = ups[i]
+    if up.down_until <= t then return up end
+  end
+  local i = pool.next
+  pool.next = i % n + 1
+  return ups[i]
+end
+
+local function mark_down(pool, up, why)
+  local first = up.down_until <= now()
+  up.down_until = now() + pool.skip_ms
+  if first then moonfork.log("proxy: upstream " .. up.name .. " failed (" .. tostring(why) .. "): skipped for "
+    .. pool.skip_ms .. " ms") end
+end
+
+---------------------------------------------------------------------------------------------------
+-- one request
+
+local BAD_GATEWAY = { ["Content-Type"] = "text/plain", ["Content-Length"] = "16" }
+
+local function bad_gateway(res)
+  res:writeHead(502, BAD_GATEWAY)
+  res:finish("502 Bad Gateway\n")
+end
+
+-- The request's headers for the upstream: hop-by-hop ones gone, X-Forwarded-For appended.
+local function upstream_headers(req)
+  local h = {}
+  for k, v in pairs(req.headers) do h[k] = v end
+  strip_hop(h)
+  h.expect = nil -- moonfork answered the client's "100-continue" itself; the body comes regardless
+  local addr = req.remoteAddress
+  if addr then
+    local xff = h["x-forwarded-for"]
+    if type(xff) == "table" then xff = table.concat(xff, ", ") end
+    h["x-forwarded-for"] = xff and (xff .. ", " .. addr) or addr
+  end
+  return h
+end
+
+-- The request body as the client sends it, piece by piece; a client that fails mid-body leaves
+-- `state.err` set (the upstream then sees a short body and the exchange is abandoned).
+local function body_source(req, state)
+  local h = req.headers
+  local cl = h["content-length"]
+  if not h["transfer-encoding"] and (cl == nil or cl == "0") then return nil end
+  return function()
+    local piece, err = req:read()
+    if err then state.err = err end
+    return piece
+  end
+end
+
+-- Streams the upstream's body to the client: never reads more from the upstream while the client's
+-- queue is full. Returns true, or nil, err when the upstream broke off (the client's connection is
+-- then cut by the caller: a truncated body must not look complete).
+local function relay(up_res, res, first)
+  local piece = first
+  while piece do
+    local ok = res:write(piece)
+    if ok == nil then -- the client left: drop the upstream connection (its body is unread)
+      up_res:close()
+      return true
+    end
+    if ok == false and not res:drain() then
+      up_res:close()
+      return true
+    end
+    local err
+    piece, err = up_res:read()
+    if not piece and err then return nil, err end
+  end
+  res:finish()
+  return true
+end
+
+local function serve(pool, req, res)
+  local up = pick(pool)
+  local state = {}
+  local up_res, err = request(up.base .. req.url, {
+    method = req.method, headers = upstream_headers(req), body = body_source(req, state),
+    stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size,
+  })
+  if up_res then
+    local first
+    first, err = up_res:read() -- the head goes out with the first piece: a failure before it is a 502
+    if first or not err then
+      local h = strip_hop(up_res.headers)
+      h.date = nil -- moonfork sends its own
+      res:writeHead(up_res.status, h)
+      local ok, rerr = relay(up_res, res, first)
+      if ok then return end
+      mark_down(pool, up, rerr)
+      error("proxy: upstream " .. up.name .. " broke off mid-response (" .. tostring(rerr) .. ")", 0)
+    end
+    up_res:close()
+  end
+  if state.err then return end -- the client failed, not the upstream
+  mark_down(pool, up, err)
+  bad_gateway(res)
+end
+
+-- handler{ upstreams = { "host:port", ... } | "host:port,...", skipMs, timeoutMs, poolSize }
+function _M.handler(opts)
+  opts = opts or {}
+  local pool = {
+    ups = parse_upstreams(opts.upstreams), next = 1,
+    skip_ms = tonumber(opts.skipMs) or 5000, timeout_ms = tonumber(opts.timeoutMs) or 10000,
+    pool_size = tonumber(opts.poolSize) or 64,
+  }
+  return function(req, res) return serve(pool, req, res) end
+end
+
+if ... ~= nil then return _M end -- required as a module: no server of its own
+
+local env = os.getenv
+local handler = _M.handler {
+  upstreams = env("PROXY_UPSTREAMS") or DEFAULT_UPSTREAMS,
+  skipMs = env("PROXY_SKIP_MS"), timeoutMs = env("PROXY_TIMEOUT_MS"), poolSize = env("PROXY_POOL_SIZE"),
+}
+-- bodies are streamed through, never held whole: the upstream decides how large is too large
+moonfork.listen({ port = tonumber(env("PROXY_PORT")) or 8080, maxBody = env("PROXY_MAX_BODY") or "1g" },
+  moonfork.http.createServer(handler))
