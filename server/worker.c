@@ -44,6 +44,7 @@
 #include "luastate.h"
 #include "bind_http.h"
 #include "bind_mesh.h"
+#include "bind_httpc.h"
 #include "bind_tcp.h"
 #include "mesh.h"
 #include "scoreboard.h"
@@ -318,6 +319,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_http_open(worker.L);
   bind_mesh_open(worker.L);
   bind_tcp_open(worker.L, worker.loop, cfg);
+  bind_httpc_open(worker.L);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
   mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);

@@ -1,0 +1,451 @@
+-- moonfork.http_client: moonfork.http.request(url[, opts]), an HTTP/1.1 client over the cosocket.
+--
+-- Connections are moonfork.socket's: its pools (one per origin), timeouts, TLS and the rule that a
+-- connection a callback leaves open is closed when that callback returns. Responses are parsed in C
+-- (server/bind_httpc.c over llhttp in response mode): each read from the socket is one call, which
+-- answers with that read's body bytes as one string, so no Lua runs per byte, line or chunk. A whole
+-- body is joined in C and comes back as one string; a streamed one is handed out read by read.
+--
+-- A connection goes back to its pool only after a response that was framed (Content-Length or
+-- chunked), read to its end, with nothing after it and keep-alive on both sides; anything else (a
+-- close-delimited body, an error, a body past maxBody, a response abandoned) closes it.
+local socket = require "moonfork.socket"
+local chttpc = package.loaded["moonfork.core.httpc"] or {}
+
+local type, tostring, tonumber, pairs, ipairs, setmetatable, error =
+  type, tostring, tonumber, pairs, ipairs, setmetatable, error
+local find, sub, lower, match, format, gsub, char = string.find, string.sub, string.lower, string.match,
+  string.format, string.gsub, string.char
+local remove, min = table.remove, math.min
+local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
+  chttpc.parser, chttpc.start, chttpc.feed, chttpc.finish, chttpc.head, chttpc.trailers
+
+local _M = { _VERSION = "0.1" }
+
+local MAX_REDIRECTS = 10
+local DEFAULT_MAX_BODY = 10 * 1024 * 1024
+local READ_MAX = 1024 * 1024   -- bytes taken from the socket's buffer per read
+local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending the body anyway
+local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
+local SPARE_MAX = 64           -- parsers kept for reuse
+
+---------------------------------------------------------------------------------------------------
+-- urls
+
+local function hexchar(h) return char(tonumber(h, 16)) end
+
+-- { scheme, host, port, path, unix, tls, authority } of an absolute URL, or nil, err.
+local function parse_url(url)
+  local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return nil, "bad url (not scheme://host/path): " .. url end
+  scheme = lower(scheme)
+  local authority, path = match(rest, "^([^/?#]*)(.*)$")
+  path = gsub(path, "#.*$", "")
+  if path == "" or sub(path, 1, 1) == "?" then path = "/" .. path end
+  if find(path, "[%c ]") then return nil, "bad url (a space or control character in the path): " .. url end
+  local u = { scheme = scheme, path = path, authority = authority }
+  if scheme == "http+unix" then
+    u.unix, u.host, u.authority = gsub(authority, "%%(%x%x)", hexchar), "localhost", "localhost"
+    if u.unix == "" then return nil, "bad url (no socket path): " .. url end
+    return u
+  end
+  if scheme ~= "http" and scheme ~= "https" then return nil, "unsupported scheme " .. scheme .. ": " .. url end
+  u.tls = scheme == "https"
+  local host, port = match(authority, "^%[([%x:.]+)%]:?(%d*)$") -- an IPv6 literal
+  if not host then host, port = match(authority, "^([%w.%-_~%%!$&'()*+,;=]+):?(%d*)$") end
+  if not host then return nil, "bad url (host): " .. url end
+  u.host, u.port = lower(host), tonumber(port) or (u.tls and 443 or 80)
+  if u.port < 1 or u.port > 65535 then return nil, "bad url (port): " .. url end
+  return u
+end
+
+-- The URL a Location value names, relative to `base` (RFC 3986 §5.2, the common cases).
+local function resolve(u, loc)
+  if match(loc, "^%a[%w+.-]*://") then return loc end
+  local origin = u.scheme .. "://" .. u.authority
+  if sub(loc, 1, 2) == "//" then return u.scheme .. ":" .. loc end
+  if sub(loc, 1, 1) == "/" then return origin .. loc end
+  local dir = match(u.path, "^([^?]*/)") or "/"
+  if sub(loc, 1, 1) == "?" then return origin .. match(u.path, "^[^?]*") .. loc end
+  return origin .. dir .. loc
+end
+
+---------------------------------------------------------------------------------------------------
+-- options
+
+local function check_ms(v, name)
+  if v ~= nil and (type(v) ~= "number" or v < 0) then
+    error("moonfork.http.request(): opts." .. name .. " must be a number of milliseconds", 4)
+  end
+  return v
+end
+
+-- The request's settings, from opts (raises on misuse).
+local function options(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("moonfork.http.request(url, opts): opts must be a table", 3) end
+  opts = opts or {}
+  local o = { method = opts.method or "GET", headers = opts.headers, body = opts.body, stream = opts.stream,
+              keepalive = opts.keepalive ~= false, pool = opts.pool, pool_size = opts.poolSize,
+              idle = check_ms(opts.idle, "idle"), verify = opts.verify ~= false }
+  if type(o.method) ~= "string" or not match(o.method, "^[%w!#$%%&'*+.^_`|~-]+$") then
+    error("moonfork.http.request(): opts.method must be a method name", 3)
+  end
+  if o.headers ~= nil and type(o.headers) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 3) end
+  local bt = type(o.body)
+  if o.body ~= nil and bt ~= "string" and bt ~= "function" then
+    error("moonfork.http.request(): opts.body must be a string or a function", 3)
+  end
+  local t = check_ms(opts.timeout, "timeout")
+  o.ct = check_ms(opts.connectTimeout, "connectTimeout") or t
+  o.st = check_ms(opts.sendTimeout, "sendTimeout") or t
+  o.rt = check_ms(opts.readTimeout, "readTimeout") or t
+  local r = opts.redirects or 0
+  if type(r) ~= "number" or r < 0 or r > MAX_REDIRECTS then
+    error("moonfork.http.request(): opts.redirects must be a number from 0 to " .. MAX_REDIRECTS, 3)
+  end
+  o.redirects = r
+  local mb = opts.maxBody
+  if mb ~= nil and (type(mb) ~= "number" or mb < 0) then error("moonfork.http.request(): opts.maxBody must be a number of bytes", 3) end
+  o.max_body = mb or (not o.stream and DEFAULT_MAX_BODY or nil)
+  return o
+end
+
+---------------------------------------------------------------------------------------------------
+-- the request
+
+local function bad_field(s) return find(s, "[\r\n%z]") ~= nil end
+
+-- Adds "name: value" lines for one header (a string, or a list for a repeated one) to t.
+local function add_header(t, n, name, v)
+  if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
+    error("moonfork.http.request(): bad header name " .. tostring(name), 4)
+  end
+  if type(v) ~= "table" then v = { v } end
+  for _, one in ipairs(v) do
+    one = tostring(one)
+    if bad_field(one) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", one, "\r\n"
+    n = n + 4
+  end
+  return n
+end
+
+-- The request head as a list of strings; and whether the body goes chunked, and whether the caller
+-- asked for "Expect: 100-continue".
+local function build_head(o, u)
+  local t = { o.method, " ", u.path, " HTTP/1.1\r\n" }
+  local n, given, expect = 4, {}, false
+  if o.headers then
+    for name, v in pairs(o.headers) do
+      n = add_header(t, n, name, v)
+      local l = lower(name)
+      given[l] = true
+      if l == "expect" and lower(tostring(v)) == "100-continue" then expect = true end
+    end
+  end
+  if not given.host then n = add_header(t, n, "Host", u.authority) end
+  local body, chunked = o.body, false
+  if body ~= nil and not given["content-length"] and not given["transfer-encoding"] then
+    if type(body) == "string" then
+      n = add_header(t, n, "Content-Length", #body)
+    else
+      n = add_header(t, n, "Transfer-Encoding", "chunked")
+      chunked = true
+    end
+  elseif type(body) == "function" and given["transfer-encoding"] and not given["content-length"] then
+    chunked = true
+  end
+  if not o.keepalive and not given.connection then n = add_header(t, n, "Connection", "close") end
+  t[n + 1] = "\r\n"
+  return t, chunked, expect and body ~= nil
+end
+
+-- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk.
+local function send_pieces(sock, body, chunked)
+  while true do
+    local piece = body()
+    if piece == nil then break end
+    if type(piece) ~= "string" then error("moonfork.http.request(): opts.body returned a " .. type(piece), 0) end
+    if #piece > 0 then
+      local ok, err = sock:send(chunked and { format("%x\r\n", #piece), piece, "\r\n" } or piece)
+      if not ok then return nil, err end
+    end
+  end
+  if chunked then return sock:send("0\r\n\r\n") end
+  return true
+end
+
+local function send_body(sock, o, chunked)
+  if type(o.body) == "string" then return sock:send(o.body) end
+  return send_pieces(sock, o.body, chunked)
+end
+
+---------------------------------------------------------------------------------------------------
+-- reading: st = { sock, p, headed, done, piece, rest, upgrade, got }
+
+local spare = {}
+
+local function parser_get()
+  return remove(spare) or new_parser()
+end
+
+-- One read (or what was left after an interim response) fed to the parser: true, or nil, err.
+local function step(st)
+  local data = st.rest
+  if data then
+    st.rest = nil
+  else
+    local err
+    data, err = st.sock:receiveany(READ_MAX)
+    if not data then
+      if err == "closed" and st.headed then -- a body without a length ends here
+        local state, body = pfinish(st.p)
+        if state then
+          st.done, st.piece, st.rest = true, body, "" -- (not reusable: closed)
+          return true
+        end
+      end
+      return nil, err
+    end
+  end
+  st.got = true
+  local state, body, headed, used = pfeed(st.p, data)
+  if not state then return nil, body end
+  st.headed, st.piece = headed, body
+  if state ~= 0 then
+    st.done = true
+    if used < #data then st.rest = sub(data, used + 1) end
+    if state == 2 then st.upgrade = true end
+  end
+  return true
+end
+
+-- The connection after a complete response: back to the pool when nothing speaks against it.
+local function release(st, o)
+  local sock, p = st.sock, st.p
+  st.sock, st.p = nil, nil
+  if st.keep and not st.rest and not st.upgrade and o.keepalive then
+    sock:setkeepalive(o.idle, o.pool_size)
+  else
+    sock:close()
+  end
+  if p and #spare < SPARE_MAX then spare[#spare + 1] = p end
+end
+
+local function abandon(st)
+  local sock = st.sock
+  st.sock, st.p = nil, nil
+  if sock then sock:close() end
+end
+
+-- Reads until a final response's head: status, reason, headers, or "continue" (a 100 the caller
+-- waits for), or nil, err.
+local function read_head(st, o, want_continue)
+  while true do
+    local ok, err = step(st)
+    if not ok then return nil, err end
+    if st.headed then
+      local status, reason, headers, keep = phead(st.p)
+      if status >= 200 or status == 101 or status < 100 then
+        st.keep = keep
+        return status, reason, headers
+      end
+      local rest = st.rest -- an interim response: the final one follows
+      st.done, st.headed, st.rest = false, false, nil
+      pstart(st.p, st.no_body, o.max_body, st.whole)
+      st.rest = rest
+      if status == 100 and want_continue then return "continue" end
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- the response
+
+local Response = {}
+Response.__index = Response
+
+-- res:read() -> the next piece of a streamed body, nil at its end (or after close), or nil, err.
+function Response:read()
+  local st = self._st
+  if not st then return nil end
+  while true do
+    local piece = st.piece
+    if piece then
+      st.piece = nil
+      if st.done then self:_finish() end
+      return piece
+    end
+    if st.done then
+      self:_finish()
+      return nil
+    end
+    local ok, err = step(st)
+    if not ok then
+      self._st = nil
+      abandon(st)
+      return nil, err
+    end
+  end
+end
+
+function Response:_finish()
+  local st = self._st
+  self._st = nil
+  local tr = ptrailers(st.p)
+  if tr then self.trailers = tr end
+  release(st, self._o)
+end
+
+-- res:close(): the rest of a streamed body is not wanted; the connection is closed.
+function Response:close()
+  local st = self._st
+  self._st = nil
+  if st then abandon(st) end
+end
+
+-- Reads a whole body (it is joined in C): true, or nil, err.
+local function read_whole(res, st)
+  while not st.done do
+    local ok, err = step(st)
+    if not ok then
+      abandon(st)
+      return nil, err
+    end
+  end
+  res.body = st.piece or ""
+  st.piece = nil
+  res._st = st
+  res:_finish()
+  return true
+end
+
+---------------------------------------------------------------------------------------------------
+-- one exchange
+
+local function connect(u, o)
+  local sock = socket.tcp()
+  sock:settimeouts(o.ct, o.st, o.rt)
+  local name = o.pool or (u.unix and "unix:" .. u.unix) or (u.scheme .. "://" .. u.host .. ":" .. u.port)
+  if u.tls and not o.verify then name = name .. " (not verified)" end
+  local copts = { pool = name, pool_size = o.pool_size }
+  local ok, err
+  if u.unix then
+    ok, err = sock:connect("unix:" .. u.unix, copts)
+  else
+    ok, err = sock:connect(u.host, u.port, copts)
+  end
+  if ok and u.tls then ok, err = sock:sslhandshake(nil, u.host, o.verify) end
+  if not ok then return nil, err end
+  return sock
+end
+
+-- Sends the request on st.sock and reads the final response's head: status, reason, headers | nil, err.
+local function exchange(st, o, u)
+  local head, chunked, expect = build_head(o, u)
+  local sock, ok, err = st.sock
+  if o.body == nil then
+    ok, err = sock:send(head)
+  elseif type(o.body) == "string" and not expect then
+    ok, err = sock:send({ head, o.body })
+  else
+    ok, err = sock:send(head)
+    if ok and expect then
+      sock:settimeouts(o.ct, o.st, (o.rt or 0) > 0 and min(o.rt, CONTINUE_WAIT) or CONTINUE_WAIT)
+      local status, reason, headers = read_head(st, o, true)
+      sock:settimeouts(o.ct, o.st, o.rt)
+      if status ~= "continue" and (status or reason ~= "timeout") then -- a final answer, or an error
+        st.keep = false -- the server did not read the body it answered without
+        return status, reason, headers
+      end
+    end
+    if ok then ok, err = send_body(sock, o, chunked) end
+  end
+  if not ok then return nil, err end
+  return read_head(st, o, false)
+end
+
+-- One request on one connection (a fresh one after a pooled one the peer had closed): res | nil, err.
+local function once(url, o)
+  local u, err = parse_url(url)
+  if not u then return nil, err end
+  local replayable = type(o.body) ~= "function"
+  for _ = 1, RETRIES do
+    local sock
+    sock, err = connect(u, o)
+    if not sock then return nil, err end
+    local reused = sock:getreusedtimes() > 0
+    local no_body, whole = o.method == "HEAD", not o.stream
+    local st = { sock = sock, p = parser_get(), no_body = no_body, whole = whole }
+    pstart(st.p, no_body, o.max_body, whole)
+    local status, reason, headers = exchange(st, o, u)
+    if status then
+      return setmetatable({ status = status, reason = reason, headers = headers, _st = st, _o = o, _u = u }, Response)
+    end
+    abandon(st)
+    err = reason
+    if not (reused and replayable and not st.got and (err == "closed" or err == "connection reset by peer")) then
+      break
+    end
+  end
+  return nil, err
+end
+
+-- The headers of a request whose body is dropped (a 303), without those that describe the body.
+local function without_body_headers(h)
+  if not h then return nil end
+  local t = {}
+  for name, v in pairs(h) do
+    local l = lower(name)
+    if l ~= "content-length" and l ~= "transfer-encoding" and l ~= "content-type" and l ~= "expect" then t[name] = v end
+  end
+  return t
+end
+
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+-- The body of a response that is not handed to the caller (a redirect): read and dropped.
+local function drain(res)
+  if not res._st then return end
+  if not res._o.stream then return end -- (a whole body was read already)
+  repeat
+    local piece, err = res:read()
+    if err then return end
+  until piece == nil
+end
+
+---------------------------------------------------------------------------------------------------
+-- moonfork.http.request(url[, opts]) -> res | nil, err
+
+function _M.request(url, opts)
+  if type(url) ~= "string" then error("moonfork.http.request(url, opts): url must be a string", 2) end
+  local o = options(opts)
+  for hop = 0, o.redirects do
+    local res, err = once(url, o)
+    if not res then return nil, err end
+    local st = res._st
+    if not o.stream then
+      local ok, rerr = read_whole(res, st)
+      if not ok then return nil, rerr end
+    elseif st.done and not st.piece then -- no body (HEAD, 204, 304...): the connection goes back now
+      res:_finish()
+    end
+    local loc = REDIRECT[res.status] and o.redirects > 0 and res.headers.location
+    if type(loc) == "table" then loc = loc[1] end
+    if not loc then return res end
+    if hop == o.redirects then
+      res:close()
+      return nil, "too many redirects"
+    end
+    drain(res)
+    url = resolve(res._u, loc)
+    if res.status == 303 or ((res.status == 301 or res.status == 302) and o.method == "POST") then
+      o.method, o.body, o.headers = o.method == "HEAD" and "HEAD" or "GET", nil, without_body_headers(o.headers)
+    elseif type(o.body) == "function" then
+      return nil, "cannot follow a " .. res.status .. " redirect with a body given as a function"
+    end
+  end
+end
+
+
+return _M
