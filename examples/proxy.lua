@@ -49,7 +49,9 @@ end
 
 -- Removes the hop-by-hop headers from h (lower-case names), in place; returns h.
 local function strip_hop(h)
-  local extra = h.connection and named_by_connection(h.connection)
+  local conn = h.connection
+  local extra
+  if conn and conn ~= "keep-alive" and conn ~= "close" then extra = named_by_connection(conn) end
   for name in pairs(h) do
     if HOP[name] or (extra and extra[name]) then h[name] = nil end
   end
@@ -114,11 +116,10 @@ local function bad_gateway(res)
   res:finish("502 Bad Gateway\n")
 end
 
--- The request's headers for the upstream: hop-by-hop ones gone, X-Forwarded-For appended.
+-- The request's headers for the upstream: hop-by-hop ones gone, X-Forwarded-For appended. (The
+-- request's own table, changed in place: req.headers is built for each request.)
 local function upstream_headers(req)
-  local h = {}
-  for k, v in pairs(req.headers) do h[k] = v end
-  strip_hop(h)
+  local h = strip_hop(req.headers)
   h.expect = nil -- moonfork answered the client's "100-continue" itself; the body comes regardless
   local addr = req.remoteAddress
   if addr then
@@ -129,12 +130,14 @@ local function upstream_headers(req)
   return h
 end
 
--- The request body as the client sends it, piece by piece; a client that fails mid-body leaves
--- `state.err` set (the upstream then sees a short body and the exchange is abandoned).
-local function body_source(req, state)
-  local h = req.headers
-  local cl = h["content-length"]
-  if not h["transfer-encoding"] and (cl == nil or cl == "0") then return nil end
+-- The request body: the string when it had all arrived before the handler started (the client may
+-- then send it again on a fresh connection when a pooled one turns out closed), else a function
+-- giving it piece by piece as the client sends it; a client that fails mid-body leaves `state.err`
+-- set (the upstream then sees a short body and the exchange is abandoned).
+local function body_source(req, te, cl, state)
+  if not te and (cl == nil or cl == "0") then return nil end
+  local whole = rawget(req, "body") -- (a string only when complete: see moonfork.http's dispatcher)
+  if type(whole) == "string" then return whole end
   return function()
     local piece, err = req:read()
     if err then state.err = err end
@@ -168,17 +171,25 @@ end
 local function serve(pool, req, res)
   local up = pick(pool)
   local state = {}
+  local h = req.headers
+  local body = body_source(req, h["transfer-encoding"], h["content-length"], state)
   local up_res, err = request(up.base .. req.url, {
-    method = req.method, headers = upstream_headers(req), body = body_source(req, state),
+    method = req.method, headers = upstream_headers(req), body = body,
     stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size,
   })
   if up_res then
     local first
     first, err = up_res:read() -- the head goes out with the first piece: a failure before it is a 502
     if first or not err then
-      local h = strip_hop(up_res.headers)
-      h.date = nil -- moonfork sends its own
-      res:writeHead(up_res.status, h)
+      local rh = strip_hop(up_res.headers)
+      rh.date = nil -- moonfork sends its own
+      res:writeHead(up_res.status, rh)
+      local cl = rh["content-length"]
+      if first and cl and #first == tonumber(cl) then -- all of it: one write, and the connection is
+        up_res:read()                                  -- back in its pool already (this read says nil)
+        res:finish(first)
+        return
+      end
       local ok, rerr = relay(up_res, res, first)
       if ok then return end
       mark_down(pool, up, rerr)
