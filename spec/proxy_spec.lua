@@ -75,15 +75,19 @@ describe("examples/proxy.lua", function()
     assert.are.equal("127.0.0.1", got.headers["x-forwarded-for"])
   end)
 
-  it("drops the upstream's hop-by-hop response headers and keeps the rest", function()
+  -- spec/fixtures/proxy_raw_upstream.lua, stopped when the test ends: its port
+  local function start_raw_upstream()
     local dir = helpers.mktempdir()
     local raw = helpers.bg_start({ "lua", helpers.FIXTURES .. "/proxy_raw_upstream.lua", dir .. "/info" })
     finally(function()
       helpers.bg_stop(raw, "KILL")
       helpers.sh("rm -rf " .. helpers.shell_quote(dir))
     end)
-    local port = tonumber(helpers.wait_for(function() return helpers.read_file(dir .. "/info") end))
-    local proxy = start_proxy({ port })
+    return tonumber(helpers.wait_for(function() return helpers.read_file(dir .. "/info") end))
+  end
+
+  it("drops the upstream's hop-by-hop response headers and keeps the rest", function()
+    local proxy = start_proxy({ start_raw_upstream() })
     local resp = assert(proxy:get("/"))
     assert.are.equal(200, resp.status)
     assert.are.equal("ok", resp.body)
@@ -124,6 +128,16 @@ describe("examples/proxy.lua", function()
       local resp = assert(c:request("GET", "/die-after-head"))
       assert.are.equal(502, resp.status)
       assert.are.equal("502 Bad Gateway\n", resp.body)
+    end)
+
+    it("answers 502 to a response that is not HTTP, and goes on serving", function()
+      local proxy = start_proxy({ start_raw_upstream() })
+      local c = proxy:connect()
+      local resp = assert(c:request("GET", "/malformed"))
+      assert.are.equal(502, resp.status)
+      resp = assert(c:request("GET", "/"))
+      assert.are.equal(200, resp.status)
+      assert.are.equal("ok", resp.body)
     end)
 
     it("cuts the client's connection when the upstream dies mid-body, so the body cannot look complete", function()
@@ -202,6 +216,24 @@ describe("examples/proxy.lua", function()
     -- and once the client reads, the whole body comes through
     assert.are.equal(size, count_body(c, size))
     assert.is_true(helpers.json_decode(assert(a:get("/stats")).body).done)
+  end)
+
+  it("drops the upstream's connection when the client leaves mid-download", function()
+    local a = start_upstream()
+    local proxy = start_proxy({ a })
+    local worker = proxy.workers[1]
+    local before = helpers.fd_count(worker)
+    local c = proxy:connect()
+    assert(c:send(helpers.build_request("GET", "/big?bytes=" .. 48 * MB)))
+    assert.is_truthy(helpers.wait_for(function()
+      return helpers.json_decode(assert(a:get("/stats")).body).blocked
+    end), "the upstream never had to wait")
+    c:close()
+    assert.is_truthy(helpers.wait_for(function()
+      return helpers.json_decode(assert(a:get("/stats")).body).aborted
+    end), "the upstream's response was never cut")
+    assert.is_truthy(helpers.wait_for(function() return helpers.fd_count(worker) <= before end),
+      "the proxy's worker kept descriptors: " .. tostring(helpers.fd_count(worker)) .. " (" .. before .. " before)")
   end)
 
   it("holds no more descriptors after 10,000 proxied requests than before them", function()
