@@ -21,10 +21,11 @@
 local moonfork = require "moonfork"
 
 local type, tostring, tonumber, pairs, error = type, tostring, tonumber, pairs, error
-local lower, find, gmatch, match = string.lower, string.find, string.gmatch, string.match
+local lower, find, gmatch, match, byte = string.lower, string.find, string.gmatch, string.match, string.byte
 local now, request = moonfork.now, moonfork.http.request
 
 local DEFAULT_UPSTREAMS = { "127.0.0.1:8081", "127.0.0.1:8082" }
+local SLASH = byte("/")
 
 local _M = {}
 
@@ -168,12 +169,33 @@ local function relay(up_res, res, first)
   return true
 end
 
+-- The request target to send on: origin-form ("/path?query") as it came, or the path of an
+-- absolute-form one ("http://host/path"); nil for anything else ("*", authority-form).
+local function target_of(url)
+  if byte(url, 1) == SLASH then return url end
+  local path = match(url, "^[hH][tT][tT][pP][sS]?://[^/?#]*(.*)$")
+  if not path then return nil end
+  if path == "" or byte(path, 1) ~= SLASH then path = "/" .. path end
+  return path
+end
+
+-- A client whose body failed is not the upstream's fault: it gets the answer that fits, if it is
+-- still there to read it.
+local CLIENT_FAILED = { ["too large"] = 413, timeout = 408 }
+
+local function client_error(res, status)
+  res:writeHead(status, { ["Content-Type"] = "text/plain", ["Connection"] = "close" })
+  res:finish(status == 400 and "400 Bad Request\n" or status .. "\n")
+end
+
 local function serve(pool, req, res)
+  local target = target_of(req.url)
+  if not target then return client_error(res, 400) end
   local up = pick(pool)
   local state = {}
   local h = req.headers
   local body = body_source(req, h["transfer-encoding"], h["content-length"], state)
-  local up_res, err = request(up.base .. req.url, {
+  local up_res, err = request(up.base .. target, {
     method = req.method, headers = upstream_headers(req), body = body,
     stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size,
   })
@@ -197,7 +219,7 @@ local function serve(pool, req, res)
     end
     up_res:close()
   end
-  if state.err then return end -- the client failed, not the upstream
+  if state.err then return client_error(res, CLIENT_FAILED[state.err] or 400) end
   mark_down(pool, up, err)
   bad_gateway(res)
 end

@@ -86,6 +86,18 @@ describe("examples/proxy.lua", function()
     return tonumber(helpers.wait_for(function() return helpers.read_file(dir .. "/info") end))
   end
 
+  it("sends the path of an absolute-form target, and answers 400 to a target it cannot pass on", function()
+    local a = start_upstream()
+    local proxy = start_proxy({ a }, { PROXY_SKIP_MS = 600000 })
+    local c = proxy:connect()
+    local got = helpers.json_decode(assert(c:request("GET", "http://example.com/headers?y=2")).body)
+    assert.are.equal("/headers?y=2", got.url)
+    local resp = assert(c:request("OPTIONS", "*"))
+    assert.are.equal(400, resp.status)
+    c = proxy:connect()
+    assert.are.equal(a.pid_text, whoami(c)) -- the upstream was not blamed for it
+  end)
+
   it("drops the upstream's hop-by-hop response headers and keeps the rest", function()
     local proxy = start_proxy({ start_raw_upstream() })
     local resp = assert(proxy:get("/"))
