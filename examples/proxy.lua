@@ -20,7 +20,8 @@
 -- poolSize = ... }` returns the handler, for a script that serves other things beside it.
 local moonfork = require "moonfork"
 
-local type, tostring, tonumber, pairs, error = type, tostring, tonumber, pairs, error
+local type, tostring, tonumber, pairs, error, pcall, setmetatable, rawget =
+  type, tostring, tonumber, pairs, error, pcall, setmetatable, rawget
 local lower, find, gmatch, match, byte = string.lower, string.find, string.gmatch, string.match, string.byte
 local now, request = moonfork.now, moonfork.http.request
 
@@ -131,17 +132,23 @@ local function upstream_headers(req)
   return h
 end
 
+-- Raised through moonfork.http.request by the body reader when the client's body fails: the exchange
+-- is abandoned (its connection closed, so the upstream never takes a short body for a whole one).
+local CLIENT_BODY_FAILED = setmetatable({}, { __tostring = function() return "the client's body failed" end })
+
 -- The request body: the string when it had all arrived before the handler started (the client may
 -- then send it again on a fresh connection when a pooled one turns out closed), else a function
--- giving it piece by piece as the client sends it; a client that fails mid-body leaves `state.err`
--- set (the upstream then sees a short body and the exchange is abandoned).
+-- giving it piece by piece as the client sends it; when that fails, `state.err` says why.
 local function body_source(req, te, cl, state)
   if not te and (cl == nil or cl == "0") then return nil end
   local whole = rawget(req, "body") -- (a string only when complete: see moonfork.http's dispatcher)
   if type(whole) == "string" then return whole end
   return function()
     local piece, err = req:read()
-    if err then state.err = err end
+    if err then
+      state.err = err
+      error(CLIENT_BODY_FAILED, 0)
+    end
     return piece
   end
 end
@@ -195,10 +202,14 @@ local function serve(pool, req, res)
   local state = {}
   local h = req.headers
   local body = body_source(req, h["transfer-encoding"], h["content-length"], state)
-  local up_res, err = request(up.base .. target, {
+  local ok, up_res, err = pcall(request, up.base .. target, {
     method = req.method, headers = upstream_headers(req), body = body,
     stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size,
   })
+  if not ok then
+    if up_res ~= CLIENT_BODY_FAILED then error(up_res, 0) end
+    return client_error(res, CLIENT_FAILED[state.err] or 400)
+  end
   if up_res then
     local first
     first, err = up_res:read() -- the head goes out with the first piece: a failure before it is a 502
@@ -219,7 +230,6 @@ local function serve(pool, req, res)
     end
     up_res:close()
   end
-  if state.err then return client_error(res, CLIENT_FAILED[state.err] or 400) end
   mark_down(pool, up, err)
   bad_gateway(res)
 end

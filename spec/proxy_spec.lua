@@ -152,6 +152,23 @@ describe("examples/proxy.lua", function()
       assert.are.equal("ok", resp.body)
     end)
 
+    it("abandons the upstream exchange when the client's streamed body fails, so no short body passes for whole", function()
+      local a = start_upstream()
+      local proxy = start_proxy({ a }, { PROXY_MAX_BODY = "64k", PROXY_SKIP_MS = 600000 })
+      local c = proxy:connect()
+      local parts = {}
+      for i = 1, 4 do parts[i] = string.rep("z", 32 * 1024) end
+      local resp = assert(c:request("POST", "/echo", { { "Transfer-Encoding", "chunked" } }, helpers.chunked(parts)))
+      assert.are.equal(413, resp.status)
+      local stats = helpers.wait_for(function()
+        local st = helpers.json_decode(assert(a:get("/stats")).body)
+        return (st.echo_failed > 0 or st.echoed > 0) and st
+      end)
+      assert.are.same({ 1, 0 }, { stats.echo_failed, stats.echoed }) -- cut off, not taken as whole
+      c = proxy:connect()
+      assert.are.equal(a.pid_text, whoami(c)) -- not the upstream's fault
+    end)
+
     it("cuts the client's connection when the upstream dies mid-body, so the body cannot look complete", function()
       local a = start_upstream()
       local proxy = start_proxy({ a })
