@@ -109,6 +109,20 @@ describe("examples/proxy.lua", function()
     end
   end)
 
+  it("answers HEAD with the upstream's length and no body, and passes a 404 on as it is", function()
+    local a = start_upstream()
+    local proxy = start_proxy({ a })
+    local c = proxy:connect()
+    local resp = assert(c:request("HEAD", "/whoami"))
+    assert.are.equal(200, resp.status)
+    assert.are.equal(tostring(#a.pid_text), resp.headers["content-length"])
+    assert.are.equal("", resp.body)
+    resp = assert(c:request("GET", "/nowhere"))
+    assert.are.equal(404, resp.status)
+    assert.are.equal("no such route\n", resp.body)
+    assert.are.equal(a.pid_text, whoami(c)) -- the same connection still works: nothing was left over
+  end)
+
   it("streams a large request body to the upstream and its response back, with a length or chunked", function()
     local a = start_upstream()
     local proxy = start_proxy({ a })
