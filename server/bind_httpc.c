@@ -53,7 +53,8 @@ static int httpc_gc(lua_State *L) {
 static int httpc_start(lua_State *L) {
   httpc_parse_t *c = httpc_arg(L);
   lua_Number max = luaL_optnumber(L, 3, -1);
-  httpc_parse_start(c, lua_toboolean(L, 2), max < 0 ? UINT64_MAX : (uint64_t)max, lua_toboolean(L, 4));
+  uint64_t limit = max >= 0 && max < 1.8e19 ? (uint64_t)max : UINT64_MAX; /* (none: nil, NaN, huge) */
+  httpc_parse_start(c, lua_toboolean(L, 2), limit, lua_toboolean(L, 4));
   return 0;
 }
 

@@ -62,7 +62,7 @@ void httpc_parse_start(httpc_parse_t *c, int no_body, uint64_t max_body, int who
   http_parse_init(&c->parse, HTTP_RESPONSE, &httpc_callbacks, c, HTTPC_MAX_HEAD);
   c->parse.head = head;
   c->parse.max_body = max_body;
-  mf_buf_reset(&c->body, 256 * 1024);
+  mf_buf_reset(&c->body, 64 * 1024);
   c->piece = NULL;
   c->piece_len = 0;
   c->no_body = no_body != 0;

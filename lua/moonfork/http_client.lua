@@ -23,11 +23,12 @@ local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
 local _M = { _VERSION = "0.1" }
 
 local MAX_REDIRECTS = 10
+local MAX_MS = 2 ^ 31
 local DEFAULT_MAX_BODY = 10 * 1024 * 1024
 local READ_MAX = 1024 * 1024   -- bytes taken from the socket's buffer per read
 local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending the body anyway
 local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
-local SPARE_MAX = 64           -- parsers kept for reuse
+local SPARE_MAX = 16           -- parsers kept for reuse (each keeps at most 80 KiB of buffers)
 
 ---------------------------------------------------------------------------------------------------
 -- urls
@@ -74,8 +75,8 @@ end
 -- options
 
 local function check_ms(v, name)
-  if v ~= nil and (type(v) ~= "number" or v < 0) then
-    error("moonfork.http.request(): opts." .. name .. " must be a number of milliseconds", 4)
+  if v ~= nil and (type(v) ~= "number" or not (v >= 0 and v <= MAX_MS)) then -- (NaN fails too)
+    error("moonfork.http.request(): opts." .. name .. " must be a number of milliseconds from 0 to 2^31", 4)
   end
   return v
 end
@@ -100,12 +101,12 @@ local function options(opts)
   o.st = check_ms(opts.sendTimeout, "sendTimeout") or t
   o.rt = check_ms(opts.readTimeout, "readTimeout") or t
   local r = opts.redirects or 0
-  if type(r) ~= "number" or r < 0 or r > MAX_REDIRECTS then
+  if type(r) ~= "number" or not (r >= 0 and r <= MAX_REDIRECTS) or r % 1 ~= 0 then
     error("moonfork.http.request(): opts.redirects must be a number from 0 to " .. MAX_REDIRECTS, 3)
   end
   o.redirects = r
   local mb = opts.maxBody
-  if mb ~= nil and (type(mb) ~= "number" or mb < 0) then error("moonfork.http.request(): opts.maxBody must be a number of bytes", 3) end
+  if mb ~= nil and (type(mb) ~= "number" or not (mb >= 0)) then error("moonfork.http.request(): opts.maxBody must be a number of bytes", 3) end
   o.max_body = mb or (not o.stream and DEFAULT_MAX_BODY or nil)
   return o
 end
@@ -160,11 +161,15 @@ local function build_head(o, u)
   return t, chunked, expect and body ~= nil
 end
 
--- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk.
+-- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk. A function
+-- that returns nil, err aborts the request: the body is not ended, the connection will be closed.
 local function send_pieces(sock, body, chunked)
   while true do
-    local piece = body()
-    if piece == nil then break end
+    local piece, perr = body()
+    if piece == nil then
+      if perr ~= nil then return nil, tostring(perr) end
+      break
+    end
     if type(piece) ~= "string" then error("moonfork.http.request(): opts.body returned a " .. type(piece), 0) end
     if #piece > 0 then
       local ok, err = sock:send(chunked and { format("%x\r\n", #piece), piece, "\r\n" } or piece)
@@ -229,7 +234,10 @@ local function release(st, o)
   else
     sock:close()
   end
-  if p and #spare < SPARE_MAX then spare[#spare + 1] = p end
+  if p and #spare < SPARE_MAX then
+    pstart(p, false, nil, false) -- gives back what its buffers grew past their keep size
+    spare[#spare + 1] = p
+  end
 end
 
 local function abandon(st)
@@ -268,7 +276,11 @@ Response.__index = Response
 -- res:read() -> the next piece of a streamed body, nil at its end (or after close), or nil, err.
 function Response:read()
   local st = self._st
-  if not st then return nil end
+  if not st then
+    local last = self._last -- (the body that came whole with the head)
+    self._last = nil
+    return last
+  end
   while true do
     local piece = st.piece
     if piece then
@@ -300,7 +312,7 @@ end
 -- res:close(): the rest of a streamed body is not wanted; the connection is closed.
 function Response:close()
   local st = self._st
-  self._st = nil
+  self._st, self._last = nil, nil
   if st then abandon(st) end
 end
 
@@ -365,6 +377,9 @@ local function exchange(st, o, u)
   return read_head(st, o, false)
 end
 
+-- What a pooled connection the server had closed meanwhile fails with.
+local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pipe"] = true }
+
 -- One request on one connection (a fresh one after a pooled one the peer had closed): res | nil, err.
 local function once(url, o)
   local u, err = parse_url(url)
@@ -384,22 +399,44 @@ local function once(url, o)
     end
     abandon(st)
     err = reason
-    if not (reused and replayable and not st.got and (err == "closed" or err == "connection reset by peer")) then
+    if not (reused and replayable and not st.got and STALE[err]) then
       break
     end
   end
   return nil, err
 end
 
--- The headers of a request whose body is dropped (a 303), without those that describe the body.
-local function without_body_headers(h)
+-- Headers that describe a body (dropped with it: a 303), and those meant for one origin only (dropped
+-- on a redirect to another: the credentials, the Host the caller set).
+local BODY_HEADERS = { ["content-length"] = true, ["transfer-encoding"] = true, ["content-type"] = true,
+                       expect = true }
+local ORIGIN_HEADERS = { host = true, authorization = true, cookie = true, ["proxy-authorization"] = true }
+
+local function headers_without(h, drop)
   if not h then return nil end
   local t = {}
   for name, v in pairs(h) do
-    local l = lower(name)
-    if l ~= "content-length" and l ~= "transfer-encoding" and l ~= "content-type" and l ~= "expect" then t[name] = v end
+    if not drop[lower(name)] then t[name] = v end
   end
   return t
+end
+
+local function origin(u)
+  return u.scheme .. "://" .. (u.unix or u.host) .. ":" .. tostring(u.port)
+end
+
+-- Sets o up for the request a redirect asks for; nil, err when it cannot be made.
+local function redirect(o, res, url)
+  local u = parse_url(url)
+  if u and origin(u) ~= origin(res._u) then
+    o.headers, o.pool = headers_without(o.headers, ORIGIN_HEADERS), nil
+  end
+  if res.status == 303 or ((res.status == 301 or res.status == 302) and o.method == "POST") then
+    o.method, o.body, o.headers = o.method == "HEAD" and "HEAD" or "GET", nil, headers_without(o.headers, BODY_HEADERS)
+  elseif type(o.body) == "function" then
+    return nil, "cannot follow a " .. res.status .. " redirect with a body given as a function"
+  end
+  return true
 end
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
@@ -427,7 +464,8 @@ function _M.request(url, opts)
     if not o.stream then
       local ok, rerr = read_whole(res, st)
       if not ok then return nil, rerr end
-    elseif st.done and not st.piece then -- no body (HEAD, 204, 304...): the connection goes back now
+    elseif st.done then -- the whole body came with the head (or there is none): the connection goes back now
+      res._last, st.piece = st.piece, nil
       res:_finish()
     end
     local loc = REDIRECT[res.status] and o.redirects > 0 and res.headers.location
@@ -439,13 +477,9 @@ function _M.request(url, opts)
     end
     drain(res)
     url = resolve(res._u, loc)
-    if res.status == 303 or ((res.status == 301 or res.status == 302) and o.method == "POST") then
-      o.method, o.body, o.headers = o.method == "HEAD" and "HEAD" or "GET", nil, without_body_headers(o.headers)
-    elseif type(o.body) == "function" then
-      return nil, "cannot follow a " .. res.status .. " redirect with a body given as a function"
-    end
+    local ok, rerr = redirect(o, res, url)
+    if not ok then return nil, rerr end
   end
 end
-
 
 return _M
