@@ -13,11 +13,12 @@
 -- Environment (each optional): PROXY_UPSTREAMS (host:port, comma-separated; default the list below),
 -- PROXY_PORT (8080; --port wins), PROXY_SKIP_MS (how long a failed upstream is skipped, 5000),
 -- PROXY_TIMEOUT_MS (connect, send and read timeout towards an upstream, 10000), PROXY_POOL_SIZE
--- (idle keep-alive connections kept per upstream and worker, 64), PROXY_MAX_BODY (the largest request
--- body passed on, 1g; --max-body wins).
+-- (idle keep-alive connections kept per upstream and worker, 64), PROXY_IDLE_MS (how long one may stay
+-- idle, 60000; 0: until the upstream closes it), PROXY_MAX_BODY (the largest request body passed on,
+-- 1g; --max-body wins).
 --
 -- It is also a module: `require("proxy").handler{ upstreams = {...}, skipMs = ..., timeoutMs = ...,
--- poolSize = ... }` returns the handler, for a script that serves other things beside it.
+-- poolSize = ..., idleMs = ... }` returns the handler, for a script that serves other things beside it.
 local moonfork = require "moonfork"
 
 local type, tostring, tonumber, pairs, error, pcall, setmetatable, rawget =
@@ -204,7 +205,7 @@ local function serve(pool, req, res)
   local body = body_source(req, h["transfer-encoding"], h["content-length"], state)
   local ok, up_res, err = pcall(request, up.base .. target, {
     method = req.method, headers = upstream_headers(req), body = body,
-    stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size,
+    stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size, idle = pool.idle_ms,
   })
   if not ok then
     if up_res ~= CLIENT_BODY_FAILED then error(up_res, 0) end
@@ -234,13 +235,13 @@ local function serve(pool, req, res)
   bad_gateway(res)
 end
 
--- handler{ upstreams = { "host:port", ... } | "host:port,...", skipMs, timeoutMs, poolSize }
+-- handler{ upstreams = { "host:port", ... } | "host:port,...", skipMs, timeoutMs, poolSize, idleMs }
 function _M.handler(opts)
   opts = opts or {}
   local pool = {
     ups = parse_upstreams(opts.upstreams), next = 1,
     skip_ms = tonumber(opts.skipMs) or 5000, timeout_ms = tonumber(opts.timeoutMs) or 10000,
-    pool_size = tonumber(opts.poolSize) or 64,
+    pool_size = tonumber(opts.poolSize) or 64, idle_ms = tonumber(opts.idleMs),
   }
   return function(req, res) return serve(pool, req, res) end
 end
@@ -251,6 +252,7 @@ local env = os.getenv
 local handler = _M.handler {
   upstreams = env("PROXY_UPSTREAMS") or DEFAULT_UPSTREAMS,
   skipMs = env("PROXY_SKIP_MS"), timeoutMs = env("PROXY_TIMEOUT_MS"), poolSize = env("PROXY_POOL_SIZE"),
+  idleMs = env("PROXY_IDLE_MS"),
 }
 -- bodies are streamed through, never held whole: the upstream decides how large is too large
 moonfork.listen({ port = tonumber(env("PROXY_PORT")) or 8080, maxBody = env("PROXY_MAX_BODY") or "1g" },

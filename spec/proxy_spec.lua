@@ -9,7 +9,7 @@ local PROXY = helpers.ROOT .. "/examples/proxy.lua"
 local MB = 1024 * 1024
 
 local function start_upstream(port)
-  local args = { "--workers", "1", "--max-body", "16m" }
+  local args = { "--workers", "1", "--max-body", "16m", "--keepalive-timeout", "600" }
   if port then args[#args + 1] = "--port=" .. port end
   local up = helpers.start("proxy_upstream", args)
   up.pid_text = tostring(up.workers[1])
@@ -279,6 +279,22 @@ describe("examples/proxy.lua", function()
     end), "the upstream's response was never cut")
     assert.is_truthy(helpers.wait_for(function() return helpers.fd_count(worker) <= before end),
       "the proxy's worker kept descriptors: " .. tostring(helpers.fd_count(worker)) .. " (" .. before .. " before)")
+  end)
+
+  it("keeps an upstream connection for the next request, and closes it once idle past PROXY_IDLE_MS", function()
+    local a = start_upstream()
+    local proxy = start_proxy({ a }, { PROXY_IDLE_MS = 300 })
+    local worker = proxy.workers[1]
+    local before = helpers.fd_count(worker)
+    local c = proxy:connect()
+    assert.are.equal(a.pid_text, whoami(c))
+    assert.are.equal(before + 2, helpers.fd_count(worker)) -- the client's connection, the upstream's
+    for _ = 1, 5 do assert.are.equal(a.pid_text, whoami(c)) end
+    assert.are.equal(before + 2, helpers.fd_count(worker)) -- the same upstream connection again
+    c:close()
+    -- the client's connection goes at once; the pooled one to the upstream after 300 ms idle
+    assert.is_truthy(helpers.wait_for(function() return helpers.fd_count(worker) == before end),
+      "descriptors: " .. tostring(helpers.fd_count(worker)) .. ", " .. before .. " before")
   end)
 
   it("holds no more descriptors after 10,000 proxied requests than before them", function()
