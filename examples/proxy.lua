@@ -214,10 +214,14 @@ local function serve(pool, req, res)
   if up_res then
     local first
     first, err = up_res:read() -- the head goes out with the first piece: a failure before it is a 502
+    local status = up_res.status
+    if status < 200 or status > 599 then -- not a final status a response can carry on (moonfork's
+      first, err = nil, "status " .. status -- own 1xx are its business): the upstream is broken
+    end
     if first or not err then
       local rh = strip_hop(up_res.headers)
       rh.date = nil -- moonfork sends its own
-      res:writeHead(up_res.status, rh)
+      res:writeHead(status, rh)
       local cl = rh["content-length"]
       if first and cl and #first == tonumber(cl) then -- all of it: one write, and the connection is
         up_res:read()                                  -- back in its pool already (this read says nil)
