@@ -190,10 +190,39 @@ end
 -- A client whose body failed is not the upstream's fault: it gets the answer that fits, if it is
 -- still there to read it.
 local CLIENT_FAILED = { ["too large"] = 413, timeout = 408 }
+local REASON = { [400] = "400 Bad Request\n", [408] = "408 Request Timeout\n", [413] = "413 Content Too Large\n" }
 
 local function client_error(res, status)
   res:writeHead(status, { ["Content-Type"] = "text/plain", ["Connection"] = "close" })
-  res:finish(status == 400 and "400 Bad Request\n" or status .. "\n")
+  res:finish(REASON[status])
+end
+
+-- Passes the upstream's response on; true when it went (or the client left), nil, err when the
+-- upstream failed before anything was sent (the caller answers 502). A failure after that raises:
+-- the handler's error closes the client's connection.
+local function respond(pool, up, up_res, res)
+  local first, err = up_res:read() -- the head goes out with the first piece: a failure before it is a 502
+  local status = up_res.status
+  if status < 200 or status > 599 then -- not a final status a response can carry on (moonfork's
+    first, err = nil, "status " .. status -- own 1xx are its business): the upstream is broken
+  end
+  if not first and err then
+    up_res:close()
+    return nil, err
+  end
+  local rh = strip_hop(up_res.headers)
+  rh.date = nil -- moonfork sends its own
+  res:writeHead(status, rh)
+  local cl = rh["content-length"]
+  if first and cl and #first == tonumber(cl) then -- all of it: one write, and the connection is
+    up_res:read()                                  -- back in its pool already (this read says nil)
+    res:finish(first)
+    return true
+  end
+  local ok, rerr = relay(up_res, res, first)
+  if ok then return true end
+  mark_down(pool, up, rerr)
+  error("proxy: upstream " .. up.name .. " broke off mid-response (" .. tostring(rerr) .. ")", 0)
 end
 
 local function serve(pool, req, res)
@@ -212,31 +241,21 @@ local function serve(pool, req, res)
     return client_error(res, CLIENT_FAILED[state.err] or 400)
   end
   if up_res then
-    local first
-    first, err = up_res:read() -- the head goes out with the first piece: a failure before it is a 502
-    local status = up_res.status
-    if status < 200 or status > 599 then -- not a final status a response can carry on (moonfork's
-      first, err = nil, "status " .. status -- own 1xx are its business): the upstream is broken
-    end
-    if first or not err then
-      local rh = strip_hop(up_res.headers)
-      rh.date = nil -- moonfork sends its own
-      res:writeHead(status, rh)
-      local cl = rh["content-length"]
-      if first and cl and #first == tonumber(cl) then -- all of it: one write, and the connection is
-        up_res:read()                                  -- back in its pool already (this read says nil)
-        res:finish(first)
-        return
-      end
-      local ok, rerr = relay(up_res, res, first)
-      if ok then return end
-      mark_down(pool, up, rerr)
-      error("proxy: upstream " .. up.name .. " broke off mid-response (" .. tostring(rerr) .. ")", 0)
-    end
-    up_res:close()
+    ok, err = respond(pool, up, up_res, res)
+    if ok then return end
   end
   mark_down(pool, up, err)
   bad_gateway(res)
+end
+
+-- A setting: nil gives the default; anything but a number from min up is an error at start-up.
+local function setting(v, name, default, min)
+  if v == nil then return default end
+  local n = tonumber(v)
+  if not n or n < min or n ~= n then
+    error("proxy: " .. name .. " must be a number from " .. min .. " up, not " .. tostring(v), 3)
+  end
+  return n
 end
 
 -- handler{ upstreams = { "host:port", ... } | "host:port,...", skipMs, timeoutMs, poolSize, idleMs }
@@ -244,8 +263,10 @@ function _M.handler(opts)
   opts = opts or {}
   local pool = {
     ups = parse_upstreams(opts.upstreams), next = 1,
-    skip_ms = tonumber(opts.skipMs) or 5000, timeout_ms = tonumber(opts.timeoutMs) or 10000,
-    pool_size = tonumber(opts.poolSize) or 64, idle_ms = tonumber(opts.idleMs),
+    skip_ms = setting(opts.skipMs, "skipMs (PROXY_SKIP_MS)", 5000, 0),
+    timeout_ms = setting(opts.timeoutMs, "timeoutMs (PROXY_TIMEOUT_MS)", 10000, 1),
+    pool_size = setting(opts.poolSize, "poolSize (PROXY_POOL_SIZE)", 64, 1),
+    idle_ms = setting(opts.idleMs, "idleMs (PROXY_IDLE_MS)", nil, 0),
   }
   return function(req, res) return serve(pool, req, res) end
 end

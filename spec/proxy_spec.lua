@@ -42,6 +42,21 @@ end
 describe("examples/proxy.lua", function()
   after_each(function() helpers.stop_all() end)
 
+  it("refuses to start with a bad upstream or setting, saying which", function()
+    for _, case in ipairs({
+      { { PROXY_UPSTREAMS = "127.0.0.1" }, "bad upstream 127%.0%.0%.1 %(expected host:port%)" },
+      { { PROXY_UPSTREAMS = "127.0.0.1:70000" }, "bad upstream 127%.0%.0%.1:70000" },
+      { { PROXY_UPSTREAMS = " , " }, "no upstreams" },
+      { { PROXY_UPSTREAMS = "127.0.0.1:1", PROXY_SKIP_MS = "soon" }, "PROXY_SKIP_MS%) must be a number from 0 up, not soon" },
+      { { PROXY_UPSTREAMS = "127.0.0.1:1", PROXY_POOL_SIZE = "0" }, "PROXY_POOL_SIZE%) must be a number from 1 up, not 0" },
+    }) do
+      local srv = helpers.start_env(PROXY, { "--workers", "1" }, case[1], { wait = false })
+      local status = srv:exit_status()
+      assert.is_truthy(status and status ~= 0, "it started with " .. next(case[1]))
+      assert.is_truthy(srv:log_text():find(case[2]), srv:log_text())
+    end
+  end)
+
   it("sends each request to the next upstream in turn", function()
     local a, b = start_upstream(), start_upstream()
     local proxy = start_proxy({ a, b })
