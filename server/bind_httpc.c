@@ -65,11 +65,15 @@ static int httpc_fail(lua_State *L, const httpc_parse_t *c) {
   return 2;
 }
 
-/* Pushes the body bytes ready to hand out, or nil. */
-static void httpc_push_body(lua_State *L, const httpc_parse_t *c) {
-  size_t n;
+/* Pushes the body bytes ready to hand out, or nil. When they are the whole of the string at `fed`
+ * (a read that is all body, the common case of a large response), that string goes back as it is. */
+static void httpc_push_body(lua_State *L, const httpc_parse_t *c, int fed) {
+  size_t n, flen = 0;
   const char *at = httpc_parse_body(c, &n);
-  if (n)
+  const char *f = fed ? lua_tolstring(L, fed, &flen) : NULL;
+  if (n && at == f && n == flen)
+    lua_pushvalue(L, fed);
+  else if (n)
     lua_pushlstring(L, at, n);
   else
     lua_pushnil(L);
@@ -84,7 +88,7 @@ static int httpc_feed(lua_State *L) {
   int r = httpc_parse_feed(c, data, len, &used);
   if (r == HTTP_PARSE_ERROR) return httpc_fail(L, c);
   lua_pushinteger(L, r == HTTP_PARSE_MORE ? 0 : r == HTTP_PARSE_DONE ? 1 : 2);
-  httpc_push_body(L, c);
+  httpc_push_body(L, c, 2);
   lua_pushboolean(L, c->headed);
   lua_pushinteger(L, (lua_Integer)used);
   return 4;
@@ -100,7 +104,7 @@ static int httpc_finish(lua_State *L) {
     return 2;
   }
   lua_pushinteger(L, 1);
-  httpc_push_body(L, c);
+  httpc_push_body(L, c, 0);
   return 2;
 }
 

@@ -154,10 +154,12 @@ describe("moonfork.http.request()", function()
       assert.is_truthy(helpers.wait_for(function() return call("/pooled").pooled == 0 end, 10))
     end)
 
-    it("sends a request again on a new connection when the pooled one was closed by the server meanwhile", function()
+    it("sends a GET again on a new connection when the pooled one was closed by the server meanwhile, not a POST", function()
       local got = call("/many", { url = "/then-drop", n = 3 })
       assert.are.same({ 200, 200, 200 }, got.results)
       assert.are.equal(4, got.accepts) -- each /then-drop's connection drops the next request
+      got = call("/many", { url = "/then-drop", n = 2, method = "POST" }) -- not idempotent: not sent again
+      assert.are.same({ 200, "closed" }, got.results)
     end)
 
     it("does not reuse a connection after a close-delimited body, junk after the response or keepalive = false", function()
@@ -184,6 +186,8 @@ describe("moonfork.http.request()", function()
 
     it("returns nil, 'closed' when the peer closes mid-body", function()
       assert.are.same({ err = "closed" }, get("/half"))
+      local got = call("/stream", { url = "/half" }) -- streamed: the pieces that came, then the error
+      assert.are.same({ 200, 10, "closed", 0 }, { got.status, got.size, got.err, got.pooled })
     end)
 
     it("refuses a malformed response and a body over maxBody, and does not reuse their connections", function()
@@ -205,6 +209,11 @@ describe("moonfork.http.request()", function()
       local got = call("/bad-header")
       assert.is_false(got.ok)
       assert.is_truthy(got.err:find("header X-A has a CR, LF or NUL", 1, true), got.err)
+    end)
+
+    it("skips interim 1xx responses, and refuses a server that sends more than 16 of them", function()
+      assert.are.same({ 200, "done" }, { get("/interim?n=3").status, get("/interim?n=16").body })
+      assert.are.same({ err = "malformed response: more than 16 1xx responses" }, get("/interim?n=17"))
     end)
 
     it("returns nil, err for a URL it cannot use", function()

@@ -213,8 +213,79 @@ static void test_restart(void) {
   httpc_parse_free(&c);
 }
 
+/* What a parser makes of `s` fed in pieces of the sizes a seeded generator picks (0: whole). */
+typedef struct {
+  int result;
+  size_t taken;
+  mf_buf_t body;
+} outcome_t;
+
+static uint32_t rand_next(uint32_t *state) {
+  *state = *state * 1103515245u + 12345u;
+  return *state >> 16;
+}
+
+static void outcome_of(const char *s, size_t len, int whole, uint32_t seed, outcome_t *o) {
+  httpc_parse_t c;
+  size_t off = 0;
+  memset(o, 0, sizeof *o);
+  o->result = HTTP_PARSE_MORE;
+  httpc_parse_init(&c);
+  httpc_parse_start(&c, 0, 4096, whole);
+  while (off < len && o->result == HTTP_PARSE_MORE) {
+    size_t n = seed ? 1 + rand_next(&seed) % 7 : len - off, used, blen;
+    if (n > len - off) n = len - off;
+    o->result = httpc_parse_feed(&c, s + off, n, &used);
+    off += used;
+    const char *b = httpc_parse_body(&c, &blen);
+    mf_buf_append(&o->body, b, blen);
+  }
+  if (o->result == HTTP_PARSE_MORE) {
+    size_t blen;
+    o->result = httpc_parse_finish(&c);
+    const char *b = httpc_parse_body(&c, &blen);
+    mf_buf_append(&o->body, b, blen);
+  }
+  o->taken = o->result == HTTP_PARSE_ERROR ? 0 : off;
+  httpc_parse_free(&c);
+}
+
+/* Responses with bytes changed at random: however they are cut, the parser says the same thing
+ * (result, bytes taken, body), and never reads outside what it was given (ASan runs this too). */
+static void test_mutations(void) {
+  static const char *seeds[] = {
+      "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX: y\r\n\r\n0123456789",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+      "HTTP/1.0 200 OK\r\n\r\nuntil close",
+      "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+  };
+  uint32_t rng = 42;
+  char buf[256];
+  for (int round = 0; round < 3000; round++) {
+    const char *seed = seeds[round % MF_ARRAY_SIZE(seeds)];
+    size_t len = strlen(seed);
+    memcpy(buf, seed, len);
+    for (int k = 1 + (int)(rand_next(&rng) % 3); k > 0; k--) buf[rand_next(&rng) % len] = (char)rand_next(&rng);
+    for (int whole = 0; whole <= 1; whole++) {
+      outcome_t a, b;
+      outcome_of(buf, len, whole, 0, &a);
+      outcome_of(buf, len, whole, 1 + rand_next(&rng), &b);
+      int same = a.result == b.result && a.taken == b.taken && a.body.len == b.body.len &&
+                 (a.body.len == 0 || memcmp(a.body.data, b.body.data, a.body.len) == 0);
+      if (!same) {
+        fprintf(stderr, "mutation %d (whole %d): %d/%zu/%zu bytes at once, %d/%zu/%zu in pieces: \"%.*s\"\n", round,
+                whole, a.result, a.taken, a.body.len, b.result, b.taken, b.body.len, (int)len, buf);
+        test_failures++;
+      }
+      mf_buf_free(&a.body);
+      mf_buf_free(&b.body);
+    }
+  }
+}
+
 int main(void) {
   test_cases();
+  test_mutations();
   test_no_copy();
   test_restart();
   TEST_DONE();

@@ -27,6 +27,7 @@ local MAX_MS = 2 ^ 31
 local DEFAULT_MAX_BODY = 10 * 1024 * 1024
 local READ_MAX = 1024 * 1024   -- bytes taken from the socket's buffer per read
 local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending the body anyway
+local MAX_INTERIM = 16         -- 1xx responses before the final one
 local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
 local SPARE_MAX = 16           -- parsers kept for reuse (each keeps at most 80 KiB of buffers)
 
@@ -60,6 +61,22 @@ local function parse_url(url)
   return u
 end
 
+-- parse_url, remembered: a worker calls the same few upstreams again and again. (The parts are only
+-- read, never changed; the cache starts over past URL_CACHE_MAX names.)
+local url_cache, url_cached = {}, 0
+local URL_CACHE_MAX = 256
+
+local function parse_url_cached(url)
+  local u = url_cache[url]
+  if u then return u end
+  local err
+  u, err = parse_url(url)
+  if not u then return nil, err end
+  if url_cached >= URL_CACHE_MAX then url_cache, url_cached = {}, 0 end
+  url_cache[url], url_cached = u, url_cached + 1
+  return u
+end
+
 -- The URL a Location value names, relative to `base` (RFC 3986 §5.2, the common cases).
 local function resolve(u, loc)
   if match(loc, "^%a[%w+.-]*://") then return loc end
@@ -81,6 +98,26 @@ local function check_ms(v, name)
   return v
 end
 
+local function bad_field(s) return find(tostring(s), "[\r\n%z]") ~= nil end
+
+-- Raises (at the caller of request) for a header name that is not a token, or a value that would
+-- end its line (CR, LF) or a string (NUL): nothing of such a request is sent.
+local function check_headers(h)
+  if h == nil then return end
+  if type(h) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 4) end
+  for name, v in pairs(h) do
+    if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
+      error("moonfork.http.request(): bad header name " .. tostring(name), 4)
+    end
+    local list = type(v) == "table" and v or { v }
+    for i = 1, #list do
+      if bad_field(list[i]) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+    end
+  end
+end
+
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, PATCH = true, OPTIONS = true }
+
 -- The request's settings, from opts (raises on misuse).
 local function options(opts)
   if opts ~= nil and type(opts) ~= "table" then error("moonfork.http.request(url, opts): opts must be a table", 3) end
@@ -88,10 +125,10 @@ local function options(opts)
   local o = { method = opts.method or "GET", headers = opts.headers, body = opts.body, stream = opts.stream,
               keepalive = opts.keepalive ~= false, pool = opts.pool, pool_size = opts.poolSize,
               idle = check_ms(opts.idle, "idle"), verify = opts.verify ~= false }
-  if type(o.method) ~= "string" or not match(o.method, "^[%w!#$%%&'*+.^_`|~-]+$") then
+  if not METHODS[o.method] and (type(o.method) ~= "string" or not match(o.method, "^[%w!#$%%&'*+.^_`|~-]+$")) then
     error("moonfork.http.request(): opts.method must be a method name", 3)
   end
-  if o.headers ~= nil and type(o.headers) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 3) end
+  check_headers(o.headers)
   local bt = type(o.body)
   if o.body ~= nil and bt ~= "string" and bt ~= "function" then
     error("moonfork.http.request(): opts.body must be a string or a function", 3)
@@ -114,18 +151,16 @@ end
 ---------------------------------------------------------------------------------------------------
 -- the request
 
-local function bad_field(s) return find(s, "[\r\n%z]") ~= nil end
 
 -- Adds "name: value" lines for one header (a string, or a list for a repeated one) to t.
+-- (check_headers has checked them)
 local function add_header(t, n, name, v)
-  if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
-    error("moonfork.http.request(): bad header name " .. tostring(name), 4)
+  if type(v) ~= "table" then
+    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", tostring(v), "\r\n"
+    return n + 4
   end
-  if type(v) ~= "table" then v = { v } end
   for _, one in ipairs(v) do
-    one = tostring(one)
-    if bad_field(one) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
-    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", one, "\r\n"
+    t[n + 1], t[n + 2], t[n + 3], t[n + 4] = name, ": ", tostring(one), "\r\n"
     n = n + 4
   end
   return n
@@ -259,6 +294,8 @@ local function read_head(st, o, want_continue)
         return status, reason, headers
       end
       local rest = st.rest -- an interim response: the final one follows
+      st.interim = (st.interim or 0) + 1
+      if st.interim > MAX_INTERIM then return nil, "malformed response: more than " .. MAX_INTERIM .. " 1xx responses" end
       st.done, st.headed, st.rest = false, false, nil
       pstart(st.p, st.no_body, o.max_body, st.whole)
       st.rest = rest
@@ -377,14 +414,18 @@ local function exchange(st, o, u)
   return read_head(st, o, false)
 end
 
+-- Methods a request may be sent again with when its connection turned out closed (RFC 9110 §9.2.2):
+-- the server may have acted on one that it then failed to answer.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true, TRACE = true }
+
 -- What a pooled connection the server had closed meanwhile fails with.
 local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pipe"] = true }
 
 -- One request on one connection (a fresh one after a pooled one the peer had closed): res | nil, err.
 local function once(url, o)
-  local u, err = parse_url(url)
+  local u, err = parse_url_cached(url)
   if not u then return nil, err end
-  local replayable = type(o.body) ~= "function"
+  local replayable = type(o.body) ~= "function" and IDEMPOTENT[o.method]
   for _ = 1, RETRIES do
     local sock
     sock, err = connect(u, o)
