@@ -138,7 +138,8 @@ end
 local CLIENT_BODY_FAILED = setmetatable({}, { __tostring = function() return "the client's body failed" end })
 
 -- The request body: the string when it had all arrived before the handler started (the client may
--- then send it again on a fresh connection when a pooled one turns out closed), else a function
+-- then send it again on a fresh connection when a pooled one turns out closed, for an idempotent
+-- method), else a function
 -- giving it piece by piece as the client sends it; when that fails, `state.err` says why.
 local function body_source(req, te, cl, state)
   if not te and (cl == nil or cl == "0") then return nil end
