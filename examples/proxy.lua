@@ -226,6 +226,16 @@ local function respond(pool, up, up_res, res)
   error("proxy: upstream " .. up.name .. " broke off mid-response (" .. tostring(rerr) .. ")", 0)
 end
 
+-- Whether a failure before the response counts against the upstream. A connection closed under a
+-- request the client could not send again (not idempotent, or a body streaming in) may just be a
+-- pooled one the upstream closed as it was taken: a 502 then, but no reason to skip the upstream.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true, TRACE = true }
+
+local function blame(err, method, body)
+  if err ~= "closed" and err ~= "connection reset by peer" then return true end
+  return IDEMPOTENT[method] and type(body) ~= "function"
+end
+
 local function serve(pool, req, res)
   local target = target_of(req.url)
   if not target then return client_error(res, 400) end
@@ -245,7 +255,7 @@ local function serve(pool, req, res)
     ok, err = respond(pool, up, up_res, res)
     if ok then return end
   end
-  mark_down(pool, up, err)
+  if blame(err, req.method, body) then mark_down(pool, up, err) end
   bad_gateway(res)
 end
 

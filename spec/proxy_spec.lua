@@ -222,6 +222,19 @@ describe("examples/proxy.lua", function()
       proxy:wait_log("upstream 127%.0%.0%.1:%d+ failed %(connection refused%): skipped for 600000 ms")
     end)
 
+    it("does not skip an upstream that closed under a request it could not be sent again (a POST)", function()
+      local a, b = start_upstream(), start_upstream()
+      local proxy = start_proxy({ a, b }, { PROXY_SKIP_MS = 600000 })
+      local c = proxy:connect()
+      -- a POST: a connection closed under it may have been a stale pooled one, so a has its turn again
+      assert.are.equal(502, assert(c:request("POST", "/die-after-head", nil, "x")).status)
+      assert.are.same({ b.pid_text, a.pid_text }, { whoami(c), whoami(c) })
+      -- a GET (b's turn) was sent again on a fresh connection already (by moonfork.http.request):
+      -- b is skipped
+      assert.are.equal(502, assert(c:request("GET", "/die-after-head")).status)
+      assert.are.same({ a.pid_text, a.pid_text }, { whoami(c), whoami(c) })
+    end)
+
     it("goes back to a skipped upstream once its skip time is over", function()
       local a = start_upstream()
       local port = helpers.free_port()
