@@ -90,12 +90,18 @@ end
 -- is how a skipped upstream gets its chance back early when every other one is down too).
 local function pick(pool)
   local ups, n = pool.ups, #pool.ups
-  local t = now()
+  local t
   for _ = 1, n do
     local i = pool.next
     pool.next = i % n + 1
     local up = ups[i]
-    if up.down_until <= t then return up end
+    local d = up.down_until -- 0 when it is not being skipped: no clock read on the common path
+    if d == 0 then return up end
+    t = t or now()
+    if d <= t then
+      up.down_until = 0
+      return up
+    end
   end
   local i = pool.next
   pool.next = i % n + 1
