@@ -290,7 +290,10 @@ end
 
 if ... ~= nil then return _M end -- required as a module: no server of its own
 
-local env = os.getenv
+local function env(name) -- (set but empty counts as not set)
+  local v = os.getenv(name)
+  if v ~= "" then return v end
+end
 local handler = _M.handler {
   upstreams = env("PROXY_UPSTREAMS") or DEFAULT_UPSTREAMS,
   skipMs = env("PROXY_SKIP_MS"), timeoutMs = env("PROXY_TIMEOUT_MS"), poolSize = env("PROXY_POOL_SIZE"),
