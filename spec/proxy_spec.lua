@@ -3,7 +3,6 @@
 -- (spec/fixtures/proxy_upstream.lua, one worker each, told apart by their worker pid); the spec talks
 -- raw HTTP/1.1 to the proxy, and to the upstreams directly to ask how a response went.
 local helpers = require "spec.helpers"
-local socket = require "socket"
 
 local PROXY = helpers.ROOT .. "/examples/proxy.lua"
 local MB = 1024 * 1024
