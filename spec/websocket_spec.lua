@@ -141,6 +141,37 @@ describe("websocket", function()
     end)
   end)
 
+  describe("backpressure and misuse", function()
+    it("returns false from ws:send over the high-water mark, then emits drain once the client reads", function()
+      local c = open("/flood")
+      local flood
+      assert.is_truthy(helpers.wait_for(function()
+        flood = events().flood
+        return flood
+      end))
+      assert.is_true(flood < 10000, "ws:send never returned false")
+      for _ = 1, flood do
+        local f = assert(read_frame(c))
+        assert.are.equal(BINARY, f.opcode)
+        assert.are.equal(16384, #f.payload)
+      end
+      local f = assert(read_frame(c))
+      assert.are.equal("drained", f.payload)
+      assert.is_true(events().drained)
+    end)
+
+    it("raises clear errors for bad options, close codes and data, and answers nil, \"closed\" after close", function()
+      local c = open("/misuse")
+      local f = assert(read_close(c))
+      assert.are.equal(1000, f.code)
+      local e = events()
+      assert.is_truthy(e.bad_option:find("maxPayload", 1, true))
+      assert.is_truthy(e.bad_code:find("code must be", 1, true))
+      assert.is_truthy(e.bad_data:find("must be a string", 1, true))
+      assert.are.equal("nil closed", e.after_close)
+    end)
+  end)
+
   describe("protocol errors", function()
     local cases = {
       { "an unmasked frame", 1002, function() return frame(TEXT, "hi", { unmasked = true }) end },
