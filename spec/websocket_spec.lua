@@ -348,9 +348,9 @@ describe("websocket", function()
       local a, b = open(), open("/echo")
       local old = srv.workers[1]
       srv:signal("HUP")
+      for _, c in ipairs { a, b } do assert.are.equal(1001, assert(read_close(c)).code) end
+      assert.is_true(helpers.alive(old)) -- waiting for the close handshakes
       for _, c in ipairs { a, b } do
-        local f = assert(read_close(c))
-        assert.are.equal(1001, f.code)
         c:send(frame(CLOSE, wsc.close_payload(1001)))
         assert.is_true(c:closed_by_peer())
       end
@@ -360,6 +360,17 @@ describe("websocket", function()
       local d = open() -- the new worker serves
       d:send(frame(TEXT, "new"))
       assert.are.equal("new", assert(read_frame(d)).payload)
+    end)
+
+    it("does not wait past --grace for a client that never answers the close", function()
+      helpers.stop_all()
+      srv = helpers.start("ws_app", { "--workers", "1", "--grace", "0.5" })
+      local c = open()
+      local worker = srv.workers[1]
+      srv:signal("TERM")
+      assert.are.equal(1001, assert(read_close(c)).code) -- and no answer: the close wait is 3 s
+      srv:wait_log("grace period over")
+      assert.is_true(helpers.wait_gone({ worker }))
     end)
   end)
 end)
