@@ -121,6 +121,13 @@ describe("websocket", function()
       assert.are.equal("Hello, world", f.payload)
     end)
 
+    it("hands the script frames the client sent in the same packet as its request", function()
+      local c, resp = wsc.open(srv.port, "/plain", {}, { early = frame(TEXT, "early") .. frame(TEXT, "bird") })
+      assert.are.equal(101, resp.status)
+      assert.are.equal("early", assert(read_frame(c)).payload)
+      assert.are.equal("bird", assert(read_frame(c)).payload)
+    end)
+
     it("takes a frame that arrives a byte at a time", function()
       local c = open()
       local bytes = frame(TEXT, string.rep("ab", 100))
