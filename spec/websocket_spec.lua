@@ -332,6 +332,33 @@ describe("websocket", function()
     end)
   end)
 
+  describe("memory", function()
+    it("stays bounded over many compressed, fragmented connections opened and closed", function()
+      local offer = { ["Sec-WebSocket-Extensions"] = "permessage-deflate" }
+      local long = string.rep("compress me please ", 100)
+      local function rounds(n)
+        for _ = 1, n do
+          local c = open("/echo", offer)
+          c:send(frame(TEXT, "\xf2\x48\xcd", { rsv = 4, fin = false }) .. frame(CONT, "\xc9\xc9\x07\x00") .. frame(TEXT, long))
+          assert.are.equal("Hello", assert(read_frame(c)).payload)
+          assert.is_true(assert(read_frame(c)).rsv1) -- the server made its compressor
+          c:send(frame(CLOSE, wsc.close_payload(1000)))
+          assert(read_close(c))
+          assert.is_true(c:closed_by_peer())
+          c:close()
+        end
+      end
+      rounds(200)
+      assert.is_true(helpers.wait_for(function() return events().open == 0 end))
+      local before = helpers.rss_kib(srv.workers[1])
+      rounds(1000)
+      assert.is_true(helpers.wait_for(function() return events().open == 0 end))
+      local after = helpers.rss_kib(srv.workers[1])
+      -- a zlib state kept per connection would be about 300 KiB each: 300 MiB here
+      assert.is_true(after - before < 4096, ("RSS grew from %d to %d KiB"):format(before, after))
+    end)
+  end)
+
   describe("timeouts", function()
     it("closes with 1001 a connection the client leaves quiet past idleTimeout", function()
       local c = open("/idle")
