@@ -7,7 +7,7 @@ local cws = package.loaded["moonfork.core.ws"] or {} -- absent in the master, wh
 
 local type, tostring, tonumber, setmetatable, error, pairs, concat = type, tostring, tonumber, setmetatable,
   error, pairs, table.concat
-local find, lower, match, gmatch, sub = string.find, string.lower, string.match, string.gmatch, string.sub
+local find, lower, match, gmatch = string.find, string.lower, string.match, string.gmatch
 local accept, send, close, spawn, log = cws.accept, cws.send, cws.close, sched.spawn, core.log
 
 local OP_TEXT, OP_BINARY, OP_PING = 1, 2, 9
