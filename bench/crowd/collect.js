@@ -19,6 +19,7 @@ for (let p = 0; p < +procs; p++) {
   const r = JSON.parse(line.slice(7));
   for (const k of sums) j[k] += r[k];
   j.messages = r.messages;
+  j.clients_cpu_s = +((j.clients_cpu_s || 0) + r.cpu_s).toFixed(2);
   j.per_stream_min = Math.min(j.per_stream_min ?? Infinity, r.per_stream_min);
 }
 if (missing) j.error = `${missing} client process(es) gave no result`;

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -299,12 +300,15 @@ static void hold_result(void) {
     if (cl[i].next > maxc) maxc = cl[i].next;
   }
   long expected = (long)connected * opt.messages;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
   printf("RESULT {\"clients\":%d,\"connected\":%d,\"conn_errors\":%d,\"non_ok\":%d,\"dropped\":%d,"
          "\"messages\":%d,\"expected\":%ld,\"received\":%ld,\"lost\":%ld,\"repeats\":%ld,\"skipped\":%ld,"
-         "\"foreign\":%ld,\"complete_streams\":%d,\"per_stream_min\":%d,\"per_stream_max\":%d}\n",
+         "\"foreign\":%ld,\"complete_streams\":%d,\"per_stream_min\":%d,\"per_stream_max\":%d,\"cpu_s\":%.3f}\n",
          opt.clients, connected, conn_errors, non_ok, dropped, opt.messages, expected, received,
          expected > received ? expected - received : 0, repeats, skipped, foreign, done_streams,
-         minc < 0 ? 0 : minc, maxc);
+         minc < 0 ? 0 : minc, maxc, cpu);
   fflush(stdout);
   if (opt.lat) {
     FILE *f = fopen(opt.lat, "w");

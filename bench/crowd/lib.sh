@@ -185,7 +185,7 @@ run_one() { # run_one CONTESTANT: one server, the crowd, the posts; one line in 
   c0=$(cpu_ticks "$server_pid")
   post=$("$crowd" post --port "$port" --messages "$messages" --rate "$rate" --mark "$mark" \
     --format "$([ "$t" = nchan ] && echo raw || echo json)" 2>"$out/$t-post.err" | grep '^RESULT ')
-  wait_holders 30
+  wait_holders "$drain"
   c1=$(cpu_ticks "$server_pid"); rss2=$(workers_rss); sk2=$(sockstat_mem)
   kill -0 "$server_pid" 2>/dev/null && alive=true || alive=false
   stop_server
