@@ -164,7 +164,7 @@ wait_holders() { # until every client process has exited (all messages in), at m
 
 run_one() { # run_one CONTESTANT: one server, the crowd, the posts; one line in $results
   local t=$1 port p n left mark sl0 sl1 alive rss0 rss1 rss2 sk0 sk1 sk2 ss1 c0 c1 fds load post json lats=()
-  case "$t" in moonfork) port=18301 ;; nchan) port=18302 ;; node) port=18303 ;; esac
+  case "$t" in moonfork) port=$port_base ;; nchan) port=$((port_base + 1)) ;; node) port=$((port_base + 2)) ;; esac
   load=$(cut -d' ' -f1 /proc/loadavg)
   start_server "$t" "$port" "$out/$t.log" || {
     echo "{\"label\":\"$t\",\"error\":\"did not start\"}" >>"$results"; return 1; }
@@ -197,6 +197,6 @@ run_one() { # run_one CONTESTANT: one server, the crowd, the posts; one line in 
   node -e 'const j = JSON.parse(process.argv[1]); console.log(`crowd: ${j.label}: ` + (j.error ? j.error :
     `${j.connected}/${j.clients} connected, ${j.received}/${j.expected} delivered (lost ${j.lost}, repeats ${j.repeats}, ` +
     `skipped ${j.skipped}, streams dropped ${j.dropped}), p50 ${j.p50_ms} p99 ${j.p99_ms} max ${j.max_ms} ms, ` +
-    `workers RSS ${j.rss_mb} MB = ${j.user_kb_per_conn} KB/conn, kernel ${j.kernel_kb_per_conn} KB/conn (both ends), ` +
-    `server sockets ${j.server_sock_kb_per_conn} KB/conn, CPU ${j.cpu_s} s = ${j.cpu_us_per_delivery} us/delivery`))' "$json"
+    `workers RSS ${j.rss_mb} MB = ${j.user_kb_per_conn} KB/conn; kernel, both ends: sockstat ${j.kernel_kb_per_conn}, ` +
+    `slab ${j.slab_kb_per_conn} KB/conn; server sockets ${j.server_sock_kb_per_conn} KB/conn; CPU ${j.cpu_s} s = ${j.cpu_us_per_delivery} us/delivery`))' "$json"
 }
