@@ -8,7 +8,8 @@ const cols = [['connected', 'connected'], ['delivered', 'received'], ['lost', 'l
   ['skipped', 'skipped'], ['dropped', 'dropped'], ['p50 ms', 'p50_ms'], ['p99 ms', 'p99_ms'], ['max ms', 'max_ms'],
   ['workers RSS MB', 'rss_mb'], ['user KB/conn', 'user_kb_per_conn'], ['sockstat KB/conn', 'kernel_kb_per_conn'],
   ['slab KB/conn', 'slab_kb_per_conn'],
-  ['server skmem KB/conn', 'server_sock_kb_per_conn'], ['CPU s', 'cpu_s'], ['CPU us/delivery', 'cpu_us_per_delivery']];
+  ['server skmem KB/conn', 'server_sock_kb_per_conn'], ['CPU s', 'cpu_s'], ['CPU us/delivery', 'cpu_us_per_delivery'],
+  ['clients CPU s', 'clients_cpu_s']];
 const cell = (v) => (v === undefined || v === null ? '-' : String(v));
 console.log('\n| contestant | ' + cols.map((c) => c[0]).join(' | ') + ' |');
 console.log('|---|' + cols.map(() => '---:').join('|') + '|');
