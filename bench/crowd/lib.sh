@@ -87,13 +87,15 @@ server_skmem() { # "SOCKETS BYTES": the server's established sockets and their r
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 
 start_server() { # start_server NAME PORT LOG: starts it, waits until it takes connections
-  local name=$1 port=$2 log=$3 i
+  local name=$1 port=$2 log=$3 i more=()
   port_open "$port" && { echo "crowd/run: port $port is in use" >&2; return 1; }
+  [ -n "$reuseport" ] && more+=(--reuseport)
+  [ "$name" = moonfork-noslice ] && more+=(--sched-slice 0)
   case "$name" in
     moonfork|moonfork-noslice) (cd "$repo" && exec "$MOONFORK_BIN" --port "$port" --workers "$workers" --max-connections 19500 \
-                 ${reuseport:+--reuseport} $([ "$name" = moonfork-noslice ] && echo --sched-slice 0) examples/chat/server.lua) >"$log" 2>&1 & ;;
+                 "${more[@]}" examples/chat/server.lua) >"$log" 2>&1 & ;;
     moonfork-ws) (cd "$repo" && exec "$MOONFORK_BIN" --port "$port" --workers "$workers" --max-connections 19500 \
-                 ${reuseport:+--reuseport} bench/crowd/ws_chat.lua) >"$log" 2>&1 & ;;
+                 "${more[@]}" bench/crowd/ws_chat.lua) >"$log" 2>&1 & ;;
     nchan) "$repo/bench/crowd/nchan-conf" "$out/nchan" "$port" "$workers" "$reuseport" || return 1
            (exec nginx -p "$out/nchan" -c "$out/nchan/nginx.conf") >"$log" 2>&1 & ;;
     node) (PORT=$port WORKERS=$workers exec node "$repo/bench/node-chat/server.js") >"$log" 2>&1 & ;;
@@ -184,7 +186,7 @@ run_one() { # run_one CONTESTANT: one server, the crowd, the posts; one line in 
   done
   wait_ready "$t"
   rss1=$(workers_rss); sk1=$(sockstat_mem); sl1=$(slab_kb); ss1=$(server_skmem "$port"); fds=$(fds_per_worker)
-  echo "crowd: $t: $(cat "$out/$t"-*.out | grep -c '^READY') client processes ready; workers' open files: $fds"
+  echo "crowd: $t: $(cat "$out/$t"-[0-9]*.out | grep -c '^READY') client processes ready; workers' open files: $fds"
   c0=$(cpu_ticks "$server_pid")
   post=$("$crowd" post --port "$port" --messages "$messages" --rate "$rate" --mark "$mark" \
     --format "$([ "$t" = nchan ] && echo raw || echo json)" 2>"$out/$t-post.err" | grep '^RESULT ')
@@ -197,6 +199,7 @@ run_one() { # run_one CONTESTANT: one server, the crowd, the posts; one line in 
     "hz=$(getconf CLK_TCK)" "alive=$alive" "fds=$fds" "load=$load" "load_after=$(cut -d' ' -f1 /proc/loadavg)" \
     "workers=$workers" "proto=$proto" "rate=$rate")
   echo "$json" >>"$results"
+  # shellcheck disable=SC2016  # JavaScript template strings
   node -e 'const j = JSON.parse(process.argv[1]); console.log(`crowd: ${j.label}: ` + (j.error ? j.error :
     `${j.connected}/${j.clients} connected, ${j.received}/${j.expected} delivered (lost ${j.lost}, repeats ${j.repeats}, ` +
     `skipped ${j.skipped}, streams dropped ${j.dropped}), p50 ${j.p50_ms} p99 ${j.p99_ms} max ${j.max_ms} ms, ` +
