@@ -18,6 +18,7 @@ local find, sub, gsub = string.find, string.sub, string.gsub
 local remove = table.remove
 local running = coroutine.running
 local wait, wake, sclose, adopt, disown = sched.wait, sched.wake, sched.close, sched.adopt, sched.disown
+local after, cancel = sched.after, sched.cancel
 local tcp_new, tcp_connect, tcp_read, tcp_send, tcp_close, tcp_keep_loop, tcp_resolve, tcp_alive, tcp_tls =
   ctcp.new, ctcp.connect, ctcp.read, ctcp.send, ctcp.close, ctcp.keep_loop, ctcp.resolve, ctcp.alive, ctcp.tls
 
@@ -70,7 +71,7 @@ local function conn_close(conn)
   conn.closed = true
   tcp_close(conn.ud)
   disown(conn, conn.root)
-  if conn.timer then sched.timer_stop(conn.timer) end
+  if conn.timer then cancel(conn.timer, conn) end
   local p = conn.pool
   if p then
     if conn.pooled then idle_remove(p, conn) end
@@ -205,7 +206,7 @@ local function pool_take(self, p, opts, ms)
     end
     if conn then
       conn.pooled = false
-      if conn.timer then sched.timer_stop(conn.timer) end
+      if conn.timer then cancel(conn.timer, conn) end
       conn.timer = nil
       tcp_keep_loop(conn.ud, true)
       conn.reused = conn.reused + 1
@@ -521,7 +522,7 @@ function Socket:setkeepalive(idle_ms, pool_size)
   conn.reading = ok and true or false
   tcp_keep_loop(conn.ud, false)
   idle_ms = idle_ms or DEFAULT_IDLE
-  if idle_ms > 0 then conn.timer = sched.timer(idle_ms, 0, idle_expired, 1, conn) end
+  if idle_ms > 0 then conn.timer = after(idle_ms, idle_expired, conn) end
   local idle = p.idle
   idle[#idle + 1] = conn
   if #idle > p.size then conn_close(idle[1]) end -- the least recently used goes
