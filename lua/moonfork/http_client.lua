@@ -16,7 +16,7 @@ local type, tostring, tonumber, pairs, ipairs, setmetatable, error =
   type, tostring, tonumber, pairs, ipairs, setmetatable, error
 local find, sub, lower, match, format, gsub, char = string.find, string.sub, string.lower, string.match,
   string.format, string.gsub, string.char
-local remove, min = table.remove, math.min
+local remove, min, concat = table.remove, math.min, table.concat
 local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
   chttpc.parser, chttpc.start, chttpc.feed, chttpc.finish, chttpc.head, chttpc.trailers
 
@@ -62,7 +62,8 @@ local function parse_url(url)
 end
 
 -- parse_url, remembered: a worker calls the same few upstreams again and again. (The parts are only
--- read, never changed; the cache starts over past URL_CACHE_MAX names.)
+-- read, never changed, but for the connect options connect_opts keeps with them; the cache starts
+-- over past URL_CACHE_MAX names.)
 local url_cache, url_cached = {}, 0
 local URL_CACHE_MAX = 256
 
@@ -98,7 +99,20 @@ local function check_ms(v, name)
   return v
 end
 
-local function bad_field(s) return find(tostring(s), "[\r\n%z]") ~= nil end
+local function bad_field(s) return find(type(s) == "string" and s or tostring(s), "[\r\n%z]") ~= nil end
+
+-- Header names found to be tokens: a worker sends the same few names again and again. (Starts over
+-- past TOKENS_MAX names.)
+local tokens, ntokens = {}, 0
+local TOKENS_MAX = 512
+
+local function is_token(name)
+  if tokens[name] then return true end
+  if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then return false end
+  if ntokens >= TOKENS_MAX then tokens, ntokens = {}, 0 end
+  tokens[name], ntokens = true, ntokens + 1
+  return true
+end
 
 -- Raises (at the caller of request) for a header name that is not a token, or a value that would
 -- end its line (CR, LF) or a string (NUL): nothing of such a request is sent.
@@ -106,12 +120,15 @@ local function check_headers(h)
   if h == nil then return end
   if type(h) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 4) end
   for name, v in pairs(h) do
-    if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
+    if not is_token(name) then
       error("moonfork.http.request(): bad header name " .. tostring(name), 4)
     end
-    local list = type(v) == "table" and v or { v }
-    for i = 1, #list do
-      if bad_field(list[i]) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+    if type(v) == "table" then
+      for i = 1, #v do
+        if bad_field(v[i]) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+      end
+    elseif bad_field(v) then
+      error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4)
     end
   end
 end
@@ -193,7 +210,7 @@ local function build_head(o, u)
   end
   if not o.keepalive and not given.connection then n = add_header(t, n, "Connection", "close") end
   t[n + 1] = "\r\n"
-  return t, chunked, expect and body ~= nil
+  return concat(t, "", 1, n + 1), chunked, expect and body ~= nil
 end
 
 -- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk. A function
@@ -372,12 +389,27 @@ end
 ---------------------------------------------------------------------------------------------------
 -- one exchange
 
+-- The options for sock:connect: the pool's name (the origin, or opts.pool) and size. Those of the
+-- default pool are kept with the parsed URL (cached), so a request to a known origin builds none.
+local function connect_opts(u, o)
+  local verified = not u.tls or o.verify
+  if o.pool == nil then
+    local c = verified and u.copts or u.copts_nv
+    if c and c.pool_size == o.pool_size then return c end
+  end
+  local name = o.pool or (u.unix and "unix:" .. u.unix) or (u.scheme .. "://" .. u.host .. ":" .. u.port)
+  if not verified then name = name .. " (not verified)" end
+  local c = { pool = name, pool_size = o.pool_size }
+  if o.pool == nil then
+    if verified then u.copts = c else u.copts_nv = c end
+  end
+  return c
+end
+
 local function connect(u, o)
   local sock = socket.tcp()
   sock:settimeouts(o.ct, o.st, o.rt)
-  local name = o.pool or (u.unix and "unix:" .. u.unix) or (u.scheme .. "://" .. u.host .. ":" .. u.port)
-  if u.tls and not o.verify then name = name .. " (not verified)" end
-  local copts = { pool = name, pool_size = o.pool_size }
+  local copts = connect_opts(u, o)
   local ok, err
   if u.unix then
     ok, err = sock:connect("unix:" .. u.unix, copts)

@@ -14,7 +14,8 @@ local sched = require "moonfork.sched"
 local ctcp = package.loaded["moonfork.core.tcp"] or {}
 
 local type, tonumber, tostring, setmetatable, error, pairs = type, tonumber, tostring, setmetatable, error, pairs
-local find, sub, gsub = string.find, string.sub, string.gsub
+local find, sub, gsub, byte = string.find, string.sub, string.gsub, string.byte
+local U = byte("u")
 local remove = table.remove
 local running = coroutine.running
 local wait, wake, sclose, adopt, disown = sched.wait, sched.wake, sched.close, sched.adopt, sched.disown
@@ -242,7 +243,7 @@ end
 -- sock:connect(host, port[, opts]) or sock:connect("unix:/path"[, opts]) -> 1 | nil, err
 function Socket:connect(host, port, opts)
   if type(host) ~= "string" then error("sock:connect(host, port): host must be a string", 2) end
-  local path = sub(host, 1, 5) == "unix:" and sub(host, 6) or nil
+  local path = byte(host, 1) == U and sub(host, 1, 5) == "unix:" and sub(host, 6) or nil
   if path then
     opts, port = port, nil
   else
