@@ -15,8 +15,8 @@ local timer = package.loaded["moonfork.core.timer"] or {} -- absent in the maste
 
 local create, resume, running, yield, status, isyieldable = coroutine.create, coroutine.resume,
   coroutine.running, coroutine.yield, coroutine.status, coroutine.isyieldable
-local xpcall, traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack =
-  xpcall, debug.traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack
+local xpcall, traceback, tostring, type, getmetatable, setmetatable, error, pairs, next, unpack =
+  xpcall, debug.traceback, tostring, type, getmetatable, setmetatable, error, pairs, next, unpack
 local log, start_timer, stop_timer, arm = core.log, timer.start, timer.stop, timer.arm
 local now, frexp, ceil = core.now, math.frexp, math.ceil
 
@@ -53,14 +53,17 @@ end
 
 -- Objects a callback opened and must not outlive it (sockets): pooled coroutine -> { [obj] = closer }.
 local adopted = setmetatable({}, weak)
+local spare_set = nil -- an emptied set, for the next adopt (a request with a pooled socket makes one)
 
 local function release(co)
   local set = adopted[co]
   adopted[co] = nil
   for obj, closer in pairs(set) do
+    set[obj] = nil
     local ok, err = xpcall(closer, handler, obj)
     if not ok then log("error closing what a callback left open: " .. tostring(err)) end
   end
+  if next(set) == nil then spare_set = set end
 end
 
 -- The body of every pooled coroutine. on_error(trace, a, b, c) gets a failure's message+traceback.
@@ -290,7 +293,8 @@ function _M.adopt(obj, closer)
   if not root then return nil end
   local set = adopted[root]
   if not set then
-    set = {}
+    set = spare_set or {}
+    spare_set = nil
     adopted[root] = set
   end
   set[obj] = closer

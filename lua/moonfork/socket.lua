@@ -116,7 +116,8 @@ ctcp.on {
   data = function(conn, chunk, err)
     if conn.pooled then return conn_close(conn) end -- the peer closed, or spoke out of turn
     if chunk then
-      conn.buf = conn.buf .. chunk
+      local buf = conn.buf
+      if buf == "" then conn.buf = chunk else conn.buf = buf .. chunk end
       if #conn.buf > READ_HIGH and not conn.rco then
         tcp_read(conn.ud, false)
         conn.reading = false
@@ -377,6 +378,11 @@ function Socket:receiveany(max)
     local ok, err = fill(self, conn)
     if not ok or #conn.buf == 0 then return self:_fail_read(conn, err or conn.eof) end
   end
+  local buf = conn.buf
+  if #buf <= max then -- all of it: no copies
+    conn.buf = ""
+    return buf
+  end
   return take(conn, max)
 end
 
@@ -519,8 +525,9 @@ function Socket:setkeepalive(idle_ms, pool_size)
   if pool_size and pool_size > 0 and not p.sized then p.size, p.sized = pool_size, true end
   disown(conn, conn.root)
   conn.root, conn.pooled = nil, true
-  local ok = tcp_read(conn.ud, true) -- a close, or data out of turn, while pooled closes it
-  conn.reading = ok and true or false
+  if not conn.reading then -- a close, or data out of turn, while pooled closes it
+    conn.reading = tcp_read(conn.ud, true) and true or false
+  end
   tcp_keep_loop(conn.ud, false)
   idle_ms = idle_ms or DEFAULT_IDLE
   if idle_ms > 0 then conn.timer = after(idle_ms, idle_expired, conn) end
