@@ -101,8 +101,8 @@ end
 
 local function bad_field(s) return find(type(s) == "string" and s or tostring(s), "[\r\n%z]") ~= nil end
 
--- Header names found to be tokens: a worker sends the same few names again and again. (Starts over
--- past TOKENS_MAX names.)
+-- Header names found to be tokens -> their lower-case form: a worker sends the same few names again
+-- and again. (Starts over past TOKENS_MAX names.)
 local tokens, ntokens = {}, 0
 local TOKENS_MAX = 512
 
@@ -110,7 +110,7 @@ local function is_token(name)
   if tokens[name] then return true end
   if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then return false end
   if ntokens >= TOKENS_MAX then tokens, ntokens = {}, 0 end
-  tokens[name], ntokens = true, ntokens + 1
+  tokens[name], ntokens = lower(name), ntokens + 1 -- (its lower-case form, for build_head)
   return true
 end
 
@@ -185,32 +185,45 @@ end
 
 -- The request head as a list of strings; and whether the body goes chunked, and whether the caller
 -- asked for "Expect: 100-continue".
+-- The headers build_head must know the caller gave (by lower-case name).
+local GIVEN = { host = 1, ["content-length"] = 2, ["transfer-encoding"] = 3, connection = 4, expect = 5 }
+local head_t, head_n = {}, 0 -- build_head's scratch list (it never waits, so one serves every request)
+
 local function build_head(o, u)
-  local t = { o.method, " ", u.path, " HTTP/1.1\r\n" }
-  local n, given, expect = 4, {}, false
+  local t = head_t
+  t[1], t[2], t[3], t[4] = o.method, " ", u.path, " HTTP/1.1\r\n"
+  local n, expect = 4, false
+  local host, cl, te, conn
   if o.headers then
     for name, v in pairs(o.headers) do
       n = add_header(t, n, name, v)
-      local l = lower(name)
-      given[l] = true
-      if l == "expect" and lower(tostring(v)) == "100-continue" then expect = true end
+      local g = GIVEN[tokens[name] or lower(name)]
+      if g then
+        if g == 1 then host = true elseif g == 2 then cl = true elseif g == 3 then te = true
+        elseif g == 4 then conn = true
+        elseif lower(tostring(v)) == "100-continue" then expect = true end
+      end
     end
   end
-  if not given.host then n = add_header(t, n, "Host", u.authority) end
+  if not host then n = add_header(t, n, "Host", u.authority) end
   local body, chunked = o.body, false
-  if body ~= nil and not given["content-length"] and not given["transfer-encoding"] then
+  if body ~= nil and not cl and not te then
     if type(body) == "string" then
       n = add_header(t, n, "Content-Length", #body)
     else
       n = add_header(t, n, "Transfer-Encoding", "chunked")
       chunked = true
     end
-  elseif type(body) == "function" and given["transfer-encoding"] and not given["content-length"] then
+  elseif type(body) == "function" and te and not cl then
     chunked = true
   end
-  if not o.keepalive and not given.connection then n = add_header(t, n, "Connection", "close") end
-  t[n + 1] = "\r\n"
-  return concat(t, "", 1, n + 1), chunked, expect and body ~= nil
+  if not o.keepalive and not conn then n = add_header(t, n, "Connection", "close") end
+  n = n + 1
+  t[n] = "\r\n"
+  local head = concat(t, "", 1, n)
+  for i = n + 1, head_n do t[i] = nil end -- (what a longer head left: not kept alive)
+  head_n = n
+  return head, chunked, expect and body ~= nil
 end
 
 -- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk. A function
@@ -307,7 +320,7 @@ local function read_head(st, o, want_continue)
     if st.headed then
       local status, reason, headers, keep = phead(st.p)
       if status >= 200 or status == 101 or status < 100 then
-        st.keep = keep
+        st.keep, st.te = keep, headers["transfer-encoding"] ~= nil
         return status, reason, headers
       end
       local rest = st.rest -- an interim response: the final one follows
@@ -358,8 +371,10 @@ end
 function Response:_finish()
   local st = self._st
   self._st = nil
-  local tr = ptrailers(st.p)
-  if tr then self.trailers = tr end
+  if st.te then -- (only a chunked body has trailers)
+    local tr = ptrailers(st.p)
+    if tr then self.trailers = tr end
+  end
   release(st, self._o)
 end
 

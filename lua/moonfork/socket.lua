@@ -202,7 +202,7 @@ end
 local function pool_take(self, p, opts, ms)
   while true do
     local conn = remove(p.idle)
-    while conn and not tcp_alive(conn.ud) do -- closed by the peer a moment ago: not reported yet
+    while conn and not tcp_alive(conn.ud, true) do -- closed by the peer a moment ago: not reported yet
       conn_close(conn)
       conn = remove(p.idle)
     end
@@ -210,7 +210,6 @@ local function pool_take(self, p, opts, ms)
       conn.pooled = false
       if conn.timer then cancel(conn.timer, conn) end
       conn.timer = nil
-      tcp_keep_loop(conn.ud, true)
       conn.reused = conn.reused + 1
       attach(self, conn)
       return conn
