@@ -10,13 +10,16 @@
 -- chunked), read to its end, with nothing after it and keep-alive on both sides; anything else (a
 -- close-delimited body, an error, a body past maxBody, a response abandoned) closes it.
 local socket = require "moonfork.socket"
+local sched = require "moonfork.sched"
+local core = require "moonfork.core"
 local chttpc = package.loaded["moonfork.core.httpc"] or {}
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, error =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, error
+local type, tostring, tonumber, pairs, ipairs, setmetatable, error, pcall =
+  type, tostring, tonumber, pairs, ipairs, setmetatable, error, pcall
 local find, sub, lower, match, format, gsub, char = string.find, string.sub, string.lower, string.match,
   string.format, string.gsub, string.char
 local remove, min, concat = table.remove, math.min, table.concat
+local spawn, log = sched.spawn, core.log
 local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
   chttpc.parser, chttpc.start, chttpc.feed, chttpc.finish, chttpc.head, chttpc.trailers
 
@@ -30,6 +33,7 @@ local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending t
 local MAX_INTERIM = 16         -- 1xx responses before the final one
 local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
 local SPARE_MAX = 16           -- parsers kept for reuse (each keeps at most 80 KiB of buffers)
+local INLINE_BODY = 64 * 1024  -- a string body up to this size goes out with the head, before reading
 
 ---------------------------------------------------------------------------------------------------
 -- urls
@@ -436,29 +440,59 @@ local function connect(u, o)
   return sock
 end
 
+-- The body, sent from a coroutine of its own while the caller's reads the response: a server may
+-- answer (or fail) before it has the whole body. A failure closes the socket, so a reader still
+-- waiting hears "closed" and exchange reports the failure instead (an error the body function raised
+-- is raised again there; once the response has been handed out, it is logged).
+local function send_behind(st, o, sock) -- (st.chunked: whether the body goes chunk-framed)
+  local ok, sent, err = pcall(send_body, sock, o, st.chunked)
+  st.sending = false
+  if ok and sent then return end
+  if ok then
+    st.send_err = err
+  elseif st.answered then
+    log("moonfork.http.request(): the body failed after the response had come: " .. tostring(sent))
+  else
+    st.raised = sent
+  end
+  sock:close()
+end
+
 -- Sends the request on st.sock and reads the final response's head: status, reason, headers | nil, err.
 local function exchange(st, o, u)
   local head, chunked, expect = build_head(o, u)
-  local sock, ok, err = st.sock
-  if o.body == nil then
-    ok, err = sock:send(head)
-  elseif type(o.body) == "string" and not expect then
-    ok, err = sock:send({ head, o.body })
-  else
-    ok, err = sock:send(head)
-    if ok and expect then
-      sock:settimeouts(o.ct, o.st, (o.rt or 0) > 0 and min(o.rt, CONTINUE_WAIT) or CONTINUE_WAIT)
-      local status, reason, headers = read_head(st, o, true)
-      sock:settimeouts(o.ct, o.st, o.rt)
-      if status ~= "continue" and (status or reason ~= "timeout") then -- a final answer, or an error
-        st.keep = false -- the server did not read the body it answered without
-        return status, reason, headers
-      end
-    end
-    if ok then ok, err = send_body(sock, o, chunked) end
+  local sock, body, ok, err = st.sock, o.body
+  if body == nil or (type(body) == "string" and #body <= INLINE_BODY and not expect) then
+    ok, err = sock:send(body and { head, body } or head)
+    if not ok then return nil, err end
+    return read_head(st, o, false)
   end
+  ok, err = sock:send(head)
   if not ok then return nil, err end
-  return read_head(st, o, false)
+  if expect then
+    sock:settimeouts(o.ct, o.st, (o.rt or 0) > 0 and min(o.rt, CONTINUE_WAIT) or CONTINUE_WAIT)
+    local status, reason, headers = read_head(st, o, true)
+    sock:settimeouts(o.ct, o.st, o.rt)
+    if status ~= "continue" and (status or reason ~= "timeout") then -- a final answer, or an error
+      st.keep = false -- the server did not read the body it answered without
+      return status, reason, headers
+    end
+  end
+  st.sending, st.chunked = true, chunked
+  spawn(send_behind, nil, st, o, sock)
+  local status, reason, headers
+  repeat -- (while the body is still going out, a read timeout is not the server's silence)
+    status, reason, headers = read_head(st, o, false)
+  until status or reason ~= "timeout" or not st.sending
+  local raised = st.raised
+  if raised ~= nil then
+    st.raised = nil
+    error(raised, 0)
+  end
+  if not status then return nil, st.send_err or reason end
+  if st.sending or st.send_err then st.keep = false end -- answered before it had the whole body
+  st.answered = true
+  return status, reason, headers
 end
 
 -- Methods a request may be sent again with when its connection turned out closed (RFC 9110 §9.2.2):
