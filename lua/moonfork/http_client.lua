@@ -65,19 +65,43 @@ local function parse_url(url)
   return u
 end
 
--- parse_url, remembered: a worker calls the same few upstreams again and again. (The parts are only
--- read, never changed, but for the connect options connect_opts keeps with them; the cache starts
--- over past URL_CACHE_MAX names.)
+-- parse_url, remembered twice over: whole URLs (a worker calls the same few again and again), and
+-- origins ("scheme://authority": a proxy calls a few upstreams with ever other paths), so a URL not
+-- seen before on a known origin costs its path's checks only. The parts are only read, never
+-- changed, but for the connect options connect_opts keeps with the origin. Each cache starts over
+-- past CACHE_MAX names.
 local url_cache, url_cached = {}, 0
-local URL_CACHE_MAX = 256
+local origin_cache, origins_cached = {}, 0
+local CACHE_MAX = 256
+
+local function path_of(rest, url)
+  local path = rest
+  if find(path, "#", 1, true) then path = gsub(path, "#.*$", "") end
+  if path == "" or sub(path, 1, 1) == "?" then path = "/" .. path end
+  if find(path, "[%c ]") then return nil, "bad url (a space or control character in the path): " .. url end
+  return path
+end
 
 local function parse_url_cached(url)
   local u = url_cache[url]
   if u then return u end
-  local err
-  u, err = parse_url(url)
-  if not u then return nil, err end
-  if url_cached >= URL_CACHE_MAX then url_cache, url_cached = {}, 0 end
+  local base, rest = match(url, "^(%a[%w+.-]*://[^/?#]*)(.*)$")
+  local o = base and origin_cache[base]
+  if o then
+    local path, err = path_of(rest, url)
+    if not path then return nil, err end
+    u = { scheme = o.scheme, host = o.host, port = o.port, unix = o.unix, tls = o.tls, authority = o.authority,
+          path = path, origin = o }
+  else
+    local err
+    u, err = parse_url(url)
+    if not u then return nil, err end
+    o = { scheme = u.scheme, host = u.host, port = u.port, unix = u.unix, tls = u.tls, authority = u.authority }
+    u.origin = o
+    if origins_cached >= CACHE_MAX then origin_cache, origins_cached = {}, 0 end
+    origin_cache[base], origins_cached = o, origins_cached + 1
+  end
+  if url_cached >= CACHE_MAX then url_cache, url_cached = {}, 0 end
   url_cache[url], url_cached = u, url_cached + 1
   return u
 end
@@ -409,18 +433,18 @@ end
 -- one exchange
 
 -- The options for sock:connect: the pool's name (the origin, or opts.pool) and size. Those of the
--- default pool are kept with the parsed URL (cached), so a request to a known origin builds none.
+-- default pool are kept with the parsed origin (cached), so a request to a known origin builds none.
 local function connect_opts(u, o)
-  local verified = not u.tls or o.verify
+  local verified, home = not u.tls or o.verify, u.origin or u
   if o.pool == nil then
-    local c = verified and u.copts or u.copts_nv
+    local c = verified and home.copts or home.copts_nv
     if c and c.pool_size == o.pool_size then return c end
   end
   local name = o.pool or (u.unix and "unix:" .. u.unix) or (u.scheme .. "://" .. u.host .. ":" .. u.port)
   if not verified then name = name .. " (not verified)" end
   local c = { pool = name, pool_size = o.pool_size }
   if o.pool == nil then
-    if verified then u.copts = c else u.copts_nv = c end
+    if verified then home.copts = c else home.copts_nv = c end
   end
   return c
 end
