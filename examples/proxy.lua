@@ -258,7 +258,14 @@ local function serve(pool, req, res)
     return client_error(res, CLIENT_FAILED[state and state.err] or 400)
   end
   if up_res then
-    ok, err = respond(pool, up, up_res, res)
+    local done
+    done, ok, err = pcall(respond, pool, up, up_res, res)
+    if not done then -- the client's body failed after the upstream had begun to answer (full duplex)
+      if ok ~= CLIENT_BODY_FAILED then error(ok, 0) end
+      up_res:close()
+      if not res.headersSent then return client_error(res, CLIENT_FAILED[state.err] or 400) end
+      error("proxy: the client's request body failed (" .. tostring(state.err) .. ") after the upstream's response had begun", 0)
+    end
     if ok then return end
   end
   if blame(err, req.method, body) then mark_down(pool, up, err) end

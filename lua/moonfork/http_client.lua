@@ -11,7 +11,6 @@
 -- close-delimited body, an error, a body past maxBody, a response abandoned) closes it.
 local socket = require "moonfork.socket"
 local sched = require "moonfork.sched"
-local core = require "moonfork.core"
 local chttpc = package.loaded["moonfork.core.httpc"] or {}
 
 local type, tostring, tonumber, pairs, ipairs, setmetatable, error, pcall =
@@ -19,7 +18,7 @@ local type, tostring, tonumber, pairs, ipairs, setmetatable, error, pcall =
 local find, sub, lower, match, format, gsub, char = string.find, string.sub, string.lower, string.match,
   string.format, string.gsub, string.char
 local remove, min, concat = table.remove, math.min, table.concat
-local spawn, log = sched.spawn, core.log
+local spawn = sched.spawn
 local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
   chttpc.parser, chttpc.start, chttpc.feed, chttpc.finish, chttpc.head, chttpc.trailers
 
@@ -362,6 +361,17 @@ local function read_head(st, o, want_continue)
   end
 end
 
+-- What a read that failed reports when the request's body failed meanwhile (sent behind, see
+-- send_behind): an error the body function raised is raised again, its nil, err gives err.
+local function body_failure(st, err)
+  local raised = st.raised
+  if raised ~= nil then
+    st.raised = nil
+    error(raised, 0)
+  end
+  return st.send_err or err
+end
+
 ---------------------------------------------------------------------------------------------------
 -- the response
 
@@ -391,7 +401,7 @@ function Response:read()
     if not ok then
       self._st = nil
       abandon(st)
-      return nil, err
+      return nil, body_failure(st, err)
     end
   end
 end
@@ -419,7 +429,7 @@ local function read_whole(res, st)
     local ok, err = step(st)
     if not ok then
       abandon(st)
-      return nil, err
+      return nil, body_failure(st, err)
     end
   end
   res.body = st.piece or ""
@@ -466,19 +476,13 @@ end
 
 -- The body, sent from a coroutine of its own while the caller's reads the response: a server may
 -- answer (or fail) before it has the whole body. A failure closes the socket, so a reader still
--- waiting hears "closed" and exchange reports the failure instead (an error the body function raised
--- is raised again there; once the response has been handed out, it is logged).
+-- waiting hears "closed" and reports the body's failure instead (body_failure): exchange before the
+-- response is handed out, res:read() after.
 local function send_behind(st, o, sock) -- (st.chunked: whether the body goes chunk-framed)
   local ok, sent, err = pcall(send_body, sock, o, st.chunked)
   st.sending = false
   if ok and sent then return end
-  if ok then
-    st.send_err = err
-  elseif st.answered then
-    log("moonfork.http.request(): the body failed after the response had come: " .. tostring(sent))
-  else
-    st.raised = sent
-  end
+  if ok then st.send_err = err else st.raised = sent end
   sock:close()
 end
 
@@ -508,14 +512,9 @@ local function exchange(st, o, u)
   repeat -- (while the body is still going out, a read timeout is not the server's silence)
     status, reason, headers = read_head(st, o, false)
   until status or reason ~= "timeout" or not st.sending
-  local raised = st.raised
-  if raised ~= nil then
-    st.raised = nil
-    error(raised, 0)
-  end
-  if not status then return nil, st.send_err or reason end
+  if not status then return nil, body_failure(st, reason) end
+  body_failure(st) -- (raises when the body function did, even though the head had come)
   if st.sending or st.send_err then st.keep = false end -- answered before it had the whole body
-  st.answered = true
   return status, reason, headers
 end
 
