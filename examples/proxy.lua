@@ -146,11 +146,12 @@ local CLIENT_BODY_FAILED = setmetatable({}, { __tostring = function() return "th
 -- The request body: the string when it had all arrived before the handler started (the client may
 -- then send it again on a fresh connection when a pooled one turns out closed, for an idempotent
 -- method), else a function
--- giving it piece by piece as the client sends it; when that fails, `state.err` says why.
-local function body_source(req, te, cl, state)
+-- giving it piece by piece as the client sends it, and its state: when it fails, `state.err` says why.
+local function body_source(req, te, cl)
   if not te and (cl == nil or cl == "0") then return nil end
   local whole = rawget(req, "body") -- (a string only when complete: see moonfork.http's dispatcher)
   if type(whole) == "string" then return whole end
+  local state = {}
   return function()
     local piece, err = req:read()
     if err then
@@ -158,7 +159,7 @@ local function body_source(req, te, cl, state)
       error(CLIENT_BODY_FAILED, 0)
     end
     return piece
-  end
+  end, state
 end
 
 -- Streams the upstream's body to the client: never reads more from the upstream while the client's
@@ -246,19 +247,25 @@ local function serve(pool, req, res)
   local target = target_of(req.url)
   if not target then return client_error(res, 400) end
   local up = pick(pool)
-  local state = {}
   local h = req.headers
-  local body = body_source(req, h["transfer-encoding"], h["content-length"], state)
+  local body, state = body_source(req, h["transfer-encoding"], h["content-length"])
   local ok, up_res, err = pcall(request, up.base .. target, {
     method = req.method, headers = upstream_headers(req), body = body,
     stream = true, timeout = pool.timeout_ms, poolSize = pool.pool_size, idle = pool.idle_ms,
   })
   if not ok then
     if up_res ~= CLIENT_BODY_FAILED then error(up_res, 0) end
-    return client_error(res, CLIENT_FAILED[state.err] or 400)
+    return client_error(res, CLIENT_FAILED[state and state.err] or 400)
   end
   if up_res then
-    ok, err = respond(pool, up, up_res, res)
+    local done
+    done, ok, err = pcall(respond, pool, up, up_res, res)
+    if not done then -- the client's body failed after the upstream had begun to answer (full duplex)
+      if ok ~= CLIENT_BODY_FAILED then error(ok, 0) end
+      up_res:close()
+      if not res.headersSent then return client_error(res, CLIENT_FAILED[state.err] or 400) end
+      error("proxy: the client's request body failed (" .. tostring(state.err) .. ") after the upstream's response had begun", 0)
+    end
     if ok then return end
   end
   if blame(err, req.method, body) then mark_down(pool, up, err) end

@@ -22,8 +22,11 @@ static uv_loop_t *core_loop;
 static lua_State *core_L;
 static bind_type_t timer_type;
 
-static const char *const timer_names[] = {"fire"};
-static int timer_refs[] = {LUA_NOREF};
+static const char *const timer_names[] = {"fire", "sweep"};
+static int timer_refs[] = {LUA_NOREF, LUA_NOREF};
+/* The one timer behind every deadline of sched.lua (timed waits, sched.after): re-armed, never
+ * allocated, and it calls `sweep`. */
+static uv_timer_t core_deadline;
 
 static const char *const event_names[] = {"drain", "exit"};
 static int event_refs[] = {LUA_NOREF, LUA_NOREF};
@@ -73,9 +76,24 @@ static int timer_stop(lua_State *L) {
   return 1;
 }
 
-/* timer.on{ fire = fn(target, timer) } */
+/* timer.on{ fire = fn(target, timer), sweep = fn() } */
 static int timer_on(lua_State *L) {
-  bind_callbacks_set(L, 1, timer_names, timer_refs, 1);
+  bind_callbacks_set(L, 1, timer_names, timer_refs, 2);
+  return 0;
+}
+
+static void deadline_fired(uv_timer_t *handle) {
+  (void)handle;
+  if (timer_refs[1] == LUA_NOREF) return;
+  lua_rawgeti(core_L, LUA_REGISTRYINDEX, timer_refs[1]);
+  luastate_pcall(core_L, 0, 0, "error in the deadline sweep");
+}
+
+/* timer.arm(ms): sweep() runs ms from now (instead of when it was to run). */
+static int timer_arm(lua_State *L) {
+  lua_Number ms = luaL_checknumber(L, 1);
+  if (!(ms > 0)) ms = 0;
+  uv_timer_start(&core_deadline, deadline_fired, (uint64_t)ms, 0);
   return 0;
 }
 
@@ -141,9 +159,10 @@ void bind_core_open(lua_State *L, uv_loop_t *loop, const mf_config_t *cfg) {
   static const luaL_Reg fns[] = {{"log", core_log}, {"now", core_now}, {"fs_stat", core_fs_stat},
                                  {"fs_realpath", core_fs_realpath}, {"on", core_on}, {NULL, NULL}};
   static const luaL_Reg timer_fns[] = {{"start", timer_start}, {"stop", timer_stop}, {"on", timer_on},
-                                       {NULL, NULL}};
+                                       {"arm", timer_arm},    {NULL, NULL}};
   core_loop = loop;
   core_L = L;
+  uv_timer_init(loop, &core_deadline);
   bind_type_init(L, &timer_type, "timer");
   bind_module_open(L, "moonfork.core.timer", timer_fns);
   lua_pop(L, 1);

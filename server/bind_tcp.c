@@ -201,10 +201,13 @@ static int tls_session_gc(lua_State *L) {
   return 0;
 }
 
-/* tcp.alive(ud) -> whether a pooled connection may be reused (the peer has not closed it). */
+/* tcp.alive(ud[, take]) -> whether a pooled connection may be reused (the peer has not closed it);
+ * with take, one that may is also taken out of the pool: it keeps the loop alive again (keep_loop). */
 static int tcp_alive(lua_State *L) {
   net_tcp_t *s = tcp_arg(L);
-  lua_pushboolean(L, s != NULL && net_tcp_alive(s));
+  int alive = s != NULL && net_tcp_alive(s);
+  if (alive && lua_toboolean(L, 2)) net_tcp_keep_loop(s, 1);
+  lua_pushboolean(L, alive);
   return 1;
 }
 

@@ -106,6 +106,10 @@ describe("moonfork.http.request()", function()
       assert.are.same({ res = false, err = "the client went away", after = "next" }, call("/body-abort"))
     end)
 
+    it("reads the response while a body function's pieces still go out: a server that answers before the body ends is not kept waiting", function()
+      assert.are.same({ status = 200, body = "early", ended = false }, call("/early"))
+    end)
+
     it("with Expect: 100-continue sends the body after 100, not at all when the server answers first, and after a wait when the server ignores it", function()
       local got = call("/expect")
       assert.are.equal(200, got["/expect"].status)

@@ -10,13 +10,15 @@
 -- chunked), read to its end, with nothing after it and keep-alive on both sides; anything else (a
 -- close-delimited body, an error, a body past maxBody, a response abandoned) closes it.
 local socket = require "moonfork.socket"
+local sched = require "moonfork.sched"
 local chttpc = package.loaded["moonfork.core.httpc"] or {}
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, error =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, error
+local type, tostring, tonumber, pairs, ipairs, setmetatable, error, pcall =
+  type, tostring, tonumber, pairs, ipairs, setmetatable, error, pcall
 local find, sub, lower, match, format, gsub, char = string.find, string.sub, string.lower, string.match,
   string.format, string.gsub, string.char
-local remove, min = table.remove, math.min
+local remove, min, concat = table.remove, math.min, table.concat
+local spawn = sched.spawn
 local new_parser, pstart, pfeed, pfinish, phead, ptrailers =
   chttpc.parser, chttpc.start, chttpc.feed, chttpc.finish, chttpc.head, chttpc.trailers
 
@@ -30,6 +32,7 @@ local CONTINUE_WAIT = 1000     -- ms to wait for "100 Continue" before sending t
 local MAX_INTERIM = 16         -- 1xx responses before the final one
 local RETRIES = 3              -- fresh attempts after a pooled connection the peer had closed
 local SPARE_MAX = 16           -- parsers kept for reuse (each keeps at most 80 KiB of buffers)
+local INLINE_BODY = 64 * 1024  -- a string body up to this size goes out with the head, before reading
 
 ---------------------------------------------------------------------------------------------------
 -- urls
@@ -61,18 +64,43 @@ local function parse_url(url)
   return u
 end
 
--- parse_url, remembered: a worker calls the same few upstreams again and again. (The parts are only
--- read, never changed; the cache starts over past URL_CACHE_MAX names.)
+-- parse_url, remembered twice over: whole URLs (a worker calls the same few again and again), and
+-- origins ("scheme://authority": a proxy calls a few upstreams with ever other paths), so a URL not
+-- seen before on a known origin costs its path's checks only. The parts are only read, never
+-- changed, but for the connect options connect_opts keeps with the origin. Each cache starts over
+-- past CACHE_MAX names.
 local url_cache, url_cached = {}, 0
-local URL_CACHE_MAX = 256
+local origin_cache, origins_cached = {}, 0
+local CACHE_MAX = 256
+
+local function path_of(rest, url)
+  local path = rest
+  if find(path, "#", 1, true) then path = gsub(path, "#.*$", "") end
+  if path == "" or sub(path, 1, 1) == "?" then path = "/" .. path end
+  if find(path, "[%c ]") then return nil, "bad url (a space or control character in the path): " .. url end
+  return path
+end
 
 local function parse_url_cached(url)
   local u = url_cache[url]
   if u then return u end
-  local err
-  u, err = parse_url(url)
-  if not u then return nil, err end
-  if url_cached >= URL_CACHE_MAX then url_cache, url_cached = {}, 0 end
+  local base, rest = match(url, "^(%a[%w+.-]*://[^/?#]*)(.*)$")
+  local o = base and origin_cache[base]
+  if o then
+    local path, err = path_of(rest, url)
+    if not path then return nil, err end
+    u = { scheme = o.scheme, host = o.host, port = o.port, unix = o.unix, tls = o.tls, authority = o.authority,
+          path = path, origin = o }
+  else
+    local err
+    u, err = parse_url(url)
+    if not u then return nil, err end
+    o = { scheme = u.scheme, host = u.host, port = u.port, unix = u.unix, tls = u.tls, authority = u.authority }
+    u.origin = o
+    if origins_cached >= CACHE_MAX then origin_cache, origins_cached = {}, 0 end
+    origin_cache[base], origins_cached = o, origins_cached + 1
+  end
+  if url_cached >= CACHE_MAX then url_cache, url_cached = {}, 0 end
   url_cache[url], url_cached = u, url_cached + 1
   return u
 end
@@ -98,7 +126,20 @@ local function check_ms(v, name)
   return v
 end
 
-local function bad_field(s) return find(tostring(s), "[\r\n%z]") ~= nil end
+local function bad_field(s) return find(type(s) == "string" and s or tostring(s), "[\r\n%z]") ~= nil end
+
+-- Header names found to be tokens -> their lower-case form: a worker sends the same few names again
+-- and again. (Starts over past TOKENS_MAX names.)
+local tokens, ntokens = {}, 0
+local TOKENS_MAX = 512
+
+local function is_token(name)
+  if tokens[name] then return true end
+  if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then return false end
+  if ntokens >= TOKENS_MAX then tokens, ntokens = {}, 0 end
+  tokens[name], ntokens = lower(name), ntokens + 1 -- (its lower-case form, for build_head)
+  return true
+end
 
 -- Raises (at the caller of request) for a header name that is not a token, or a value that would
 -- end its line (CR, LF) or a string (NUL): nothing of such a request is sent.
@@ -106,12 +147,15 @@ local function check_headers(h)
   if h == nil then return end
   if type(h) ~= "table" then error("moonfork.http.request(): opts.headers must be a table", 4) end
   for name, v in pairs(h) do
-    if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
+    if not is_token(name) then
       error("moonfork.http.request(): bad header name " .. tostring(name), 4)
     end
-    local list = type(v) == "table" and v or { v }
-    for i = 1, #list do
-      if bad_field(list[i]) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+    if type(v) == "table" then
+      for i = 1, #v do
+        if bad_field(v[i]) then error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4) end
+      end
+    elseif bad_field(v) then
+      error("moonfork.http.request(): header " .. name .. " has a CR, LF or NUL", 4)
     end
   end
 end
@@ -168,32 +212,45 @@ end
 
 -- The request head as a list of strings; and whether the body goes chunked, and whether the caller
 -- asked for "Expect: 100-continue".
+-- The headers build_head must know the caller gave (by lower-case name).
+local GIVEN = { host = 1, ["content-length"] = 2, ["transfer-encoding"] = 3, connection = 4, expect = 5 }
+local head_t, head_n = {}, 0 -- build_head's scratch list (it never waits, so one serves every request)
+
 local function build_head(o, u)
-  local t = { o.method, " ", u.path, " HTTP/1.1\r\n" }
-  local n, given, expect = 4, {}, false
+  local t = head_t
+  t[1], t[2], t[3], t[4] = o.method, " ", u.path, " HTTP/1.1\r\n"
+  local n, expect = 4, false
+  local host, cl, te, conn
   if o.headers then
     for name, v in pairs(o.headers) do
       n = add_header(t, n, name, v)
-      local l = lower(name)
-      given[l] = true
-      if l == "expect" and lower(tostring(v)) == "100-continue" then expect = true end
+      local g = GIVEN[tokens[name] or lower(name)]
+      if g then
+        if g == 1 then host = true elseif g == 2 then cl = true elseif g == 3 then te = true
+        elseif g == 4 then conn = true
+        elseif lower(tostring(v)) == "100-continue" then expect = true end
+      end
     end
   end
-  if not given.host then n = add_header(t, n, "Host", u.authority) end
+  if not host then n = add_header(t, n, "Host", u.authority) end
   local body, chunked = o.body, false
-  if body ~= nil and not given["content-length"] and not given["transfer-encoding"] then
+  if body ~= nil and not cl and not te then
     if type(body) == "string" then
       n = add_header(t, n, "Content-Length", #body)
     else
       n = add_header(t, n, "Transfer-Encoding", "chunked")
       chunked = true
     end
-  elseif type(body) == "function" and given["transfer-encoding"] and not given["content-length"] then
+  elseif type(body) == "function" and te and not cl then
     chunked = true
   end
-  if not o.keepalive and not given.connection then n = add_header(t, n, "Connection", "close") end
-  t[n + 1] = "\r\n"
-  return t, chunked, expect and body ~= nil
+  if not o.keepalive and not conn then n = add_header(t, n, "Connection", "close") end
+  n = n + 1
+  t[n] = "\r\n"
+  local head = concat(t, "", 1, n)
+  for i = n + 1, head_n do t[i] = nil end -- (what a longer head left: not kept alive)
+  head_n = n
+  return head, chunked, expect and body ~= nil
 end
 
 -- Sends the pieces of a function body (chunk-framed when chunked), then the last chunk. A function
@@ -290,7 +347,7 @@ local function read_head(st, o, want_continue)
     if st.headed then
       local status, reason, headers, keep = phead(st.p)
       if status >= 200 or status == 101 or status < 100 then
-        st.keep = keep
+        st.keep, st.te = keep, headers["transfer-encoding"] ~= nil
         return status, reason, headers
       end
       local rest = st.rest -- an interim response: the final one follows
@@ -302,6 +359,17 @@ local function read_head(st, o, want_continue)
       if status == 100 and want_continue then return "continue" end
     end
   end
+end
+
+-- What a read that failed reports when the request's body failed meanwhile (sent behind, see
+-- send_behind): an error the body function raised is raised again, its nil, err gives err.
+local function body_failure(st, err)
+  local raised = st.raised
+  if raised ~= nil then
+    st.raised = nil
+    error(raised, 0)
+  end
+  return st.send_err or err
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -333,7 +401,7 @@ function Response:read()
     if not ok then
       self._st = nil
       abandon(st)
-      return nil, err
+      return nil, body_failure(st, err)
     end
   end
 end
@@ -341,8 +409,10 @@ end
 function Response:_finish()
   local st = self._st
   self._st = nil
-  local tr = ptrailers(st.p)
-  if tr then self.trailers = tr end
+  if st.te then -- (only a chunked body has trailers)
+    local tr = ptrailers(st.p)
+    if tr then self.trailers = tr end
+  end
   release(st, self._o)
 end
 
@@ -359,7 +429,7 @@ local function read_whole(res, st)
     local ok, err = step(st)
     if not ok then
       abandon(st)
-      return nil, err
+      return nil, body_failure(st, err)
     end
   end
   res.body = st.piece or ""
@@ -372,12 +442,27 @@ end
 ---------------------------------------------------------------------------------------------------
 -- one exchange
 
+-- The options for sock:connect: the pool's name (the origin, or opts.pool) and size. Those of the
+-- default pool are kept with the parsed origin (cached), so a request to a known origin builds none.
+local function connect_opts(u, o)
+  local verified, home = not u.tls or o.verify, u.origin or u
+  if o.pool == nil then
+    local c = verified and home.copts or home.copts_nv
+    if c and c.pool_size == o.pool_size then return c end
+  end
+  local name = o.pool or (u.unix and "unix:" .. u.unix) or (u.scheme .. "://" .. u.host .. ":" .. u.port)
+  if not verified then name = name .. " (not verified)" end
+  local c = { pool = name, pool_size = o.pool_size }
+  if o.pool == nil then
+    if verified then home.copts = c else home.copts_nv = c end
+  end
+  return c
+end
+
 local function connect(u, o)
   local sock = socket.tcp()
   sock:settimeouts(o.ct, o.st, o.rt)
-  local name = o.pool or (u.unix and "unix:" .. u.unix) or (u.scheme .. "://" .. u.host .. ":" .. u.port)
-  if u.tls and not o.verify then name = name .. " (not verified)" end
-  local copts = { pool = name, pool_size = o.pool_size }
+  local copts = connect_opts(u, o)
   local ok, err
   if u.unix then
     ok, err = sock:connect("unix:" .. u.unix, copts)
@@ -389,29 +474,48 @@ local function connect(u, o)
   return sock
 end
 
+-- The body, sent from a coroutine of its own while the caller's reads the response: a server may
+-- answer (or fail) before it has the whole body. A failure closes the socket, so a reader still
+-- waiting hears "closed" and reports the body's failure instead (body_failure): exchange before the
+-- response is handed out, res:read() after.
+local function send_behind(st, o, sock) -- (st.chunked: whether the body goes chunk-framed)
+  local ok, sent, err = pcall(send_body, sock, o, st.chunked)
+  st.sending = false
+  if ok and sent then return end
+  if ok then st.send_err = err else st.raised = sent end
+  sock:close()
+end
+
 -- Sends the request on st.sock and reads the final response's head: status, reason, headers | nil, err.
 local function exchange(st, o, u)
   local head, chunked, expect = build_head(o, u)
-  local sock, ok, err = st.sock
-  if o.body == nil then
-    ok, err = sock:send(head)
-  elseif type(o.body) == "string" and not expect then
-    ok, err = sock:send({ head, o.body })
-  else
-    ok, err = sock:send(head)
-    if ok and expect then
-      sock:settimeouts(o.ct, o.st, (o.rt or 0) > 0 and min(o.rt, CONTINUE_WAIT) or CONTINUE_WAIT)
-      local status, reason, headers = read_head(st, o, true)
-      sock:settimeouts(o.ct, o.st, o.rt)
-      if status ~= "continue" and (status or reason ~= "timeout") then -- a final answer, or an error
-        st.keep = false -- the server did not read the body it answered without
-        return status, reason, headers
-      end
-    end
-    if ok then ok, err = send_body(sock, o, chunked) end
+  local sock, body, ok, err = st.sock, o.body
+  if body == nil or (type(body) == "string" and #body <= INLINE_BODY and not expect) then
+    ok, err = sock:send(body and { head, body } or head)
+    if not ok then return nil, err end
+    return read_head(st, o, false)
   end
+  ok, err = sock:send(head)
   if not ok then return nil, err end
-  return read_head(st, o, false)
+  if expect then
+    sock:settimeouts(o.ct, o.st, (o.rt or 0) > 0 and min(o.rt, CONTINUE_WAIT) or CONTINUE_WAIT)
+    local status, reason, headers = read_head(st, o, true)
+    sock:settimeouts(o.ct, o.st, o.rt)
+    if status ~= "continue" and (status or reason ~= "timeout") then -- a final answer, or an error
+      st.keep = false -- the server did not read the body it answered without
+      return status, reason, headers
+    end
+  end
+  st.sending, st.chunked = true, chunked
+  spawn(send_behind, nil, st, o, sock)
+  local status, reason, headers
+  repeat -- (while the body is still going out, a read timeout is not the server's silence)
+    status, reason, headers = read_head(st, o, false)
+  until status or reason ~= "timeout" or not st.sending
+  if not status then return nil, body_failure(st, reason) end
+  body_failure(st) -- (raises when the body function did, even though the head had come)
+  if st.sending or st.send_err then st.keep = false end -- answered before it had the whole body
+  return status, reason, headers
 end
 
 -- Methods a request may be sent again with when its connection turned out closed (RFC 9110 §9.2.2):

@@ -15,9 +15,10 @@ local timer = package.loaded["moonfork.core.timer"] or {} -- absent in the maste
 
 local create, resume, running, yield, status, isyieldable = coroutine.create, coroutine.resume,
   coroutine.running, coroutine.yield, coroutine.status, coroutine.isyieldable
-local xpcall, traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack =
-  xpcall, debug.traceback, tostring, type, getmetatable, setmetatable, error, pairs, unpack
-local log, start_timer, stop_timer = core.log, timer.start, timer.stop
+local xpcall, traceback, tostring, type, getmetatable, setmetatable, error, pairs, next, unpack =
+  xpcall, debug.traceback, tostring, type, getmetatable, setmetatable, error, pairs, next, unpack
+local log, start_timer, stop_timer, arm = core.log, timer.start, timer.stop, timer.arm
+local now, frexp, ceil = core.now, math.frexp, math.ceil
 
 local _M = {}
 
@@ -36,7 +37,7 @@ local ours = setmetatable({}, weak)    -- every pooled coroutine
 local parent = setmetatable({}, weak)  -- a user coroutine -> its resumer, while it runs or waits
 local blocked = setmetatable({}, weak) -- coroutines suspended for the scheduler: not for user code to resume
 local waiting = setmetatable({}, weak) -- a waiting coroutine -> the pooled coroutine to resume
-local timeout = setmetatable({}, weak) -- a waiting coroutine -> its timeout's timer
+local timeout = setmetatable({}, weak) -- a waiting coroutine -> the deadline bucket it is in
 local owner_of = setmetatable({}, weak) -- a waiting coroutine -> the owner it waits on
 
 local function message(err)
@@ -52,14 +53,17 @@ end
 
 -- Objects a callback opened and must not outlive it (sockets): pooled coroutine -> { [obj] = closer }.
 local adopted = setmetatable({}, weak)
+local spare_set = nil -- an emptied set, for the next adopt (a request with a pooled socket makes one)
 
 local function release(co)
   local set = adopted[co]
   adopted[co] = nil
   for obj, closer in pairs(set) do
+    set[obj] = nil
     local ok, err = xpcall(closer, handler, obj)
     if not ok then log("error closing what a callback left open: " .. tostring(err)) end
   end
+  if next(set) == nil then spare_set = set end
 end
 
 -- The body of every pooled coroutine. on_error(trace, a, b, c) gets a failure's message+traceback.
@@ -109,6 +113,129 @@ function _M.spawn(fn, on_error, a, b, c)
 end
 
 ---------------------------------------------------------------------------------------------------
+-- deadlines: one C timer for every timed wait and every after() of the worker
+--
+-- A wait that completes costs no timer at all: a deadline is an entry in a bucket (a table keyed by
+-- the waiter), and cancelling it is `bucket[waiter] = nil`. Buckets are keyed by the loop time they
+-- expire at, rounded up to a granule of 1 ms below 128 ms and 1/64 to 1/128 of the duration above
+-- (a 60 s timeout shares its bucket with those of the next 512 ms), so a worker under load has a few
+-- hundred buckets at most. A min-heap of the bucket keys says when the one C timer (bind_core.c,
+-- timer.arm) must fire; it is moved only when a bucket earlier than the armed one appears. A deadline
+-- fires at its time or up to one granule later, never earlier. The empty buckets of waits that
+-- completed are dropped when their time comes.
+
+local buckets = {}          -- key (loop ms) -> { [waiter] = true | fn }
+local heap, nheap = {}, 0   -- the keys of buckets, a binary min-heap
+local armed = nil           -- the key the C timer is armed for
+
+local function heap_push(k)
+  nheap = nheap + 1
+  local i = nheap
+  while i > 1 do
+    local up = (i - i % 2) / 2
+    local pk = heap[up]
+    if pk <= k then break end
+    heap[i] = pk
+    i = up
+  end
+  heap[i] = k
+end
+
+local function heap_pop()
+  local top, last = heap[1], heap[nheap]
+  heap[nheap] = nil
+  nheap = nheap - 1
+  local n, i = nheap, 1
+  if n == 0 then return top end
+  while true do
+    local c = 2 * i
+    if c > n then break end
+    local ck = heap[c]
+    if c < n and heap[c + 1] < ck then
+      c = c + 1
+      ck = heap[c]
+    end
+    if last <= ck then break end
+    heap[i] = ck
+    i = c
+  end
+  heap[i] = last
+  return top
+end
+
+-- The bucket for a deadline ms from now (created, and the C timer moved, when needed).
+local function bucket_for(ms)
+  local t = now()
+  local key
+  if ms < 128 then
+    key = ceil(t + ms)
+  else
+    local _, e = frexp(ms)   -- ms < 2^e
+    local g = 2 ^ (e - 7)    -- 1/64 to 1/128 of ms
+    key = ceil((t + ms) / g) * g
+  end
+  local b = buckets[key]
+  if b then return b end
+  b = {}
+  buckets[key] = b
+  heap_push(key)
+  if armed == nil or key < armed then
+    armed = key
+    arm(key - t)
+  end
+  return b
+end
+
+local function deadline_error(trace)
+  log("error in a deadline callback: " .. trace)
+end
+
+-- The C timer fired: every bucket whose time has come is emptied.
+local function sweep()
+  armed = nil
+  local t = now()
+  local due, n = nil, 0
+  while nheap > 0 and heap[1] <= t do
+    local key = heap_pop()
+    local b = buckets[key]
+    buckets[key] = nil
+    for w, fn in pairs(b) do
+      due = due or {}
+      due[n + 1], due[n + 2], due[n + 3] = w, fn, b
+      n = n + 3
+    end
+  end
+  if nheap > 0 then
+    armed = heap[1]
+    arm(armed - t)
+  end
+  for i = 1, n, 3 do
+    local w, fn, b = due[i], due[i + 1], due[i + 2]
+    if b[w] == fn then -- not cancelled by what ran before it in this sweep
+      b[w] = nil
+      if fn == true then
+        timeout[w] = nil
+        _M.wake(w, nil, "timeout")
+      else
+        _M.spawn(fn, deadline_error, w)
+      end
+    end
+  end
+end
+
+-- fn(obj) runs in a pooled coroutine ms from now (up to a granule later, see above), unless
+-- cancel(handle, obj) comes first. One deadline per obj at a time. Returns the handle.
+function _M.after(ms, fn, obj)
+  local b = bucket_for(ms)
+  b[obj] = fn
+  return b
+end
+
+function _M.cancel(handle, obj)
+  handle[obj] = nil
+end
+
+---------------------------------------------------------------------------------------------------
 -- one way to wait
 
 local function root_of(co)
@@ -138,7 +265,11 @@ local function suspend(co, root, ms, owner)
     set[co] = true
     owner_of[co] = owner
   end
-  if ms then timeout[co] = start_timer(ms, 0, co) end
+  if ms then
+    local b = bucket_for(ms)
+    b[co] = true
+    timeout[co] = b
+  end
   waiting[co], blocked[co] = root, true
   return yield(WAIT, co)
 end
@@ -162,7 +293,8 @@ function _M.adopt(obj, closer)
   if not root then return nil end
   local set = adopted[root]
   if not set then
-    set = {}
+    set = spare_set or {}
+    spare_set = nil
     adopted[root] = set
   end
   set[obj] = closer
@@ -177,10 +309,10 @@ end
 -- Forgets co's wait (its timeout, its owner) without resuming it.
 local function forget(co)
   waiting[co], blocked[co] = nil, nil
-  local t = timeout[co]
-  if t then
+  local b = timeout[co]
+  if b then
     timeout[co] = nil
-    stop_timer(t)
+    b[co] = nil
   end
   local owner = owner_of[co]
   if owner then
@@ -236,15 +368,10 @@ local function run_job(job) -- job = { fn, n, arg1 .. argn }
   return job[1](unpack(job, 3, job[2] + 2))
 end
 
-local function fire(target, t)
+local function fire(target)
   local kind = type(target)
   if kind == "function" then
     _M.spawn(target, timer_error)
-  elseif kind == "thread" then
-    if timeout[target] == t then
-      timeout[target] = nil
-      wake(target, nil, "timeout")
-    end
   else
     _M.spawn(run_job, timer_error, target)
   end
@@ -312,7 +439,7 @@ end
 -- reference to coroutine.resume gets the replaced one.
 if core.role == "worker" then
   coroutine.resume, coroutine.wrap, coroutine.status = co_resume, co_wrap, co_status
-  timer.on { fire = fire }
+  timer.on { fire = fire, sweep = sweep }
 end
 
 return _M

@@ -14,10 +14,12 @@ local sched = require "moonfork.sched"
 local ctcp = package.loaded["moonfork.core.tcp"] or {}
 
 local type, tonumber, tostring, setmetatable, error, pairs = type, tonumber, tostring, setmetatable, error, pairs
-local find, sub, gsub = string.find, string.sub, string.gsub
+local find, sub, gsub, byte = string.find, string.sub, string.gsub, string.byte
+local U = byte("u")
 local remove = table.remove
 local running = coroutine.running
 local wait, wake, sclose, adopt, disown = sched.wait, sched.wake, sched.close, sched.adopt, sched.disown
+local after, cancel = sched.after, sched.cancel
 local tcp_new, tcp_connect, tcp_read, tcp_send, tcp_close, tcp_keep_loop, tcp_resolve, tcp_alive, tcp_tls =
   ctcp.new, ctcp.connect, ctcp.read, ctcp.send, ctcp.close, ctcp.keep_loop, ctcp.resolve, ctcp.alive, ctcp.tls
 
@@ -70,7 +72,7 @@ local function conn_close(conn)
   conn.closed = true
   tcp_close(conn.ud)
   disown(conn, conn.root)
-  if conn.timer then sched.timer_stop(conn.timer) end
+  if conn.timer then cancel(conn.timer, conn) end
   local p = conn.pool
   if p then
     if conn.pooled then idle_remove(p, conn) end
@@ -114,7 +116,8 @@ ctcp.on {
   data = function(conn, chunk, err)
     if conn.pooled then return conn_close(conn) end -- the peer closed, or spoke out of turn
     if chunk then
-      conn.buf = conn.buf .. chunk
+      local buf = conn.buf
+      if buf == "" then conn.buf = chunk else conn.buf = buf .. chunk end
       if #conn.buf > READ_HIGH and not conn.rco then
         tcp_read(conn.ud, false)
         conn.reading = false
@@ -199,15 +202,14 @@ end
 local function pool_take(self, p, opts, ms)
   while true do
     local conn = remove(p.idle)
-    while conn and not tcp_alive(conn.ud) do -- closed by the peer a moment ago: not reported yet
+    while conn and not tcp_alive(conn.ud, true) do -- closed by the peer a moment ago: not reported yet
       conn_close(conn)
       conn = remove(p.idle)
     end
     if conn then
       conn.pooled = false
-      if conn.timer then sched.timer_stop(conn.timer) end
+      if conn.timer then cancel(conn.timer, conn) end
       conn.timer = nil
-      tcp_keep_loop(conn.ud, true)
       conn.reused = conn.reused + 1
       attach(self, conn)
       return conn
@@ -241,7 +243,7 @@ end
 -- sock:connect(host, port[, opts]) or sock:connect("unix:/path"[, opts]) -> 1 | nil, err
 function Socket:connect(host, port, opts)
   if type(host) ~= "string" then error("sock:connect(host, port): host must be a string", 2) end
-  local path = sub(host, 1, 5) == "unix:" and sub(host, 6) or nil
+  local path = byte(host, 1) == U and sub(host, 1, 5) == "unix:" and sub(host, 6) or nil
   if path then
     opts, port = port, nil
   else
@@ -374,6 +376,11 @@ function Socket:receiveany(max)
   if #conn.buf == 0 then
     local ok, err = fill(self, conn)
     if not ok or #conn.buf == 0 then return self:_fail_read(conn, err or conn.eof) end
+  end
+  local buf = conn.buf
+  if #buf <= max then -- all of it: no copies
+    conn.buf = ""
+    return buf
   end
   return take(conn, max)
 end
@@ -517,11 +524,12 @@ function Socket:setkeepalive(idle_ms, pool_size)
   if pool_size and pool_size > 0 and not p.sized then p.size, p.sized = pool_size, true end
   disown(conn, conn.root)
   conn.root, conn.pooled = nil, true
-  local ok = tcp_read(conn.ud, true) -- a close, or data out of turn, while pooled closes it
-  conn.reading = ok and true or false
+  if not conn.reading then -- a close, or data out of turn, while pooled closes it
+    conn.reading = tcp_read(conn.ud, true) and true or false
+  end
   tcp_keep_loop(conn.ud, false)
   idle_ms = idle_ms or DEFAULT_IDLE
-  if idle_ms > 0 then conn.timer = sched.timer(idle_ms, 0, idle_expired, 1, conn) end
+  if idle_ms > 0 then conn.timer = after(idle_ms, idle_expired, conn) end
   local idle = p.idle
   idle[#idle + 1] = conn
   if #idle > p.size then conn_close(idle[1]) end -- the least recently used goes
