@@ -7,10 +7,13 @@
 #include "bind_pass.h"
 
 #include <lauxlib.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "bind_http.h"
 #include "bind_obj.h"
+#include "http_parse.h"
 #include "http_pass.h"
 #include "luastate.h"
 
@@ -57,14 +60,33 @@ static void pass_upstream(lua_State *L, http_pass_upstream_t *up, struct sockadd
   up->addr = (struct sockaddr *)ss;
 }
 
+/* The client's Content-Length from its packed headers: the value, -1 when it sent none, -2 when it
+ * sent none but a Transfer-Encoding. */
+static double pass_clen(const char *h, size_t len) {
+  size_t off = 0, nl, vl;
+  const char *n, *v;
+  double te = -1;
+  while (http_headers_next(h, len, &off, &n, &nl, &v, &vl) == 1) {
+    if (nl == 14 && strncasecmp(n, "content-length", 14) == 0) {
+      char num[24];
+      if (vl >= sizeof num) return -2;
+      memcpy(num, v, vl);
+      num[vl] = 0;
+      return strtod(num, NULL);
+    }
+    if (nl == 17 && strncasecmp(n, "transfer-encoding", 17) == 0) te = -2;
+  }
+  return te;
+}
+
 static uint64_t pass_ms(lua_State *L, int i) {
   lua_Number n = luaL_optnumber(L, i, 0);
   return n > 0 && n < 1e15 ? (uint64_t)n : 0;
 }
 
 /* pass.start(conn, gen, co, method, target, head, body|false, name, addr, port, opts...) -> true |
- * nil, err. body: the whole body, or false when it is still arriving (then `length` (11) is the
- * client's Content-Length or -1 for chunked), nil when there is none. Then pool_size (12), idle_ms,
+ * nil, err. body: the whole body, or false when it is still arriving (framed upstream as the client
+ * framed it: its Content-Length, else chunked), nil when there is none. 11 is unused. Then pool_size (12), idle_ms,
  * connect_ms, send_ms, read_ms (16), extra header lines (17), names to drop (18), xff (19, boolean),
  * host (20: Host when the client sent none). */
 static int pass_start(lua_State *L) {
@@ -93,11 +115,11 @@ static int pass_start(lua_State *L) {
     return 2;
   }
   r.remote = lua_toboolean(L, 19) ? http_conn_remote(c) : NULL;
-  if (body) {
-    r.body = blen ? HTTP_PASS_BODY_LENGTH : HTTP_PASS_BODY_NONE;
+  if (body) { /* whole: its length (an empty one only when the client framed a body at all) */
+    r.body = blen || pass_clen(r.headers, r.headers_len) != -1 ? HTTP_PASS_BODY_LENGTH : HTTP_PASS_BODY_NONE;
     r.body_len = blen;
-  } else if (lua_type(L, 7) == LUA_TBOOLEAN) {
-    lua_Number len = luaL_optnumber(L, 11, -1);
+  } else if (lua_type(L, 7) == LUA_TBOOLEAN) { /* still arriving: framed as the client framed it */
+    double len = pass_clen(r.headers, r.headers_len);
     r.body = len >= 0 ? HTTP_PASS_BODY_LENGTH : HTTP_PASS_BODY_CHUNKED;
     r.body_len = len >= 0 ? (uint64_t)len : 0;
   }

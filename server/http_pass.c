@@ -17,6 +17,7 @@
  * nothing it can reuse. */
 #include "http_pass.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,7 @@ struct http_pass_s {
   http_conn_t *c;
   uint32_t gen;
   int status, werr;
+  int64_t clen;
   pass_up_t *up;
   pass_pool_t *pool;
   httpc_parse_t p;
@@ -393,29 +395,29 @@ int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, cons
 
 /* ---- the response ------------------------------------------------------------------------------ */
 
-/* Hands the head (first time) and the body bytes of the last feed to the client. 0, or -1 when the
- * client is gone (the exchange has ended). */
+/* Hands the head and the body bytes of the last feed to the client. The head waits for the first body
+ * byte or the end (an upstream that fails right after its head still gets its client a 502). 0, or
+ * -1 when the client is gone (the exchange has ended). */
 static int pass_respond(http_pass_t *x, int final) {
   size_t blen;
   const char *b = httpc_parse_body(&x->p, &blen);
   int r;
   if (!x->headed) {
-    int64_t clen;
     size_t hl;
     const char *h = http_parse_headers(&x->p.parse, &hl);
     x->headed = 1;
     x->status = http_parse_status(&x->p.parse);
     x->head.len = 0;
-    if (http_pass_response_head(&x->head, h, hl, &clen) != 0) {
+    if (http_pass_response_head(&x->head, h, hl, &x->clen) != 0) {
       pass_end(x, "out of memory", 0);
       return -1;
     }
-    r = http_conn_respond(x->c, x->gen, x->status, x->head.data, x->head.len, b, blen, final, clen, 0);
-  } else if (blen || final) {
-    r = http_conn_respond(x->c, x->gen, x->status, "", 0, b, blen, final, -1, 0);
-  } else {
-    return 0;
   }
+  if (!blen && !final) return 0;
+  if (!x->sent)
+    r = http_conn_respond(x->c, x->gen, x->status, x->head.data, x->head.len, b, blen, final, x->clen, 0);
+  else
+    r = http_conn_respond(x->c, x->gen, x->status, "", 0, b, blen, final, -1, 0);
   x->sent = 1;
   if (r < 0 || (x->c == NULL && !final)) {
     x->c = NULL;
@@ -447,6 +449,11 @@ static void pass_feed(http_pass_t *x, const char *data, size_t n) {
       n -= used;
       if (n == 0) return;
       continue;
+    }
+    if (x->p.headed && !x->headed && status > 599) {
+      snprintf(err, sizeof err, "malformed response: status %d", status);
+      pass_end(x, err, 0);
+      return;
     }
     if (x->p.headed && pass_respond(x, r == HTTP_PARSE_DONE) != 0) return;
     if (r == HTTP_PARSE_DONE)
