@@ -12,14 +12,18 @@
 
 #include "http_parse.h"
 
-static const char *const pass_hop[] = {"connection", "keep-alive",          "proxy-connection",
-                                       "te",         "trailer",             "transfer-encoding",
-                                       "upgrade",    "proxy-authenticate", "proxy-authorization"};
-
+/* Whether name is a hop-by-hop header (RFC 9110 7.6.1), by length first: this runs for every header. */
 static int pass_is_hop(const char *name, size_t n) {
-  for (size_t i = 0; i < sizeof pass_hop / sizeof pass_hop[0]; i++)
-    if (strlen(pass_hop[i]) == n && strncasecmp(pass_hop[i], name, n) == 0) return 1;
-  return 0;
+  switch (n) {
+    case 2: return strncasecmp(name, "te", 2) == 0;
+    case 7: return strncasecmp(name, "trailer", 7) == 0 || strncasecmp(name, "upgrade", 7) == 0;
+    case 10: return strncasecmp(name, "connection", 10) == 0 || strncasecmp(name, "keep-alive", 10) == 0;
+    case 16: return strncasecmp(name, "proxy-connection", 16) == 0;
+    case 17: return strncasecmp(name, "transfer-encoding", 17) == 0;
+    case 18: return strncasecmp(name, "proxy-authenticate", 18) == 0;
+    case 19: return strncasecmp(name, "proxy-authorization", 19) == 0;
+    default: return 0;
+  }
 }
 
 /* Whether `list` (comma- or space-separated tokens, any case; NUL-free, len bytes) holds name. */
@@ -40,6 +44,25 @@ static int pass_named(const char *block, size_t len, const char *name, size_t n)
   const char *hn, *v;
   while (http_headers_next(block, len, &off, &hn, &nl, &v, &vl) == 1)
     if (nl == 10 && strncasecmp(hn, "connection", 10) == 0 && pass_in_list(v, vl, name, n)) return 1;
+  return 0;
+}
+
+/* Whether a Connection header of the block names any header but keep-alive and close (rare: when not,
+ * nobody needs to look for the names). */
+static int pass_names_any(const char *block, size_t len) {
+  size_t off = 0, nl, vl;
+  const char *hn, *v;
+  while (http_headers_next(block, len, &off, &hn, &nl, &v, &vl) == 1) {
+    if (nl != 10 || strncasecmp(hn, "connection", 10) != 0) continue;
+    for (size_t i = 0; i < vl;) {
+      while (i < vl && (v[i] == ',' || v[i] == ' ' || v[i] == '\t')) i++;
+      size_t st = i;
+      while (i < vl && v[i] != ',' && v[i] != ' ' && v[i] != '\t') i++;
+      if (i > st && !(i - st == 5 && strncasecmp(v + st, "close", 5) == 0) &&
+          !(i - st == 10 && strncasecmp(v + st, "keep-alive", 10) == 0))
+        return 1;
+    }
+  }
   return 0;
 }
 
@@ -73,14 +96,15 @@ static int pass_xff(mf_buf_t *out, const char *block, size_t len, const char *re
 int http_pass_request_head(mf_buf_t *out, const http_pass_req_t *r) {
   size_t off = 0, nl, vl;
   const char *hn, *v;
-  int host = 0;
-  if (mf_buf_appendf(out, "%s ", r->method) != 0 || mf_buf_append(out, r->target, r->target_len) != 0 ||
+  int host = 0, named = pass_names_any(r->headers, r->headers_len);
+  if (mf_buf_append(out, r->method, strlen(r->method)) != 0 || mf_buf_append(out, " ", 1) != 0 ||
+      mf_buf_append(out, r->target, r->target_len) != 0 ||
       mf_buf_append(out, " HTTP/1.1\r\n", 11) != 0)
     return -1;
   while (http_headers_next(r->headers, r->headers_len, &off, &hn, &nl, &v, &vl) == 1) {
     if (pass_is_hop(hn, nl) || pass_is(hn, nl, "expect") || pass_is(hn, nl, "content-length") ||
         (r->remote && pass_is(hn, nl, "x-forwarded-for")) || (r->drop && pass_in_list(r->drop, strlen(r->drop), hn, nl)) ||
-        pass_named(r->headers, r->headers_len, hn, nl))
+        (named && pass_named(r->headers, r->headers_len, hn, nl)))
       continue;
     host |= pass_is(hn, nl, "host");
     if (pass_line(out, hn, nl, v, vl) != 0) return -1;
@@ -88,8 +112,14 @@ int http_pass_request_head(mf_buf_t *out, const http_pass_req_t *r) {
   if (!host && r->host && mf_buf_appendf(out, "Host: %s\r\n", r->host) != 0) return -1;
   if (r->remote && pass_xff(out, r->headers, r->headers_len, r->remote) != 0) return -1;
   if (r->extra_len && mf_buf_append(out, r->extra, r->extra_len) != 0) return -1;
-  if (r->body == HTTP_PASS_BODY_LENGTH && mf_buf_appendf(out, "Content-Length: %llu\r\n", (unsigned long long)r->body_len) != 0)
-    return -1;
+  if (r->body == HTTP_PASS_BODY_LENGTH) {
+    char num[24], *p = num + sizeof num;
+    uint64_t n = r->body_len;
+    do *--p = (char)('0' + n % 10); while ((n /= 10) != 0);
+    if (mf_buf_append(out, "Content-Length: ", 16) != 0 || mf_buf_append(out, p, (size_t)(num + sizeof num - p)) != 0 ||
+        mf_buf_append(out, "\r\n", 2) != 0)
+      return -1;
+  }
   if (r->body == HTTP_PASS_BODY_CHUNKED && mf_buf_append(out, "Transfer-Encoding: chunked\r\n", 28) != 0) return -1;
   return mf_buf_append(out, "\r\n", 2);
 }
@@ -97,13 +127,16 @@ int http_pass_request_head(mf_buf_t *out, const http_pass_req_t *r) {
 int http_pass_response_head(mf_buf_t *out, const char *headers, size_t len, int64_t *clen) {
   size_t off = 0, nl, vl;
   const char *hn, *v;
-  int chunked = 0;
+  int chunked = 0, named = 0;
   *clen = -1;
-  while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1)
+  while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1) {
     chunked |= pass_is(hn, nl, "transfer-encoding");
+    named |= nl == 10 && strncasecmp(hn, "connection", 10) == 0;
+  }
+  named = named && pass_names_any(headers, len);
   off = 0;
   while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1) {
-    if (pass_is_hop(hn, nl) || pass_is(hn, nl, "date") || pass_named(headers, len, hn, nl)) continue;
+    if (pass_is_hop(hn, nl) || pass_is(hn, nl, "date") || (named && pass_named(headers, len, hn, nl))) continue;
     if (pass_is(hn, nl, "content-length")) {
       if (chunked || *clen >= 0) continue; /* framing is the core's: one length, never beside chunked */
       char num[24];
