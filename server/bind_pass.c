@@ -125,11 +125,12 @@ static int pass_start(lua_State *L) {
   }
   lua_pushvalue(L, 3);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  int rc = http_pass_start(c, gen, &r, body, blen, &up, (void *)(intptr_t)ref);
+  const char *why;
+  int rc = http_pass_start(c, gen, &r, body, blen, &up, (void *)(intptr_t)ref, &why);
   if (rc != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     lua_pushnil(L);
-    lua_pushstring(L, uv_strerror(rc));
+    lua_pushstring(L, why);
     return 2;
   }
   lua_pushboolean(L, 1);

@@ -71,7 +71,8 @@ struct http_pass_s {
   uint64_t connect_ms, send_ms, read_ms;
   http_pass_t *prev, *next; /* the active list (or the free list, next only) */
   unsigned streaming : 1, req_done : 1, headed : 1, sent : 1, reused : 1, retried : 1, up_full : 1,
-      client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1;
+      client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1, starting : 1;
+  const char *start_err; /* the exchange ended during http_pass_start: why */
 };
 
 static struct {
@@ -353,13 +354,16 @@ static void pass_pump(http_pass_t *x) {
 }
 
 int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, const char *body, size_t body_len,
-                    const http_pass_upstream_t *up, void *arg) {
+                    const http_pass_upstream_t *up, void *arg, const char **why) {
   http_pass_t *x = pass_new();
+  *why = "out of memory";
   if (x == NULL) return UV_ENOMEM;
-  x->next = pass.spare; /* back on the free list until it is linked */
   x->head.len = 0;
-  if ((x->pool = pass_pool(up)) == NULL || http_pass_request_head(&x->head, r) != 0) return UV_ENOMEM;
-  pass.spare = x->next;
+  if ((x->pool = pass_pool(up)) == NULL || http_pass_request_head(&x->head, r) != 0) {
+    x->next = pass.spare; /* back on the free list */
+    pass.spare = x;
+    return UV_ENOMEM;
+  }
   x->c = c;
   x->gen = gen;
   x->arg = arg;
@@ -379,16 +383,20 @@ int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, cons
   x->read_ms = up->read_ms;
   httpc_parse_start(&x->p, x->is_head, UINT64_MAX, 0);
   pass_link(x);
-  x->busy = 1; /* a failure now is returned, not called back */
+  x->starting = 1; /* a failure now is returned, not called back */
   x->werr = 0;
+  x->start_err = NULL;
   int rc = pass_acquire(x);
-  x->busy = 0;
+  x->starting = 0;
   if (rc == 0) rc = x->werr;
-  if (rc != 0 || x->up == NULL) {
+  if (rc != 0 || x->start_err) {
+    *why = x->start_err ? x->start_err : uv_strerror(rc);
     pass_timer(x, 0);
     if (x->up) pass_up_close(x->up, 0);
+    x->up = NULL;
+    x->c = NULL;
     pass_unlink(x);
-    return rc ? rc : UV_ECONNRESET;
+    return rc ? rc : UV_ECANCELED;
   }
   return 0;
 }
@@ -477,7 +485,7 @@ static void pass_data(http_pass_t *x, const char *data, ssize_t n) {
     x->busy = 0;
     return;
   }
-  if (x->busy) { /* a write failed during start: http_pass_start returns it */
+  if (x->starting) { /* a write failed during start: http_pass_start returns it */
     x->werr = (int)n;
     return;
   }
@@ -501,6 +509,12 @@ static void pass_data(http_pass_t *x, const char *data, ssize_t n) {
 /* The exchange is over: its connection pooled or closed, the client's connection cut when a failure
  * came after the response had begun, the owner told (after x is free: it may start another). */
 static void pass_end(http_pass_t *x, const char *err, int reusable) {
+  if (x->starting) { /* (a client body that failed at once): http_pass_start returns err */
+    x->start_err = err ? err : "closed";
+    if (x->up) pass_up_close(x->up, 0);
+    x->up = NULL;
+    return;
+  }
   int status = x->status, sent = x->sent;
   void *arg = x->arg;
   pass_timer(x, 0);

@@ -62,9 +62,9 @@ void http_pass_init(uv_loop_t *loop, http_pass_done_cb done);
 /* Starts passing request `gen` of c (its head already parsed: r, with its body's framing; `body`
  * the whole body when it had arrived, else NULL and it is read from c as it comes) to `up`. `arg`
  * goes to the done callback, which runs later, never during this call. 0, or a negative UV_E* code
- * (nothing started). */
+ * with *why saying why as the done callback would (a static string): nothing is left running. */
 int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, const char *body, size_t body_len,
-                    const http_pass_upstream_t *up, void *arg);
+                    const http_pass_upstream_t *up, void *arg, const char **why);
 /* Hooks from the HTTP server's callbacks (bind_http.c): 1 when a pass owns the connection's event. */
 int http_pass_on_drain(http_conn_t *c);
 int http_pass_on_body(http_conn_t *c);
