@@ -33,7 +33,7 @@ struct ws_conn_s {
   uint64_t max_payload;
   uint32_t idle_ms, ping_ms;
   uint32_t last_rx, last_ping, deadline; /* loop time in ms, 32 bits (differences wrap correctly) */
-  int user_ref;
+  ws_user_t user;         /* the Lua side's (bind_ws.c) */
   ws_utf8_t utf8;          /* a text message's UTF-8 so far */
   uint16_t close_code;     /* what we closed with (CLOSING) */
   uint8_t state;
@@ -82,7 +82,7 @@ static uint32_t now32(void) { return (uint32_t)uv_now(ws.loop); }
 
 size_t ws_conn_count(void) { return ws.count; }
 
-int *ws_conn_user_ref(ws_conn_t *c) { return &c->user_ref; }
+ws_user_t *ws_conn_user(ws_conn_t *c) { return &c->user; }
 
 static void tick_start(uint32_t ms) {
   if (ms < ws.tick_ms || !ws.ticking) {
@@ -102,7 +102,7 @@ ws_conn_t *ws_conn_new(const ws_options_t *o) {
   c->max_payload = o->max_payload;
   c->idle_ms = o->idle_ms;
   c->ping_ms = o->ping_ms;
-  c->user_ref = MF_NO_REF;
+  c->user.refs[0] = c->user.refs[1] = c->user.refs[2] = MF_NO_REF;
   c->state = WS_PENDING;
   c->next = ws.head;
   if (ws.head) ws.head->prev = c;

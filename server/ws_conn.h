@@ -49,8 +49,13 @@ void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n);
 int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n);
 /* Starts the close handshake with code (0: none) and reason (up to 123 bytes). */
 void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n);
-/* The connection's slot for its Lua binding (MF_NO_REF when none). */
-int *ws_conn_user_ref(ws_conn_t *c);
+/* The connection's Lua side (bind_ws.c): its userdata while that lives (NULL: none, or collected) and
+ * the listeners' registry refs (MF_NO_REF when none). Nothing else in Lua belongs to a connection. */
+typedef struct {
+  void *ud;
+  int refs[3];
+} ws_user_t;
+ws_user_t *ws_conn_user(ws_conn_t *c);
 /* Open connections (those that did not hear on_close yet and those still closing). */
 size_t ws_conn_count(void);
 /* The worker drains: every connection gets close 1001; on_gone runs once none is left (at once when
