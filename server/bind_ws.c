@@ -24,6 +24,7 @@
 #include "ws_handshake.h"
 
 enum { CB_MESSAGE, CB_CLOSE, CB_DRAIN, CB_COUNT };
+_Static_assert(CB_COUNT == WS_NREFS, "a listener ref per event");
 static const char *const ws_names[CB_COUNT] = {"message", "close", "drain"};
 
 /* The userdata a script holds as `ws`: the connection while it is open, what it closed with after. */
@@ -140,7 +141,7 @@ static int ws_accept(lua_State *L) {
     lua_pushstring(L, r == UV_ENOMEM ? "out of memory" : "closed");
     return 2;
   }
-  ws_conn_user(c)->ud = ud_new(L, c, deflate);
+  *ws_conn_ud(c) = ud_new(L, c, deflate);
   r = http_conn_takeover(hc, gen, on_taken, c);
   if (r != 0) ws_conn_open(c, r, "", 0); /* told "close" 1006: the ws is closed */
   return 1;
@@ -190,7 +191,7 @@ static int ws_listener(lua_State *L) {
   ws_ud_t *u = ud_check(L, 1);
   int i = event_arg(L, 2);
   if (u->c == NULL) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, ws_conn_user(u->c)->refs[i]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ws_conn_refs(u->c)[i]);
   return 1;
 }
 
@@ -204,7 +205,7 @@ static int ws_listen(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  int *ref = &ws_conn_user(u->c)->refs[i];
+  int *ref = &ws_conn_refs(u->c)[i];
   if (*ref == LUA_NOREF) {
     lua_settop(L, 3);
     *ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -243,7 +244,7 @@ static int ws_field(lua_State *L) {
 /* __gc: the script let go of its ws; the connection goes on without it (its listeners stay). */
 static int ws_gc(lua_State *L) {
   ws_ud_t *u = lua_touserdata(L, 1);
-  if (u->c) ws_conn_user(u->c)->ud = NULL;
+  if (u->c) *ws_conn_ud(u->c) = NULL;
   u->c = NULL;
   if (u->code) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, bws.reasons_ref);
@@ -265,7 +266,7 @@ static void dispatch(lua_State *L, int i, int ref, int nargs, const char *what) 
 
 static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int binary) {
   lua_State *L = data;
-  int ref = ws_conn_user(c)->refs[CB_MESSAGE];
+  int ref = ws_conn_refs(c)[CB_MESSAGE];
   if (ref == LUA_NOREF || bws.cb[CB_MESSAGE] == LUA_NOREF) return;
   lua_pushlstring(L, p, n);
   lua_pushboolean(L, binary);
@@ -275,9 +276,9 @@ static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int bi
 /* The ws (if the script still has it) learns the code and reason; the listeners are let go. */
 static void on_close(void *data, ws_conn_t *c, unsigned code, const char *reason, size_t n) {
   lua_State *L = data;
-  ws_user_t *user = ws_conn_user(c);
-  ws_ud_t *u = user->ud;
-  user->ud = NULL;
+  int *refs = ws_conn_refs(c);
+  ws_ud_t *u = *ws_conn_ud(c);
+  *ws_conn_ud(c) = NULL;
   if (u) {
     u->c = NULL;
     u->code = (uint16_t)code;
@@ -289,8 +290,8 @@ static void on_close(void *data, ws_conn_t *c, unsigned code, const char *reason
       lua_pop(L, 1);
     }
   }
-  int ref = user->refs[CB_CLOSE];
-  user->refs[CB_CLOSE] = LUA_NOREF;
+  int ref = refs[CB_CLOSE];
+  refs[CB_CLOSE] = LUA_NOREF;
   if (ref != LUA_NOREF && bws.cb[CB_CLOSE] != LUA_NOREF) {
     lua_pushnumber(L, code);
     lua_pushlstring(L, reason, n);
@@ -298,14 +299,14 @@ static void on_close(void *data, ws_conn_t *c, unsigned code, const char *reason
   }
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
   for (int i = 0; i < CB_COUNT; i++) {
-    luaL_unref(L, LUA_REGISTRYINDEX, user->refs[i]);
-    user->refs[i] = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, refs[i]);
+    refs[i] = LUA_NOREF;
   }
 }
 
 static void on_drain(void *data, ws_conn_t *c) {
   lua_State *L = data;
-  int ref = ws_conn_user(c)->refs[CB_DRAIN];
+  int ref = ws_conn_refs(c)[CB_DRAIN];
   if (ref == LUA_NOREF || bws.cb[CB_DRAIN] == LUA_NOREF) return;
   dispatch(L, CB_DRAIN, ref, 0, "error in websocket 'drain' handler");
 }
