@@ -225,7 +225,11 @@ static int ws_state(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, bws.reasons_ref);
   lua_pushlightuserdata(L, u);
   lua_rawget(L, -2);
-  if (lua_isnil(L, -1)) lua_pushliteral(L, "");
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "");
+  }
   return 2;
 }
 
