@@ -186,6 +186,7 @@ describe("websocket", function()
       assert.is_truthy(e.bad_code:find("code must be", 1, true))
       assert.is_truthy(e.bad_data:find("must be a string", 1, true))
       assert.are.equal("nil closed", e.after_close)
+      assert.is_truthy(e.bad_field:find("takes no fields of its own", 1, true))
     end)
   end)
 

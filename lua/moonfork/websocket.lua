@@ -25,6 +25,9 @@ if cws.meta then
     if m ~= nil then return m end
     return field(self, k)
   end
+  cws.meta.__newindex = function(_, k)
+    error("ws." .. tostring(k) .. " = ...: a ws takes no fields of its own (keep a table keyed by the ws)", 2)
+  end
 end
 
 -- One error reporter per event, made once: listeners run in pooled coroutines (they may wait).
