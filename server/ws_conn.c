@@ -459,7 +459,7 @@ static void input_in(ws_conn_t *c, uint8_t *p, size_t n) {
     return;
   }
   size_t used = frames_in(c, (uint8_t *)x->in.data, x->in.len);
-  if (c->rx == NULL) return; /* (the connection ended meanwhile: freed with it) */
+  if (c->rx != x) return; /* (the connection ended meanwhile: freed with it) */
   if (c->state == WS_DONE || used == x->in.len) {
     mf_buf_free(&x->in); /* idle again: no buffer */
     rx_trim(c);
