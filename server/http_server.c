@@ -66,6 +66,128 @@ void http_server_conn_gone(http_server_t *srv) {
   server_drained(srv);
 }
 
+/* ---- connection timeouts --------------------------------------------------------------------
+ * One timer for the whole worker instead of a uv_timer_t (152 bytes) in every connection: the
+ * connections with something due sit in a binary min-heap on timer_due (8 bytes each), and the
+ * worker's timer is set for the first of them. */
+
+static int heap_before(http_server_t *srv, uint32_t a, uint32_t b) {
+  return srv->heap[a]->timer_due < srv->heap[b]->timer_due;
+}
+
+static void heap_swap(http_server_t *srv, uint32_t a, uint32_t b) {
+  http_conn_t *t = srv->heap[a];
+  srv->heap[a] = srv->heap[b];
+  srv->heap[b] = t;
+  srv->heap[a]->heap_pos = a + 1;
+  srv->heap[b]->heap_pos = b + 1;
+}
+
+static void heap_fix(http_server_t *srv, uint32_t i) {
+  while (i > 0 && heap_before(srv, i, (i - 1) / 2)) {
+    heap_swap(srv, i, (i - 1) / 2);
+    i = (i - 1) / 2;
+  }
+  for (;;) {
+    uint32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < srv->heap_len && heap_before(srv, l, m)) m = l;
+    if (r < srv->heap_len && heap_before(srv, r, m)) m = r;
+    if (m == i) return;
+    heap_swap(srv, i, m);
+    i = m;
+  }
+}
+
+static void on_server_timer(uv_timer_t *t);
+
+/* Sets the worker's timer for the first connection due, when that is sooner than it is set for. */
+static void heap_arm(http_server_t *srv) {
+  if (srv->heap_len == 0) return; /* (a timer set for nothing fires once and finds nothing) */
+  uint64_t due = srv->heap[0]->timer_due;
+  if (srv->timer_at != 0 && srv->timer_at <= due) return;
+  uint64_t now = uv_now(srv->loop);
+  srv->timer_at = due;
+  uv_timer_start(&srv->timer, on_server_timer, due > now ? due - now : 0, 0);
+}
+
+void http_server_heap_set(http_server_t *srv, http_conn_t *c) {
+  if (c->heap_pos == 0) {
+    if (srv->heap_len == srv->heap_cap) {
+      uint32_t cap = srv->heap_cap ? srv->heap_cap * 2 : 64;
+      http_conn_t **h = realloc(srv->heap, cap * sizeof *h);
+      if (h == NULL) { /* no memory for its place: it gets no timeout rather than a crash */
+        mf_log("connection timeouts: out of memory");
+        return;
+      }
+      srv->heap = h;
+      srv->heap_cap = cap;
+    }
+    srv->heap[srv->heap_len] = c;
+    c->heap_pos = ++srv->heap_len;
+  }
+  heap_fix(srv, c->heap_pos - 1);
+  heap_arm(srv);
+}
+
+void http_server_heap_remove(http_server_t *srv, http_conn_t *c) {
+  if (c->heap_pos == 0) return;
+  uint32_t i = c->heap_pos - 1, last = --srv->heap_len;
+  c->heap_pos = 0;
+  if (i != last) {
+    srv->heap[i] = srv->heap[last];
+    srv->heap[i]->heap_pos = i + 1;
+    heap_fix(srv, i);
+  }
+  if (srv->heap_cap > 1024 && srv->heap_len < srv->heap_cap / 4) { /* a crowd left: give its room back */
+    http_conn_t **h = realloc(srv->heap, srv->heap_cap / 2 * sizeof *h);
+    if (h != NULL) {
+      srv->heap = h;
+      srv->heap_cap /= 2;
+    }
+  }
+}
+
+static void on_server_timer(uv_timer_t *t) {
+  http_server_t *srv = mf_container_of(t, http_server_t, timer);
+  uint64_t now = uv_now(srv->loop);
+  srv->timer_at = 0;
+  while (srv->heap_len > 0 && srv->heap[0]->timer_due <= now) {
+    http_conn_t *c = srv->heap[0];
+    http_server_heap_remove(srv, c);
+    http_conn_on_timer(c); /* may close it, or put it back for later */
+  }
+  heap_arm(srv);
+}
+
+/* ---- request states ------------------------------------------------------------------------- */
+
+#define HTTP_RQ_POOL 64 /* request states kept for reuse: more than the requests a worker runs at once */
+
+http_rq_t *http_server_rq_get(http_server_t *srv) {
+  http_rq_t *rq = srv->rq_free;
+  if (rq != NULL) {
+    srv->rq_free = rq->next_free;
+    srv->rq_free_len--;
+    return rq;
+  }
+  return calloc(1, sizeof *rq);
+}
+
+/* Takes rq back (its buffers empty; they keep what they had grown to, up to HTTP_KEEP_BUF). */
+void http_server_rq_put(http_server_t *srv, http_rq_t *rq) {
+  if (srv->rq_free_len >= HTTP_RQ_POOL) {
+    http_parse_free(&rq->parser);
+    mf_buf_free(&rq->body);
+    mf_buf_free(&rq->pending);
+    mf_buf_free(&rq->alog);
+    free(rq);
+    return;
+  }
+  rq->next_free = srv->rq_free;
+  srv->rq_free = rq;
+  srv->rq_free_len++;
+}
+
 static void on_accept_retry(uv_timer_t *t) {
   http_server_t *srv = mf_container_of(t, http_server_t, accept_retry);
   srv->accept_paused = 0;
@@ -141,6 +263,8 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
   uv_idle_init(loop, &srv->idle);
   uv_prepare_init(loop, &srv->flush);
   uv_unref((uv_handle_t *)&srv->flush);
+  uv_timer_init(loop, &srv->timer);
+  uv_unref((uv_handle_t *)&srv->timer); /* the connections keep the loop alive, not their timeouts */
   uv_timer_init(loop, &srv->accept_retry);
   uv_unref((uv_handle_t *)&srv->accept_retry);
   srv->listener.data = srv;
@@ -178,7 +302,7 @@ void http_server_drain(http_server_t *srv, int close_idle) {
     next = c->next;
     /* Idle between requests: flush, then FIN. A connection yet to send its first request is left to
      * send it (it is answered with Connection: close): closing it could cross that request. */
-    if (close_idle && c->state == HTTP_CONN_IDLE && c->gen > 0 && c->pending.len == 0 && !c->queued) http_conn_end(c);
+    if (close_idle && c->state == HTTP_CONN_IDLE && c->gen > 0 && (c->rq == NULL || c->rq->pending.len == 0) && !c->queued) http_conn_end(c);
   }
   server_drained(srv);
 }
