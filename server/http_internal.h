@@ -119,6 +119,7 @@ struct http_server_s {
   http_conn_t *resume_head;
   size_t nconns;
   size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
+  size_t crowd_mark;         /* the most open at once since memory was last trimmed (server_trim) */
   uint64_t requests;
   uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */
   uint64_t body_bytes;       /* request bodies being received, counted against --max-body-memory */

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,6 +43,7 @@ void http_server_conn_added(http_server_t *srv, http_conn_t *c) {
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
   if (++srv->nconns > srv->nconns_peak) srv->nconns_peak = srv->nconns;
+  if (srv->nconns > srv->crowd_mark) srv->crowd_mark = srv->nconns;
   if (srv->sb) srv->sb->connections = srv->nconns;
 }
 
@@ -58,7 +60,21 @@ void http_server_conn_removed(http_server_t *srv, http_conn_t *c) {
   if (srv->sb) srv->sb->connections = srv->nconns;
 }
 
+/* A crowd has left (the connections are down to a quarter of the most since the last time): give
+ * the allocator's free memory back to the system, which free() alone does not when the freed
+ * structs are scattered between live ones. Rare (at most once per halving), and cheap next to the
+ * thousands of closes that led to it. */
+#define HTTP_CROWD 1024
+
+static void server_trim(http_server_t *srv) {
+  if (srv->nconns > srv->crowd_mark) srv->crowd_mark = srv->nconns;
+  if (srv->crowd_mark < HTTP_CROWD || srv->nconns > srv->crowd_mark / 4) return;
+  srv->crowd_mark = srv->nconns;
+  malloc_trim(0);
+}
+
 void http_server_conn_gone(http_server_t *srv) {
+  server_trim(srv);
   if (srv->accept_paused && !srv->draining && !uv_is_active((uv_handle_t *)&srv->accept_retry)) {
     srv->accept_paused = 0;
     server_accept(srv); /* under the limit again: take connections */
