@@ -75,106 +75,6 @@ static void conn_rq_release(http_conn_t *c) {
   conn_rq_put(c);
 }
 
-/* ---- timers ---------------------------------------------------------------------------------- */
-
-/* One timer per connection serves two clocks: the state's deadline (headers, handler, keep-alive,
- * linger) and, while anything is queued, the send timeout, which closes a client that reads nothing
- * for --send-timeout. Progress is judged by bytes gone out (writeq_sent), checked every quarter of the
- * timeout, so a slow reader that keeps reading is never cut off however long it takes. */
-
-/* Arms the timer for the sooner of the two clocks. A request moves the deadline four times (headers,
- * handler, response started, keep-alive), so the timer is only re-armed when it must fire sooner than
- * it is set for; when it fires early it sleeps again until what is due. */
-static void conn_arm(http_conn_t *c) {
-  uint64_t due = c->deadline;
-  if (c->send_check != 0 && (due == 0 || c->send_check < due)) due = c->send_check;
-  if (due == 0 || c->closing) return;
-  if (c->heap_pos != 0 && c->timer_due <= due) return;
-  c->timer_due = due;
-  http_server_heap_set(c->srv, c);
-}
-
-static uint64_t send_step(uint64_t timeout) { return timeout >= 4 ? timeout / 4 : 1; }
-
-/* Starts the send timeout once a write left bytes queued (on_write_empty stops it). */
-static void conn_send_watch(http_conn_t *c) {
-  uint64_t timeout = c->srv->cfg->send_timeout_ms;
-  if (c->send_check != 0 || timeout == 0 || writeq_size(&c->wq) == 0) return;
-  uint64_t now = uv_now(c->srv->loop);
-  c->sent_seen = writeq_sent(&c->wq);
-  c->sent_at = now;
-  c->send_check = now + send_step(timeout);
-  conn_arm(c);
-}
-
-/* Has the client read anything since the last check? Returns -1 when it has not for too long (the
- * connection is then closing). */
-static int conn_send_check(http_conn_t *c, uint64_t now) {
-  uint64_t timeout = c->srv->cfg->send_timeout_ms, sent = writeq_sent(&c->wq);
-  if (sent != c->sent_seen) {
-    c->sent_seen = sent;
-    c->sent_at = now;
-  } else if (now - c->sent_at >= timeout) {
-    mf_log("client %s read nothing for %.1f s with %zu bytes to send: closing", http_conn_remote(c),
-           (double)timeout / 1000.0, writeq_size(&c->wq));
-    http_conn_close(c);
-    return -1;
-  }
-  c->send_check = now + send_step(timeout);
-  if (c->send_check > c->sent_at + timeout) c->send_check = c->sent_at + timeout;
-  return 0;
-}
-
-/* The state's deadline passed. */
-static void conn_expired(http_conn_t *c) {
-  switch (c->state) {
-    case HTTP_CONN_IDLE:
-    case HTTP_CONN_CLOSING:
-      http_conn_close(c);
-      break;
-    case HTTP_CONN_HEAD:
-    case HTTP_CONN_BODY:
-      if (c->body_mode == HTTP_BODY_DISCARD) /* our response is out: only the dropped body is late */
-        http_conn_close(c);
-      else
-        http_conn_fail(c, 408);
-      break;
-    case HTTP_CONN_HANDLING:
-      if (c->body_open && !c->read_paused) { /* a body still arriving, while the handler has it */
-        http_body_fail(c, 408);
-        http_conn_fail(c, 408);
-        http_body_tell(c);
-      } else if (!c->head_sent) {
-        mf_log("request timed out after %.1f s without a response; answering 503",
-               (double)c->srv->cfg->request_timeout_ms / 1000.0);
-        http_conn_fail(c, 503);
-      }
-      break;
-    case HTTP_CONN_TAKEN:
-      break;
-  }
-}
-
-void http_conn_on_timer(http_conn_t *c) {
-  uint64_t now = uv_now(c->srv->loop);
-  if (c->send_check != 0 && now >= c->send_check && conn_send_check(c, now) != 0) return;
-  if (c->deadline != 0 && now >= c->deadline) {
-    c->deadline = 0;
-    conn_expired(c);
-  }
-  conn_arm(c); /* for what is still due (disarmed or moved later since: sleep until then) */
-}
-
-/* Sets the connection's state deadline, `ms` from now; 0 clears it. */
-void http_conn_timer(http_conn_t *c, uint64_t ms) {
-  if (ms == 0) {
-    c->deadline = 0;
-    return;
-  }
-  c->deadline = uv_now(c->srv->loop) + ms;
-  conn_arm(c);
-}
-
 /* ---- writing and ending ---------------------------------------------------------------------- */
 
 static void on_write_error(writeq_t *q, int status) {
@@ -212,7 +112,7 @@ int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   uint64_t before = c->wq.queued;
   int r = writeq_write(&c->wq, bufs, n);
   if (r < 0) http_conn_close(c);
-  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) conn_send_watch(c); /* bytes wait */
+  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) http_conn_send_watch(c); /* bytes wait */
   return r;
 }
 

@@ -125,6 +125,7 @@ struct http_server_s {
   uint64_t body_bytes;       /* request bodies being received, counted against --max-body-memory */
   uint64_t body_refused_at;  /* loop time a body was last refused for it (the log says so once a second) */
   int listener_closed, accept_paused, draining, drained_fired;
+  int crowd_left;            /* a crowd is leaving: memory is trimmed as it goes (server_trim) */
 
   mf_buf_t out;              /* response head being assembled (reused) */
   scoreboard_entry_t *sb;       /* where the master sees what this worker runs (may be NULL) */
@@ -142,9 +143,6 @@ struct http_server_s {
 };
 
 /* http_server.c */
-void http_server_heap_set(http_server_t *srv, http_conn_t *c); /* (re)places c at c->timer_due */
-void http_server_heap_remove(http_server_t *srv, http_conn_t *c);
-void http_conn_on_timer(http_conn_t *c);                       /* (http_conn.c) c's time came */
 http_rq_t *http_server_rq_get(http_server_t *srv);             /* NULL when out of memory */
 void http_server_rq_put(http_server_t *srv, http_rq_t *rq);
 void http_server_conn_added(http_server_t *srv, http_conn_t *c);
@@ -162,6 +160,11 @@ void http_conn_request_done(http_conn_t *c);
 void http_conn_next(http_conn_t *c);       /* ready for the next request on a kept-alive connection */
 void http_conn_read_again(http_conn_t *c); /* reads on after read_paused */
 http_rq_t *http_conn_rq(http_conn_t *c);   /* the connection's request state, taken if it had none (NULL: no memory) */
+
+/* http_timer.c */
+void http_server_heap_set(http_server_t *srv, http_conn_t *c); /* (re)places c at c->timer_due */
+void http_server_heap_remove(http_server_t *srv, http_conn_t *c);
+void http_conn_send_watch(http_conn_t *c); /* bytes were left queued: the send timeout starts */
 
 /* http_body.c */
 int http_body_count(http_conn_t *c, uint64_t n);

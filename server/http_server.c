@@ -13,6 +13,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <lua.h>
+
 #include "http_internal.h"
 #include "log.h"
 #include "scoreboard.h"
@@ -60,16 +62,22 @@ void http_server_conn_removed(http_server_t *srv, http_conn_t *c) {
   if (srv->sb) srv->sb->connections = srv->nconns;
 }
 
-/* A crowd has left (the connections are down to a quarter of the most since the last time): give
- * the allocator's free memory back to the system, which free() alone does not when the freed
- * structs are scattered between live ones. Rare (at most once per halving), and cheap next to the
- * thousands of closes that led to it. */
+/* A crowd has left (the connections are down to a quarter of the most since the last time, and on
+ * down to none): give the allocator's free memory back to the system, which free() alone does not
+ * when the freed structs lie between live ones. A few times per crowd (log4 of its size), cheap next
+ * to the thousands of closes that led to it. */
 #define HTTP_CROWD 1024
 
 static void server_trim(http_server_t *srv) {
-  if (srv->nconns > srv->crowd_mark) srv->crowd_mark = srv->nconns;
-  if (srv->crowd_mark < HTTP_CROWD || srv->nconns > srv->crowd_mark / 4) return;
+  if (srv->crowd_mark >= HTTP_CROWD) srv->crowd_left = 1;
+  if (!srv->crowd_left || srv->nconns > srv->crowd_mark / 4) return;
   srv->crowd_mark = srv->nconns;
+  if (srv->nconns == 0) {
+    /* the responses the crowd's handlers kept (SSE streams) are Lua garbage now: a full cycle frees
+     * them before the allocator is trimmed (srv->data is the worker's Lua state: worker.c) */
+    srv->crowd_left = 0;
+    if (srv->data != NULL) lua_gc((lua_State *)srv->data, LUA_GCCOLLECT, 0);
+  }
   malloc_trim(0);
 }
 
@@ -80,99 +88,6 @@ void http_server_conn_gone(http_server_t *srv) {
     server_accept(srv); /* under the limit again: take connections */
   }
   server_drained(srv);
-}
-
-/* ---- connection timeouts --------------------------------------------------------------------
- * One timer for the whole worker instead of a uv_timer_t (152 bytes) in every connection: the
- * connections with something due sit in a binary min-heap on timer_due (8 bytes each), and the
- * worker's timer is set for the first of them. */
-
-static int heap_before(http_server_t *srv, uint32_t a, uint32_t b) {
-  return srv->heap[a]->timer_due < srv->heap[b]->timer_due;
-}
-
-static void heap_swap(http_server_t *srv, uint32_t a, uint32_t b) {
-  http_conn_t *t = srv->heap[a];
-  srv->heap[a] = srv->heap[b];
-  srv->heap[b] = t;
-  srv->heap[a]->heap_pos = a + 1;
-  srv->heap[b]->heap_pos = b + 1;
-}
-
-static void heap_fix(http_server_t *srv, uint32_t i) {
-  while (i > 0 && heap_before(srv, i, (i - 1) / 2)) {
-    heap_swap(srv, i, (i - 1) / 2);
-    i = (i - 1) / 2;
-  }
-  for (;;) {
-    uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < srv->heap_len && heap_before(srv, l, m)) m = l;
-    if (r < srv->heap_len && heap_before(srv, r, m)) m = r;
-    if (m == i) return;
-    heap_swap(srv, i, m);
-    i = m;
-  }
-}
-
-static void on_server_timer(uv_timer_t *t);
-
-/* Sets the worker's timer for the first connection due, when that is sooner than it is set for. */
-static void heap_arm(http_server_t *srv) {
-  if (srv->heap_len == 0) return; /* (a timer set for nothing fires once and finds nothing) */
-  uint64_t due = srv->heap[0]->timer_due;
-  if (srv->timer_at != 0 && srv->timer_at <= due) return;
-  uint64_t now = uv_now(srv->loop);
-  srv->timer_at = due;
-  uv_timer_start(&srv->timer, on_server_timer, due > now ? due - now : 0, 0);
-}
-
-void http_server_heap_set(http_server_t *srv, http_conn_t *c) {
-  if (c->heap_pos == 0) {
-    if (srv->heap_len == srv->heap_cap) {
-      uint32_t cap = srv->heap_cap ? srv->heap_cap * 2 : 64;
-      http_conn_t **h = realloc(srv->heap, cap * sizeof *h);
-      if (h == NULL) { /* no memory for its place: it gets no timeout rather than a crash */
-        mf_log("connection timeouts: out of memory");
-        return;
-      }
-      srv->heap = h;
-      srv->heap_cap = cap;
-    }
-    srv->heap[srv->heap_len] = c;
-    c->heap_pos = ++srv->heap_len;
-  }
-  heap_fix(srv, c->heap_pos - 1);
-  heap_arm(srv);
-}
-
-void http_server_heap_remove(http_server_t *srv, http_conn_t *c) {
-  if (c->heap_pos == 0) return;
-  uint32_t i = c->heap_pos - 1, last = --srv->heap_len;
-  c->heap_pos = 0;
-  if (i != last) {
-    srv->heap[i] = srv->heap[last];
-    srv->heap[i]->heap_pos = i + 1;
-    heap_fix(srv, i);
-  }
-  if (srv->heap_cap > 1024 && srv->heap_len < srv->heap_cap / 4) { /* a crowd left: give its room back */
-    http_conn_t **h = realloc(srv->heap, srv->heap_cap / 2 * sizeof *h);
-    if (h != NULL) {
-      srv->heap = h;
-      srv->heap_cap /= 2;
-    }
-  }
-}
-
-static void on_server_timer(uv_timer_t *t) {
-  http_server_t *srv = mf_container_of(t, http_server_t, timer);
-  uint64_t now = uv_now(srv->loop);
-  srv->timer_at = 0;
-  while (srv->heap_len > 0 && srv->heap[0]->timer_due <= now) {
-    http_conn_t *c = srv->heap[0];
-    http_server_heap_remove(srv, c);
-    http_conn_on_timer(c); /* may close it, or put it back for later */
-  }
-  heap_arm(srv);
 }
 
 /* ---- request states ------------------------------------------------------------------------- */
