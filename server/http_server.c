@@ -13,8 +13,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <lua.h>
-
 #include "http_internal.h"
 #include "log.h"
 #include "scoreboard.h"
@@ -72,12 +70,7 @@ static void server_trim(http_server_t *srv) {
   if (srv->crowd_mark >= HTTP_CROWD) srv->crowd_left = 1;
   if (!srv->crowd_left || srv->nconns > srv->crowd_mark / 4) return;
   srv->crowd_mark = srv->nconns;
-  if (srv->nconns == 0) {
-    /* the responses the crowd's handlers kept (SSE streams) are Lua garbage now: a full cycle frees
-     * them before the allocator is trimmed (srv->data is the worker's Lua state: worker.c) */
-    srv->crowd_left = 0;
-    if (srv->data != NULL) lua_gc((lua_State *)srv->data, LUA_GCCOLLECT, 0);
-  }
+  if (srv->nconns == 0) srv->crowd_left = 0;
   malloc_trim(0);
 }
 
