@@ -497,21 +497,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 }
 
 /* A client usually sends its request right behind its connect, so it is often there by the time we
- * accept: read it at once, before asking epoll to watch the socket. A request answered with
- * `Connection: close` then costs no epoll_ctl(ADD) and no wake-up of its own; when nothing is there
- * yet (EAGAIN) the connection is watched as usual. Returns -1 when the connection is closing. */
-static int conn_first_read(http_conn_t *c, int fd) {
+ * accept: read it at once instead of waiting for epoll to say so. libuv registers the socket with
+ * epoll only at the loop's next poll (uv_read_start just queues it), so a request answered with
+ * `Connection: close` right here costs no epoll_ctl(ADD) and no wake-up of its own; when nothing is
+ * there yet (EAGAIN) the connection is watched as usual. */
+static void conn_first_read(http_conn_t *c, int fd) {
   http_server_t *srv = c->srv;
   ssize_t n;
   do n = read(fd, srv->readbuf, sizeof srv->readbuf);
   while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
   if (n <= 0) {
-    http_conn_close(c);
-    return -1;
+    http_conn_close(c); /* EOF or error: as on_read */
+    return;
   }
   conn_process(c, srv->readbuf, (size_t)n);
-  return c->closing ? -1 : 0;
 }
 
 /* A new connection on `fd` (ours now). */
@@ -535,9 +535,8 @@ void http_conn_new(http_server_t *srv, int fd) {
   c->wq.on_empty = on_write_empty;
   c->state = HTTP_CONN_IDLE;
   http_conn_timer(c, srv->cfg->header_timeout_ms);
-  if (conn_first_read(c, fd) != 0) return;
-  if (!c->closing && !c->read_paused && c->state != HTTP_CONN_TAKEN)
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  conn_first_read(c, fd);
 }
 
 int *http_conn_user_ref(http_conn_t *c) { return &c->user_ref; }
