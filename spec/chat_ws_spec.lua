@@ -221,6 +221,32 @@ describe("chat over WebSocket", function()
     end)
   end)
 
+  describe("on a Redis Stream (--redis)", function()
+    it("sends the stream's ids in stream order to WebSocket and SSE clients, and resumes from a stream id", function()
+      local redis_server = require "spec.redis_server"
+      local r = redis_server.start({})
+      local ok, failure = pcall(function()
+        local srv = start_chat(2, { "--redis", "redis://127.0.0.1:" .. r.port })
+        local a, b = ws_client(srv:connect(), "/ws?since=0"), ws_client(srv:connect(), "/ws?since=0")
+        local s = sse_client(srv:connect())
+        assert.is_true(helpers.run_clients({ a, b }, function() return a.head and b.head end, 10))
+        local ids = {}
+        for i = 1, 10 do ids[i] = assert(post(srv, "ann", "hello " .. i)) end
+        assert.matches("^%d+%-%d+$", ids[1])
+        local all = { a, b, s }
+        assert.is_true(helpers.run_clients(all, all_have(all, 10), 20), "not every client got 10 messages")
+        for _, cl in ipairs(all) do assert.are.same(ids, cl:ids()) end
+        local c = ws_client(srv:connect(), "/ws?since=" .. ids[7])
+        assert.is_true(helpers.run_clients({ c }, all_have({ c }, 3), 10))
+        assert.are.same({ ids[8], ids[9], ids[10] }, c:ids())
+        assert.equal("hello 8", c.msgs[1].text)
+      end)
+      helpers.stop_all()
+      redis_server.stop(r)
+      assert(ok, failure)
+    end)
+  end)
+
   describe("a reload", function()
     it("closes 1,000 open chat WebSockets with 1001; each reconnects with its last id and misses no message posted before, during or after it", function()
       local N = tonumber(os.getenv("CHAT_WS_RELOAD_CLIENTS") or "") or 1000
