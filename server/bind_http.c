@@ -38,6 +38,8 @@ static int http_on(lua_State *L) {
 /* The connection behind argument 1, NULL when it has closed; raises when it is not a connection. */
 static http_conn_t *check_conn(lua_State *L) { return bind_obj_check(L, 1, &conn_type)->ptr; }
 
+http_conn_t *bind_http_conn(lua_State *L, int idx) { return bind_obj_check(L, idx, &conn_type)->ptr; }
+
 /* ---- response heads ------------------------------------------------------------------------- */
 
 typedef struct {

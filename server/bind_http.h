@@ -8,6 +8,9 @@
 
 /* Opens package.loaded["moonfork.core.http"] (on, send, abort, remote, headers). */
 void bind_http_open(lua_State *L);
+/* The HTTP connection behind the connection object at idx (NULL once closed; raises when idx is not
+ * one): for bind_ws.c, which takes a connection over after an Upgrade. */
+http_conn_t *bind_http_conn(lua_State *L, int idx);
 /* Has the script registered its Lua half (http.on, through moonfork.listen)? */
 int bind_http_serving(void);
 /* The http_callbacks_t functions; their `data` is the lua_State. */

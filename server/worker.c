@@ -48,6 +48,8 @@
 #include "bind_redis.h"
 #include "bind_tcp.h"
 #include "bind_pg.h"
+#include "bind_ws.h"
+#include "ws_conn.h"
 #include "mesh.h"
 #include "scoreboard.h"
 #include "shdict_region.h"
@@ -68,6 +70,7 @@ typedef struct {
   int access_fd;
   int draining;
   int idle_closed;
+  int http_drained; /* on_drained came: the HTTP side is done draining */
   int exiting;     /* worker_exit was called: the loop stops after this turn */
   int exit_status;
 } worker_t;
@@ -96,9 +99,18 @@ static int worker_finish(void) {
   return worker.exit_status;
 }
 
+/* Draining ends when both the HTTP connections (on_drained) and the WebSockets (on_ws_gone) are gone. */
 static void on_drained(void *data) {
   (void)data;
+  worker.http_drained = 1;
+  if (ws_conn_count() > 0) return; /* on_ws_gone exits */
   mf_log("drained; exiting");
+  worker_exit(0);
+}
+
+static void on_ws_gone(void) {
+  if (!worker.http_drained) return;
+  mf_log("drained (the last WebSocket closed); exiting");
   worker_exit(0);
 }
 
@@ -131,6 +143,7 @@ static void worker_drain(const char *why, int close_idle) {
   if (worker.L && bind_http_serving()) bind_core_emit(worker.L, "drain");
   if (worker.L) bind_tcp_emit(worker.L, "drain");
   if (worker.L) bind_redis_emit(worker.L, "drain");
+  ws_drain(on_ws_gone); /* every WebSocket gets 1001 */
   if (worker.srv) http_server_drain(worker.srv, close_idle);
 }
 
@@ -330,6 +343,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_pg_open(worker.L, worker.loop);
   bind_httpc_open(worker.L);
   bind_redis_open(worker.L, worker.loop);
+  bind_ws_open(worker.L, worker.loop);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);
   mesh_set_repair(ask_repair);
   lua_pop(worker.L, 1);

@@ -26,7 +26,7 @@ end
 
 -- Clients a script may never use load on first use: moonfork.redis, moonfork.pg (in the
 -- master too: a script makes its pools at the top, which the master also runs).
-local lazy = { redis = "moonfork.redis", pg = "moonfork.pg", shared = "moonfork.shared" }
+local lazy = { redis = "moonfork.redis", pg = "moonfork.pg", shared = "moonfork.shared", websocket = "moonfork.websocket" }
 setmetatable(_M, { __index = function(t, k)
   local name = lazy[k]
   if name == nil then return nil end

@@ -1,0 +1,454 @@
+/* ws_conn.c -- WebSocket connections in a worker: frames in, whole messages out, the close handshake,
+ * idle timeouts and pings (RFC 6455 §5-7; compression in ws_deflate.c, the codec in ws_frame.c).
+ *
+ * Memory first: issue 19 wants an idle connection at half a kilobyte. So the socket is read into one
+ * buffer per worker, and a connection keeps bytes of its own only while a frame is unfinished (`in`)
+ * or a fragmented or compressed message is being put together (`msg`); both are freed once used.
+ * Timeouts and pings come from one timer per worker that walks the list of connections, rather than a
+ * timer each (a uv_timer_t is 150 bytes). Lua never runs here: the callbacks (bind_ws.c) do. */
+#include "ws_conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+#include "writeq.h"
+#include "ws_frame.h"
+
+#define WS_CLOSE_WAIT_MS 3000 /* how long a closing connection waits for the peer's close or FIN */
+#define WS_DEFLATE_MIN 32     /* smaller messages go out uncompressed (RSV1 clear): not worth it */
+
+enum { WS_PENDING, WS_OPEN, WS_CLOSING, WS_DONE };
+
+struct ws_conn_s {
+  uv_tcp_t tcp;
+  writeq_t wq;
+  ws_conn_t *prev, *next; /* every connection of the worker */
+  mf_buf_t in;            /* an unfinished frame (while PENDING: what to send once open) */
+  mf_buf_t msg;           /* a message being put together; while CLOSING: the reason we closed with */
+  ws_deflate_t *z;        /* permessage-deflate negotiated, else NULL */
+  uint64_t max_payload;
+  uint32_t idle_ms, ping_ms;
+  uint32_t last_rx, last_ping, deadline; /* loop time in ms, 32 bits (differences wrap correctly) */
+  int user_ref;
+  ws_utf8_t utf8;          /* a text message's UTF-8 so far */
+  uint16_t close_code;     /* what we closed with (CLOSING) */
+  uint8_t state;
+  uint8_t msg_op;          /* the opcode of the message being received, 0 when none */
+  uint8_t msg_z : 1;       /* ... and it is compressed */
+  uint8_t tcp_open : 1;    /* tcp was initialised: close it */
+  uint8_t told : 1;        /* on_close was called */
+  uint8_t freeing : 1;
+};
+
+static struct {
+  uv_loop_t *loop;
+  const ws_callbacks_t *cb;
+  void *data;
+  ws_conn_t *head;
+  size_t count;
+  uv_timer_t tick;
+  uint32_t tick_ms;
+  int ticking;
+  void (*on_gone)(void);
+  mf_buf_t zout;          /* a compressed message on its way out */
+  uint8_t rbuf[64 * 1024]; /* every connection reads here */
+} ws;
+
+static void tick(uv_timer_t *t);
+
+void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data) {
+  ws.loop = loop;
+  ws.cb = cb;
+  ws.data = data;
+  ws.tick_ms = 1000;
+  uv_timer_init(loop, &ws.tick);
+  uv_unref((uv_handle_t *)&ws.tick);
+}
+
+static uint32_t now32(void) { return (uint32_t)uv_now(ws.loop); }
+
+size_t ws_conn_count(void) { return ws.count; }
+
+int *ws_conn_user_ref(ws_conn_t *c) { return &c->user_ref; }
+
+static void tick_start(uint32_t ms) {
+  if (ms < ws.tick_ms || !ws.ticking) {
+    if (ms < ws.tick_ms) ws.tick_ms = ms;
+    ws.ticking = 1;
+    uv_timer_start(&ws.tick, tick, ws.tick_ms, ws.tick_ms);
+  }
+}
+
+ws_conn_t *ws_conn_new(const ws_options_t *o) {
+  ws_conn_t *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  if (o->deflate && (c->z = ws_deflate_new(o->deflate)) == NULL) {
+    free(c);
+    return NULL;
+  }
+  c->max_payload = o->max_payload;
+  c->idle_ms = o->idle_ms;
+  c->ping_ms = o->ping_ms;
+  c->user_ref = MF_NO_REF;
+  c->state = WS_PENDING;
+  c->next = ws.head;
+  if (ws.head) ws.head->prev = c;
+  ws.head = c;
+  ws.count++;
+  uint32_t shortest = c->idle_ms && (!c->ping_ms || c->idle_ms < c->ping_ms) ? c->idle_ms : c->ping_ms;
+  tick_start(shortest ? (shortest / 4 < 10 ? 10 : shortest / 4 > 1000 ? 1000 : shortest / 4) : 1000);
+  return c;
+}
+
+/* ---- the end of a connection ----------------------------------------------------------------- */
+
+static void conn_free(ws_conn_t *c) {
+  if (c->prev) c->prev->next = c->next;
+  else ws.head = c->next;
+  if (c->next) c->next->prev = c->prev;
+  mf_buf_free(&c->in);
+  mf_buf_free(&c->msg);
+  ws_deflate_free(c->z);
+  free(c);
+  ws.count--;
+  if (ws.count == 0) {
+    uv_timer_stop(&ws.tick);
+    ws.ticking = 0;
+    if (ws.on_gone) {
+      void (*gone)(void) = ws.on_gone;
+      ws.on_gone = NULL;
+      gone();
+    }
+  }
+}
+
+static void on_tcp_closed(uv_handle_t *h) { conn_free(mf_container_of(h, ws_conn_t, tcp)); }
+
+/* Closes the socket now; the memory goes in the close callback. */
+static void conn_destroy(ws_conn_t *c) {
+  if (c->freeing) return;
+  c->freeing = 1;
+  c->state = WS_DONE;
+  if (c->tcp_open)
+    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+  else
+    conn_free(c);
+}
+
+/* Tells the binding, once. */
+static void conn_tell(ws_conn_t *c, unsigned code, const char *reason, size_t n) {
+  if (c->told) return;
+  c->told = 1;
+  ws.cb->on_close(ws.data, c, code, reason, n);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  ws_conn_t *c = req->data;
+  free(req);
+  if (status != 0) conn_destroy(c); /* else the peer's FIN (on_read) or the deadline ends it */
+}
+
+/* The close handshake is over on our side: the FIN goes after what is queued; the peer closes next. */
+static void conn_shutdown(ws_conn_t *c) {
+  c->state = WS_DONE;
+  c->deadline = now32() + WS_CLOSE_WAIT_MS;
+  mf_buf_free(&c->in);
+  mf_buf_free(&c->msg);
+  if (!c->tcp_open) return; /* still PENDING: ws_conn_open closes */
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (req == NULL) {
+    conn_destroy(c);
+    return;
+  }
+  req->data = c;
+  if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    free(req);
+    conn_destroy(c);
+  }
+}
+
+/* ---- writing ---------------------------------------------------------------------------------- */
+
+/* Writes one frame. 1, 0 (over high water) or UV_EPIPE (the connection is gone: told 1006). */
+static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n) {
+  uint8_t head[10];
+  size_t hlen = ws_frame_head(head, 1, rsv1, opcode, n);
+  if (c->state == WS_PENDING) { /* the 101 is still on its way: keep it for ws_conn_open */
+    if (mf_buf_append(&c->in, head, hlen) != 0 || mf_buf_append(&c->in, p, n) != 0) return UV_ENOMEM;
+    return 1;
+  }
+  if (writeq_size(&c->wq) > WS_HARD_LIMIT) {
+    mf_log("websocket: the client does not read (%zu bytes queued): closing", writeq_size(&c->wq));
+    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+    return UV_EPIPE;
+  }
+  uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen), uv_buf_init((char *)p, (unsigned)n)};
+  int r = writeq_write(&c->wq, bufs, n ? 2 : 1);
+  if (r < 0) {
+    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+    return UV_EPIPE;
+  }
+  return r == 1 ? 0 : 1;
+}
+
+int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n) {
+  if (c->state != WS_OPEN && c->state != WS_PENDING) return UV_EPIPE;
+  if (c->z && n >= WS_DEFLATE_MIN && (opcode == WS_OP_TEXT || opcode == WS_OP_BINARY)) {
+    if (ws_deflate_message(c->z, (const uint8_t *)p, n, &ws.zout) != 0) return UV_ENOMEM;
+    int r = frame_out(c, opcode, 1, ws.zout.data, ws.zout.len);
+    mf_buf_reset(&ws.zout, 256 * 1024);
+    return r;
+  }
+  return frame_out(c, opcode, 0, p, n);
+}
+
+/* A close frame's payload: the code (none when 0) and up to 123 bytes of reason. */
+static void close_out(ws_conn_t *c, unsigned code, const char *reason, size_t n) {
+  char payload[125];
+  size_t len = 0;
+  if (code) {
+    payload[0] = (char)(code >> 8);
+    payload[1] = (char)code;
+    len = 2 + (n > 123 ? 123 : n);
+    memcpy(payload + 2, reason, len - 2);
+  }
+  frame_out(c, WS_OP_CLOSE, 0, payload, len);
+}
+
+void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n) {
+  if (c->state != WS_OPEN && c->state != WS_PENDING) return;
+  close_out(c, code, reason, n);
+  if (c->freeing) return; /* the write failed: told 1006 already */
+  mf_buf_free(&c->msg);
+  mf_buf_append(&c->msg, reason, n > 123 ? 123 : n);
+  c->msg_op = 0;
+  c->close_code = (uint16_t)(code ? code : WS_CLOSE_NO_STATUS);
+  c->deadline = now32() + WS_CLOSE_WAIT_MS;
+  if (c->state == WS_OPEN) c->state = WS_CLOSING; /* (PENDING: ws_conn_open makes it CLOSING) */
+}
+
+/* The connection breaks the protocol (or sends too much, or bad text): close with `code` at once. */
+static void conn_fail(ws_conn_t *c, unsigned code) {
+  if (c->state == WS_OPEN) close_out(c, code, "", 0);
+  conn_tell(c, code, "", 0);
+  if (!c->freeing) conn_shutdown(c);
+}
+
+static void on_wq_drain(writeq_t *q) {
+  ws_conn_t *c = mf_container_of(q, ws_conn_t, wq);
+  if (c->state == WS_OPEN) ws.cb->on_drain(ws.data, c);
+}
+
+static void on_wq_error(writeq_t *q, int status) {
+  (void)status;
+  ws_conn_t *c = mf_container_of(q, ws_conn_t, wq);
+  conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, "", 0);
+  conn_destroy(c);
+}
+
+/* ---- reading ---------------------------------------------------------------------------------- */
+
+/* A control frame (its payload unmasked). 0, or minus the close code to fail with. */
+static int control_in(ws_conn_t *c, const ws_frame_t *f, const uint8_t *p) {
+  if (f->opcode == WS_OP_PING) {
+    if (c->state == WS_OPEN) frame_out(c, WS_OP_PONG, 0, (const char *)p, (size_t)f->len);
+    return 0;
+  }
+  if (f->opcode == WS_OP_PONG) return 0;
+  unsigned code;
+  int r = ws_close_parse(p, (size_t)f->len, &code);
+  if (r < 0) return r;
+  const char *reason = f->len > 2 ? (const char *)p + 2 : "";
+  size_t rlen = f->len > 2 ? (size_t)f->len - 2 : 0;
+  if (c->state == WS_OPEN) { /* the peer closes: echo its code, and we are done */
+    close_out(c, code == WS_CLOSE_NO_STATUS ? 0 : code, "", 0);
+    conn_tell(c, code, reason, rlen);
+  } else { /* the answer to our close */
+    conn_tell(c, c->close_code, c->msg.data ? c->msg.data : "", c->msg.len);
+  }
+  if (!c->freeing) conn_shutdown(c);
+  return 0;
+}
+
+/* A whole message is here: to the binding, then the buffer goes. */
+static int message_out(ws_conn_t *c, const uint8_t *p, size_t n) {
+  if (c->msg_op == WS_OP_TEXT) {
+    if (c->msg_z && ws_utf8_feed(&c->utf8, p, n) != 0) return -WS_CLOSE_BAD_DATA;
+    if (!ws_utf8_complete(&c->utf8)) return -WS_CLOSE_BAD_DATA;
+  }
+  int binary = c->msg_op == WS_OP_BINARY;
+  c->msg_op = 0;
+  ws.cb->on_message(ws.data, c, (const char *)p, n, binary);
+  if (c->state != WS_CLOSING) mf_buf_free(&c->msg); /* (CLOSING: msg holds our reason now) */
+  return 0;
+}
+
+/* A data frame (its payload unmasked). 0, or minus the close code to fail with. */
+static int data_in(ws_conn_t *c, const ws_frame_t *f, const uint8_t *p) {
+  if (c->state != WS_OPEN) return 0; /* after our close frame: dropped (RFC 6455 §5.5.1) */
+  if (f->opcode == WS_OP_CONT) {
+    if (c->msg_op == 0 || f->rsv1) return -WS_CLOSE_PROTOCOL; /* nothing to continue; RSV1 goes on the first */
+  } else {
+    if (c->msg_op != 0) return -WS_CLOSE_PROTOCOL; /* a new message inside a fragmented one */
+    c->msg_op = f->opcode;
+    c->msg_z = f->rsv1;
+    memset(&c->utf8, 0, sizeof c->utf8);
+  }
+  size_t n = (size_t)f->len;
+  if (c->msg_z) {
+    int r = ws_inflate(c->z, p, n, f->fin, &c->msg, (size_t)c->max_payload);
+    if (r < 0) return r;
+    return f->fin ? message_out(c, (const uint8_t *)c->msg.data, c->msg.len) : 0;
+  }
+  if (c->msg_op == WS_OP_TEXT && ws_utf8_feed(&c->utf8, p, n) != 0) return -WS_CLOSE_BAD_DATA; /* fail fast */
+  if (f->fin && c->msg.len == 0) return message_out(c, p, n); /* one frame: no copy */
+  if (mf_buf_append(&c->msg, p, n) != 0) return -WS_CLOSE_INTERNAL;
+  return f->fin ? message_out(c, (const uint8_t *)c->msg.data, c->msg.len) : 0;
+}
+
+/* Handles the whole frames in p[0..n); returns the bytes used (an unfinished frame is left). */
+static size_t frames_in(ws_conn_t *c, uint8_t *p, size_t n) {
+  size_t off = 0;
+  int flags = WS_PARSE_CLIENT | (c->z ? WS_PARSE_ALLOW_RSV1 : 0);
+  while (c->state == WS_OPEN || c->state == WS_CLOSING) {
+    ws_frame_t f;
+    int h = ws_frame_parse(p + off, n - off, flags, &f);
+    if (h == 0) break;
+    int r = h < 0 ? h : 0;
+    /* too big before it is all here: a message is held to max_payload (compressed ones as they inflate) */
+    if (r == 0 && f.opcode < 8 && (f.len > c->max_payload || (!c->msg_z && c->msg.len + f.len > c->max_payload)))
+      r = -WS_CLOSE_TOO_BIG;
+    if (r == 0 && n - off - (size_t)h < f.len) break; /* the payload is still coming */
+    if (r == 0) {
+      uint8_t *payload = p + off + h;
+      ws_frame_unmask(payload, (size_t)f.len, f.mask, 0);
+      off += (size_t)h + (size_t)f.len;
+      r = f.opcode >= 8 ? control_in(c, &f, payload) : data_in(c, &f, payload);
+    }
+    if (r < 0) {
+      conn_fail(c, (unsigned)-r);
+      break;
+    }
+  }
+  return off;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  (void)suggested;
+  *buf = uv_buf_init((char *)ws.rbuf, sizeof ws.rbuf);
+}
+
+/* New bytes: frames straight from the worker's buffer when nothing was left over, else after what
+ * was; what stays unfinished is copied into the connection's own `in`. */
+static void bytes_in(ws_conn_t *c, uint8_t *p, size_t n) {
+  c->last_rx = now32();
+  if (c->in.len == 0) {
+    size_t used = frames_in(c, p, n);
+    if (used < n && (c->state == WS_OPEN || c->state == WS_CLOSING) && mf_buf_append(&c->in, p + used, n - used) != 0)
+      conn_fail(c, WS_CLOSE_INTERNAL);
+    return;
+  }
+  if (mf_buf_append(&c->in, p, n) != 0) {
+    conn_fail(c, WS_CLOSE_INTERNAL);
+    return;
+  }
+  size_t used = frames_in(c, (uint8_t *)c->in.data, c->in.len);
+  if (c->state == WS_DONE || used == c->in.len)
+    mf_buf_free(&c->in); /* idle again: no buffer */
+  else
+    mf_buf_consume(&c->in, used);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  ws_conn_t *c = mf_container_of(s, ws_conn_t, tcp);
+  if (nread < 0) { /* EOF or an error: the end, told 1006 unless the close handshake came first */
+    conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, c->state == WS_CLOSING && c->msg.data ? c->msg.data : "",
+              c->state == WS_CLOSING ? c->msg.len : 0);
+    conn_destroy(c);
+    return;
+  }
+  if (nread == 0 || c->state == WS_DONE) return; /* after the handshake: drained until the FIN */
+  bytes_in(c, (uint8_t *)buf->base, (size_t)nread);
+}
+
+void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n) {
+  if (fd < 0 || uv_tcp_init(ws.loop, &c->tcp) != 0) {
+    if (fd >= 0) close(fd);
+    conn_tell(c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+    return;
+  }
+  c->tcp_open = 1;
+  if (uv_tcp_open(&c->tcp, fd) != 0) {
+    close(fd);
+    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  writeq_init(&c->wq, (uv_stream_t *)&c->tcp, WS_HIGH_WATER, on_wq_drain, on_wq_error);
+  c->last_rx = c->last_ping = now32();
+  c->state = c->close_code ? WS_CLOSING : WS_OPEN;
+  if (c->in.len > 0) { /* what was sent before the socket came */
+    uv_buf_t b = uv_buf_init(c->in.data, (unsigned)c->in.len);
+    int r = writeq_write(&c->wq, &b, 1);
+    mf_buf_free(&c->in);
+    if (r < 0) {
+      conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+      conn_destroy(c);
+      return;
+    }
+  }
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (n > 0) {
+    if (n <= sizeof ws.rbuf) {
+      memcpy(ws.rbuf, rest, n);
+      bytes_in(c, ws.rbuf, n);
+    } else {
+      mf_buf_append(&c->in, rest, n);
+      bytes_in(c, (uint8_t *)"", 0);
+    }
+  }
+}
+
+/* ---- time: idle timeouts, pings, closing deadlines ------------------------------------------ */
+
+static void tick_one(ws_conn_t *c, uint32_t now) {
+  if (c->state == WS_OPEN) {
+    uint32_t quiet = now - c->last_rx;
+    if (c->idle_ms && quiet >= c->idle_ms) {
+      ws_conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout", 12);
+    } else if (c->ping_ms && quiet >= c->ping_ms && now - c->last_ping >= c->ping_ms) {
+      c->last_ping = now;
+      frame_out(c, WS_OP_PING, 0, "", 0);
+    }
+  } else if ((c->state == WS_CLOSING || c->state == WS_DONE) && (int32_t)(now - c->deadline) >= 0) {
+    conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+  }
+}
+
+static void tick(uv_timer_t *t) {
+  (void)t;
+  uint32_t now = now32();
+  for (ws_conn_t *c = ws.head, *next; c != NULL; c = next) {
+    next = c->next;
+    if (!c->freeing) tick_one(c, now);
+  }
+}
+
+void ws_drain(void (*on_gone)(void)) {
+  if (ws.count == 0) {
+    on_gone();
+    return;
+  }
+  ws.on_gone = on_gone;
+  for (ws_conn_t *c = ws.head; c != NULL; c = c->next)
+    if (!c->freeing) ws_conn_close(c, WS_CLOSE_GOING_AWAY, "going away", 10);
+}

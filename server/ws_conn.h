@@ -1,0 +1,60 @@
+/* ws_conn.h -- WebSocket connections in a worker (RFC 6455 §5-7): frames in, messages out.
+ *
+ * A connection comes from an HTTP request that was upgraded: ws_conn_new before the 101 goes out,
+ * ws_conn_open with the socket http_conn_takeover hands over. It reassembles fragmented messages
+ * (control frames may come between the fragments), answers pings, runs the close handshake, checks
+ * UTF-8 and sizes, inflates permessage-deflate, and enforces the idle timeout and sends pings from one
+ * timer per worker. Reads go into one buffer per worker: an idle connection holds no buffer, only an
+ * unfinished frame's bytes are kept. Writes go through a writeq (high water, drain below half). */
+#ifndef MOONFORK_WS_CONN_H
+#define MOONFORK_WS_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "ws_deflate.h"
+
+typedef struct ws_conn_s ws_conn_t;
+
+typedef struct {
+  /* A whole message (binary: 0 text, 1 binary); p valid during the call. */
+  void (*on_message)(void *data, ws_conn_t *c, const char *p, size_t n, int binary);
+  /* Once, whoever closed: the peer's code (1005: none, 1006: the TCP connection died) or the one we
+   * failed the connection with. The connection may not be used after it. */
+  void (*on_close)(void *data, ws_conn_t *c, unsigned code, const char *reason, size_t n);
+  /* A send that returned 0 (over the high-water mark) may write again: the queue is below half. */
+  void (*on_drain)(void *data, ws_conn_t *c);
+} ws_callbacks_t;
+
+typedef struct {
+  uint64_t max_payload;           /* largest message, after reassembly and inflate */
+  uint32_t idle_ms;               /* no frame from the client this long: close 1001 (0: never) */
+  uint32_t ping_ms;               /* nothing from the client this long: send a ping (0: never) */
+  const ws_deflate_params_t *deflate; /* permessage-deflate negotiated, or NULL */
+} ws_options_t;
+
+#define WS_HIGH_WATER (256 * 1024)     /* send queue above which ws_conn_send says "slow down" */
+#define WS_HARD_LIMIT (64u * 1024 * 1024) /* a send queue this big: the client does not read, close */
+
+/* Sets up the worker's WebSocket side (once). */
+void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data);
+/* A connection waiting for its socket (ws_conn_open). NULL when out of memory. */
+ws_conn_t *ws_conn_new(const ws_options_t *o);
+/* The socket (the callee's from here on) and the bytes the client sent after the request; fd < 0: the
+ * connection died before the hand-over (on_close with 1006 follows). */
+void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n);
+/* Sends one message (WS_OP_TEXT, WS_OP_BINARY) or a ping/pong. Returns 1, 0 when the queue is over
+ * its high-water mark (on_drain follows), or UV_EPIPE when the connection is closing or closed. */
+int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n);
+/* Starts the close handshake with code (0: none) and reason (up to 123 bytes). */
+void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n);
+/* The connection's slot for its Lua binding (MF_NO_REF when none). */
+int *ws_conn_user_ref(ws_conn_t *c);
+/* Open connections (those that did not hear on_close yet and those still closing). */
+size_t ws_conn_count(void);
+/* The worker drains: every connection gets close 1001; on_gone runs once none is left (at once when
+ * there are none). */
+void ws_drain(void (*on_gone)(void));
+
+#endif
