@@ -10,6 +10,7 @@
 // "N passed, N failed, N skipped"; exits 1 when anything failed.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 
 const BASE = (process.env.CHAT_URL || '').replace(/\/+$/, '');
@@ -117,6 +118,15 @@ function workersWithConnections(port, pids) {
   });
 }
 
+// a loopback port where nothing listens (bound, then closed): connecting to it is refused
+function refusedPort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
 // noWebSocket: the page has no WebSocket (it must use what comes next); refuseWebSocket: its
 // WebSockets go to a port where nothing listens (the connection is refused)
 async function openPage(browser, label, { viewport, noEventSource, noWebSocket, refuseWebSocket, route } = {}) {
@@ -125,19 +135,21 @@ async function openPage(browser, label, { viewport, noEventSource, noWebSocket, 
   if (noEventSource) await page.addInitScript(() => { delete window.EventSource; });
   if (noWebSocket) await page.addInitScript(() => { delete window.WebSocket; });
   else {
+    const refuse = refuseWebSocket ? await refusedPort() : 0;
     // every page records the URLs it opens WebSockets to and their close codes
-    await page.addInitScript((refuse) => {
+    await page.addInitScript((refusePort) => {
       const Real = window.WebSocket;
       window.__wsUrls = [];
       window.__wsCloses = [];
       window.WebSocket = function (url, protocols) {
         window.__wsUrls.push(String(url));
-        const sock = new Real(refuse ? String(url).replace(/^(wss?:\/\/)[^/]+/, '$1127.0.0.1:1') : url, protocols);
+        const sock = new Real(refusePort ? String(url).replace(/^(wss?:\/\/)[^/]+/, '$1127.0.0.1:' + refusePort) : url,
+                              protocols);
         sock.addEventListener('close', (ev) => window.__wsCloses.push(ev.code));
         return sock;
       };
       window.WebSocket.prototype = Real.prototype;
-    }, !!refuseWebSocket);
+    }, refuse);
   }
   if (route) await page.route(route.url, route.handler);
   page.on('pageerror', (err) => pageErrors.push(`${label}: ${err && err.message || err}`));
