@@ -41,6 +41,7 @@ struct ws_conn_s {
   uint8_t tcp_open : 1;    /* tcp was initialised: close it */
   uint8_t told : 1;        /* on_close was called */
   uint8_t freeing : 1;
+  uint8_t deferred : 1;    /* in ws.later: bytes that came with the request wait for the next turn */
 };
 
 static struct {
@@ -53,6 +54,9 @@ static struct {
   uint32_t tick_ms;
   int ticking;
   void (*on_gone)(void);
+  uv_idle_t idle;         /* runs ws.later */
+  ws_conn_t **later;      /* connections whose first bytes are read on the next turn */
+  size_t nlater, caplater;
   mf_buf_t zout;          /* a compressed message on its way out */
   uint8_t rbuf[64 * 1024]; /* every connection reads here */
 } ws;
@@ -66,6 +70,8 @@ void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data) {
   ws.tick_ms = 1000;
   uv_timer_init(loop, &ws.tick);
   uv_unref((uv_handle_t *)&ws.tick);
+  uv_idle_init(loop, &ws.idle);
+  uv_unref((uv_handle_t *)&ws.idle);
 }
 
 static uint32_t now32(void) { return (uint32_t)uv_now(ws.loop); }
@@ -106,6 +112,8 @@ ws_conn_t *ws_conn_new(const ws_options_t *o) {
 /* ---- the end of a connection ----------------------------------------------------------------- */
 
 static void conn_free(ws_conn_t *c) {
+  for (size_t i = 0; c->deferred && i < ws.nlater; i++)
+    if (ws.later[i] == c) ws.later[i] = NULL;
   if (c->prev) c->prev->next = c->next;
   else ws.head = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -377,6 +385,41 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   bytes_in(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
+static void on_idle(uv_idle_t *h) {
+  (void)h;
+  uv_idle_stop(&ws.idle);
+  for (size_t i = 0; i < ws.nlater; i++) {
+    ws_conn_t *c = ws.later[i];
+    ws.later[i] = NULL;
+    if (c == NULL) continue;
+    c->deferred = 0;
+    if (c->in.len > 0 && (c->state == WS_OPEN || c->state == WS_CLOSING)) bytes_in(c, (uint8_t *)"", 0);
+  }
+  ws.nlater = 0;
+}
+
+/* Frames the client sent with its request are read on the next turn of the loop, not now: the 101
+ * may have gone out inside upgrade(), before the script could listen for "message". */
+static void defer_bytes(ws_conn_t *c, const char *rest, size_t n) {
+  if (mf_buf_append(&c->in, rest, n) != 0) {
+    conn_fail(c, WS_CLOSE_INTERNAL);
+    return;
+  }
+  if (ws.nlater == ws.caplater) {
+    size_t cap = ws.caplater ? ws.caplater * 2 : 16;
+    ws_conn_t **p = realloc(ws.later, cap * sizeof *p);
+    if (p == NULL) {
+      conn_fail(c, WS_CLOSE_INTERNAL);
+      return;
+    }
+    ws.later = p;
+    ws.caplater = cap;
+  }
+  ws.later[ws.nlater++] = c;
+  c->deferred = 1;
+  uv_idle_start(&ws.idle, on_idle);
+}
+
 void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n) {
   if (fd < 0 || uv_tcp_init(ws.loop, &c->tcp) != 0) {
     if (fd >= 0) close(fd);
@@ -406,15 +449,7 @@ void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n) {
     }
   }
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-  if (n > 0) {
-    if (n <= sizeof ws.rbuf) {
-      memcpy(ws.rbuf, rest, n);
-      bytes_in(c, ws.rbuf, n);
-    } else {
-      mf_buf_append(&c->in, rest, n);
-      bytes_in(c, (uint8_t *)"", 0);
-    }
-  }
+  if (n > 0) defer_bytes(c, rest, n);
 }
 
 /* ---- time: idle timeouts, pings, closing deadlines ------------------------------------------ */

@@ -121,6 +121,13 @@ describe("websocket", function()
       assert.are.equal("Hello, world", f.payload)
     end)
 
+    it("hands the script frames the client sent in the same packet as its request", function()
+      local c, resp = wsc.open(srv.port, "/plain", {}, { early = frame(TEXT, "early") .. frame(TEXT, "bird") })
+      assert.are.equal(101, resp.status)
+      assert.are.equal("early", assert(read_frame(c)).payload)
+      assert.are.equal("bird", assert(read_frame(c)).payload)
+    end)
+
     it("takes a frame that arrives a byte at a time", function()
       local c = open()
       local bytes = frame(TEXT, string.rep("ab", 100))
@@ -138,6 +145,37 @@ describe("websocket", function()
       local c = open()
       c:send(frame(TEXT, "sleep"))
       assert.are.equal("slept", assert(read_frame(c)).payload)
+    end)
+  end)
+
+  describe("backpressure and misuse", function()
+    it("returns false from ws:send over the high-water mark, then emits drain once the client reads", function()
+      local c = open("/flood")
+      local flood
+      assert.is_truthy(helpers.wait_for(function()
+        flood = events().flood
+        return flood
+      end))
+      assert.is_true(flood < 10000, "ws:send never returned false")
+      for _ = 1, flood do
+        local f = assert(read_frame(c))
+        assert.are.equal(BINARY, f.opcode)
+        assert.are.equal(16384, #f.payload)
+      end
+      local f = assert(read_frame(c))
+      assert.are.equal("drained", f.payload)
+      assert.is_true(events().drained)
+    end)
+
+    it("raises clear errors for bad options, close codes and data, and answers nil, \"closed\" after close", function()
+      local c = open("/misuse")
+      local f = assert(read_close(c))
+      assert.are.equal(1000, f.code)
+      local e = events()
+      assert.is_truthy(e.bad_option:find("maxPayload", 1, true))
+      assert.is_truthy(e.bad_code:find("code must be", 1, true))
+      assert.is_truthy(e.bad_data:find("must be a string", 1, true))
+      assert.are.equal("nil closed", e.after_close)
     end)
   end)
 
@@ -317,9 +355,9 @@ describe("websocket", function()
       local a, b = open(), open("/echo")
       local old = srv.workers[1]
       srv:signal("HUP")
+      for _, c in ipairs { a, b } do assert.are.equal(1001, assert(read_close(c)).code) end
+      assert.is_true(helpers.alive(old)) -- waiting for the close handshakes
       for _, c in ipairs { a, b } do
-        local f = assert(read_close(c))
-        assert.are.equal(1001, f.code)
         c:send(frame(CLOSE, wsc.close_payload(1001)))
         assert.is_true(c:closed_by_peer())
       end
@@ -329,6 +367,17 @@ describe("websocket", function()
       local d = open() -- the new worker serves
       d:send(frame(TEXT, "new"))
       assert.are.equal("new", assert(read_frame(d)).payload)
+    end)
+
+    it("does not wait past --grace for a client that never answers the close", function()
+      helpers.stop_all()
+      srv = helpers.start("ws_app", { "--workers", "1", "--grace", "0.5" })
+      local c = open()
+      local worker = srv.workers[1]
+      srv:signal("TERM")
+      assert.are.equal(1001, assert(read_close(c)).code) -- and no answer: the close wait is 3 s
+      srv:wait_log("grace period over")
+      assert.is_true(helpers.wait_gone({ worker }))
     end)
   end)
 end)

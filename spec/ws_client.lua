@@ -16,7 +16,8 @@ M.KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 M.ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" -- RFC 6455 §1.3's example
 
 -- Sends an upgrade request for `path` with these headers (false drops a default one); returns the
--- connection and the parsed response (101 or the refusal).
+-- connection and the parsed response (101 or the refusal). opts.method (default GET); opts.early:
+-- bytes sent in the same write as the request (frames before the 101 came back).
 function M.open(port, path, headers, opts)
   local h = { Host = "127.0.0.1", Upgrade = "websocket", Connection = "Upgrade", ["Sec-WebSocket-Key"] = M.KEY,
     ["Sec-WebSocket-Version"] = "13" }
@@ -26,7 +27,7 @@ function M.open(port, path, headers, opts)
     if v then lines[#lines + 1] = k .. ": " .. v end
   end
   local c = assert(helpers.connect(port))
-  assert(c:send(concat(lines, "\r\n") .. "\r\n\r\n"))
+  assert(c:send(concat(lines, "\r\n") .. "\r\n\r\n" .. (opts and opts.early or "")))
   local resp, err = c:receive()
   return c, resp, err
 end
