@@ -29,6 +29,7 @@ external_dependencies = {
   LUAJIT = { header = "luajit-2.1/luajit.h", library = "luajit-5.1" }, -- libluajit-5.1-dev
   LIBPQ = { header = "postgresql/libpq-fe.h", library = "pq" },        -- libpq-dev (moonfork.pg)
   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },    -- libhiredis-dev (moonfork.redis)
+  ZLIB = { header = "zlib.h" },                                       -- zlib1g-dev (WebSocket compression; dlopened)
 }
 
 build = {

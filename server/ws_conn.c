@@ -19,6 +19,7 @@
 
 #define WS_CLOSE_WAIT_MS 3000 /* how long a closing connection waits for the peer's close or FIN */
 #define WS_DEFLATE_MIN 32     /* smaller messages go out uncompressed (RSV1 clear): not worth it */
+#define WS_CORK_MAX (64 * 1024) /* frames gathered while a read is handled, at most (see frame_out) */
 
 enum { WS_PENDING, WS_OPEN, WS_CLOSING, WS_DONE };
 
@@ -54,6 +55,8 @@ static struct {
   uint32_t tick_ms;
   int ticking;
   void (*on_gone)(void);
+  ws_conn_t *corked;      /* the connection whose input is being handled: its frames gather in cork */
+  mf_buf_t cork;
   uv_idle_t idle;         /* runs ws.later */
   ws_conn_t **later;      /* connections whose first bytes are read on the next turn */
   size_t nlater, caplater;
@@ -62,6 +65,7 @@ static struct {
 } ws;
 
 static void tick(uv_timer_t *t);
+static int cork_flush(ws_conn_t *c);
 
 void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data) {
   ws.loop = loop;
@@ -140,16 +144,19 @@ static void conn_destroy(ws_conn_t *c) {
   if (c->freeing) return;
   c->freeing = 1;
   c->state = WS_DONE;
+  if (ws.corked == c) ws.cork.len = 0; /* (its frames go nowhere now) */
   if (c->tcp_open)
     uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
   else
     conn_free(c);
 }
 
-/* Tells the binding, once. */
+/* Tells the binding, once. The connection is done from here on (a send from the close callback finds
+ * it closed); the caller shuts it down or destroys it next. */
 static void conn_tell(ws_conn_t *c, unsigned code, const char *reason, size_t n) {
   if (c->told) return;
   c->told = 1;
+  c->state = WS_DONE;
   ws.cb->on_close(ws.data, c, code, reason, n);
 }
 
@@ -161,6 +168,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 /* The close handshake is over on our side: the FIN goes after what is queued; the peer closes next. */
 static void conn_shutdown(ws_conn_t *c) {
+  if (ws.corked == c && cork_flush(c) < 0) return; /* the close frame goes before the FIN */
   c->state = WS_DONE;
   c->deadline = now32() + WS_CLOSE_WAIT_MS;
   mf_buf_free(&c->in);
@@ -180,7 +188,40 @@ static void conn_shutdown(ws_conn_t *c) {
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 
-/* Writes one frame. 1, 0 (over high water) or UV_EPIPE (the connection is gone: told 1006). */
+/* Hands bufs to the writeq. 1, 0 (over high water) or UV_EPIPE (the connection is gone: told 1006). */
+static int bufs_out(ws_conn_t *c, const uv_buf_t *bufs, unsigned nbufs) {
+  if (writeq_size(&c->wq) > WS_HARD_LIMIT) {
+    mf_log("websocket: the client does not read (%zu bytes queued): closing", writeq_size(&c->wq));
+    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+    return UV_EPIPE;
+  }
+  int r = writeq_write(&c->wq, bufs, nbufs);
+  if (r < 0) {
+    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+    conn_destroy(c);
+    return UV_EPIPE;
+  }
+  return r == 1 ? 0 : 1;
+}
+
+/* Writes what gathered in the cork (see frame_out). 1, 0 or UV_EPIPE as bufs_out. */
+static int cork_flush(ws_conn_t *c) {
+  if (ws.cork.len == 0 || c->freeing) {
+    ws.cork.len = 0;
+    return c->freeing ? UV_EPIPE : 1;
+  }
+  uv_buf_t b = uv_buf_init(ws.cork.data, (unsigned)ws.cork.len);
+  int r = bufs_out(c, &b, 1);
+  ws.cork.len = 0;
+  mf_buf_reset(&ws.cork, 256 * 1024);
+  return r;
+}
+
+/* Writes one frame. 1, 0 (over high water) or UV_EPIPE (the connection is gone: told 1006). While the
+ * connection's input is being handled (ws.corked), its frames gather in one buffer written once at the
+ * end: an echo of 16 pipelined messages is one send(2), not 16 (the kernel's loopback path costs more
+ * than all the rest of a message). */
 static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n) {
   uint8_t head[10];
   size_t hlen = ws_frame_head(head, 1, rsv1, opcode, n);
@@ -188,20 +229,17 @@ static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n
     if (mf_buf_append(&c->in, head, hlen) != 0 || mf_buf_append(&c->in, p, n) != 0) return UV_ENOMEM;
     return 1;
   }
-  if (writeq_size(&c->wq) > WS_HARD_LIMIT) {
-    mf_log("websocket: the client does not read (%zu bytes queued): closing", writeq_size(&c->wq));
-    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
-    conn_destroy(c);
-    return UV_EPIPE;
+  if (c == ws.corked && n <= WS_CORK_MAX) {
+    size_t before = ws.cork.len;
+    if (mf_buf_append(&ws.cork, head, hlen) == 0 && mf_buf_append(&ws.cork, p, n) == 0) {
+      if (ws.cork.len < WS_CORK_MAX && writeq_size(&c->wq) + ws.cork.len <= WS_HIGH_WATER) return 1;
+      return cork_flush(c);
+    }
+    ws.cork.len = before;
   }
+  if (c == ws.corked && cork_flush(c) < 0) return UV_EPIPE; /* in order: what gathered goes first */
   uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen), uv_buf_init((char *)p, (unsigned)n)};
-  int r = writeq_write(&c->wq, bufs, n ? 2 : 1);
-  if (r < 0) {
-    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
-    conn_destroy(c);
-    return UV_EPIPE;
-  }
-  return r == 1 ? 0 : 1;
+  return bufs_out(c, bufs, n ? 2 : 1);
 }
 
 int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n) {
@@ -354,8 +392,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 /* New bytes: frames straight from the worker's buffer when nothing was left over, else after what
  * was; what stays unfinished is copied into the connection's own `in`. */
-static void bytes_in(ws_conn_t *c, uint8_t *p, size_t n) {
-  c->last_rx = now32();
+static void input_in(ws_conn_t *c, uint8_t *p, size_t n) {
   if (c->in.len == 0) {
     size_t used = frames_in(c, p, n);
     if (used < n && (c->state == WS_OPEN || c->state == WS_CLOSING) && mf_buf_append(&c->in, p + used, n - used) != 0)
@@ -371,6 +408,19 @@ static void bytes_in(ws_conn_t *c, uint8_t *p, size_t n) {
     mf_buf_free(&c->in); /* idle again: no buffer */
   else
     mf_buf_consume(&c->in, used);
+}
+
+/* New bytes from the client; what is sent to it meanwhile is corked (frame_out) and written at the end. */
+static void bytes_in(ws_conn_t *c, uint8_t *p, size_t n) {
+  c->last_rx = now32();
+  if (ws.corked != NULL) { /* (never nested; were it, no cork) */
+    input_in(c, p, n);
+    return;
+  }
+  ws.corked = c;
+  input_in(c, p, n);
+  if (ws.cork.len) cork_flush(c);
+  ws.corked = NULL;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {

@@ -1,16 +1,57 @@
 /* ws_deflate.c -- permessage-deflate (RFC 7692) with zlib: negotiation, per-message deflate and a
  * bounded inflate. The bound matters: a few kilobytes of deflate can expand to gigabytes, so the
- * output is produced in pieces and the message fails with 1009 as soon as it passes maxPayload. */
+ * output is produced in pieces and the message fails with 1009 as soon as it passes maxPayload.
+ *
+ * zlib is loaded with dlopen when a connection first negotiates compression, as libpq and libssl are:
+ * linked, it would be mapped into every worker at start (84 KB of RSS) for scripts that never ask. */
 #include "ws_deflate.h"
 
 #include <ctype.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <zlib.h>
 
+#include "log.h"
 #include "ws_frame.h"
+
+/* The zlib functions we call, resolved from libz.so.1 (zlib1g, part of every Debian). */
+static struct {
+  int (*inflateInit2_)(z_streamp, int, const char *, int);
+  int (*inflate)(z_streamp, int);
+  int (*inflateReset)(z_streamp);
+  int (*inflateEnd)(z_streamp);
+  int (*deflateInit2_)(z_streamp, int, int, int, int, int, const char *, int);
+  int (*deflate)(z_streamp, int);
+  int (*deflateReset)(z_streamp);
+  int (*deflateEnd)(z_streamp);
+  int loaded; /* 0: not tried, 1: loaded, -1: failed (logged once) */
+} zlib;
+
+int ws_deflate_available(void) {
+  if (zlib.loaded != 0) return zlib.loaded > 0;
+  zlib.loaded = -1;
+  void *lib = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == NULL) {
+    mf_log("websocket: permessage-deflate unavailable: %s", dlerror());
+    return 0;
+  }
+  const char *missing = NULL;
+#define ZLIB_RESOLVE(name) \
+  if ((*(void **)&zlib.name = dlsym(lib, #name)) == NULL && missing == NULL) missing = #name;
+  ZLIB_RESOLVE(inflateInit2_) ZLIB_RESOLVE(inflate) ZLIB_RESOLVE(inflateReset) ZLIB_RESOLVE(inflateEnd)
+  ZLIB_RESOLVE(deflateInit2_) ZLIB_RESOLVE(deflate) ZLIB_RESOLVE(deflateReset) ZLIB_RESOLVE(deflateEnd)
+#undef ZLIB_RESOLVE
+  if (missing) {
+    mf_log("websocket: permessage-deflate unavailable: libz.so.1 has no %s", missing);
+    dlclose(lib);
+    return 0;
+  }
+  zlib.loaded = 1;
+  return 1;
+}
 
 struct ws_deflate_s {
   z_stream *in;  /* made on the first compressed message received */
@@ -80,6 +121,7 @@ static int offer_ok(const char *s, size_t n, ws_deflate_params_t *p, int *client
 
 int ws_deflate_negotiate(const char *offer, size_t n, ws_deflate_params_t *p, char *out, size_t outlen) {
   size_t i = 0;
+  if (!ws_deflate_available()) return 0;
   while (i < n) {
     size_t end = i;
     int quoted = 0;
@@ -100,6 +142,7 @@ int ws_deflate_negotiate(const char *offer, size_t n, ws_deflate_params_t *p, ch
 /* ---- the streams ---------------------------------------------------------------------------- */
 
 ws_deflate_t *ws_deflate_new(const ws_deflate_params_t *p) {
+  if (!ws_deflate_available()) return NULL;
   ws_deflate_t *z = calloc(1, sizeof *z);
   if (z) z->p = *p;
   return z;
@@ -107,8 +150,8 @@ ws_deflate_t *ws_deflate_new(const ws_deflate_params_t *p) {
 
 void ws_deflate_free(ws_deflate_t *z) {
   if (z == NULL) return;
-  if (z->in) inflateEnd(z->in);
-  if (z->out) deflateEnd(z->out);
+  if (z->in) zlib.inflateEnd(z->in);
+  if (z->out) zlib.deflateEnd(z->out);
   free(z->in);
   free(z->out);
   free(z);
@@ -124,10 +167,10 @@ static int inflate_some(z_stream *s, const uint8_t *in, size_t n, mf_buf_t *out,
     if (mf_buf_reserve(out, room) != 0) return -WS_CLOSE_INTERNAL;
     s->next_out = (Bytef *)out->data + out->len;
     s->avail_out = (uInt)room;
-    int r = inflate(s, Z_SYNC_FLUSH);
+    int r = zlib.inflate(s, Z_SYNC_FLUSH);
     out->len += room - s->avail_out;
     if (out->len > max) return -WS_CLOSE_TOO_BIG;
-    if (r == Z_STREAM_END) inflateReset(s); /* a final block: the next one starts a new stream */
+    if (r == Z_STREAM_END) zlib.inflateReset(s); /* a final block: the next one starts a new stream */
     else if (r != Z_OK && r != Z_BUF_ERROR) return r == Z_MEM_ERROR ? -WS_CLOSE_INTERNAL : -WS_CLOSE_BAD_DATA;
     if (s->avail_out > 0 && (s->avail_in == 0 || r == Z_BUF_ERROR)) break; /* all out, or stuck */
   }
@@ -137,7 +180,7 @@ static int inflate_some(z_stream *s, const uint8_t *in, size_t n, mf_buf_t *out,
 int ws_inflate(ws_deflate_t *z, const uint8_t *in, size_t n, int fin, mf_buf_t *out, size_t max) {
   if (z->in == NULL) {
     z->in = calloc(1, sizeof *z->in);
-    if (z->in == NULL || inflateInit2(z->in, -15) != Z_OK) {
+    if (z->in == NULL || zlib.inflateInit2_(z->in, -15, ZLIB_VERSION, (int)sizeof(z_stream)) != Z_OK) {
       free(z->in);
       z->in = NULL;
       return -WS_CLOSE_INTERNAL;
@@ -147,7 +190,7 @@ int ws_inflate(ws_deflate_t *z, const uint8_t *in, size_t n, int fin, mf_buf_t *
   int r = inflate_some(z->in, in, n, out, max);
   if (r == 0 && fin) r = inflate_some(z->in, tail, 4, out, max);
   if (fin || r != 0) {
-    if (z->p.client_no_context_takeover || r != 0) inflateReset(z->in);
+    if (z->p.client_no_context_takeover || r != 0) zlib.inflateReset(z->in);
   }
   return r;
 }
@@ -155,7 +198,7 @@ int ws_inflate(ws_deflate_t *z, const uint8_t *in, size_t n, int fin, mf_buf_t *
 int ws_deflate_message(ws_deflate_t *z, const uint8_t *in, size_t n, mf_buf_t *out) {
   if (z->out == NULL) {
     z->out = calloc(1, sizeof *z->out);
-    if (z->out == NULL || deflateInit2(z->out, 1, Z_DEFLATED, -z->p.server_max_window_bits, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    if (z->out == NULL || zlib.deflateInit2_(z->out, 1, Z_DEFLATED, -z->p.server_max_window_bits, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, (int)sizeof(z_stream)) != Z_OK) {
       free(z->out);
       z->out = NULL;
       return -1;
@@ -170,10 +213,10 @@ int ws_deflate_message(ws_deflate_t *z, const uint8_t *in, size_t n, mf_buf_t *o
     if (mf_buf_reserve(out, room) != 0) return -1;
     s->next_out = (Bytef *)out->data + out->len;
     s->avail_out = (uInt)room;
-    deflate(s, Z_SYNC_FLUSH);
+    zlib.deflate(s, Z_SYNC_FLUSH);
     out->len += room - s->avail_out;
   } while (s->avail_out == 0);
   if (out->len >= 4) out->len -= 4; /* the empty stored block Z_SYNC_FLUSH ends with: 00 00 ff ff */
-  if (z->p.server_no_context_takeover) deflateReset(s);
+  if (z->p.server_no_context_takeover) zlib.deflateReset(s);
   return 0;
 }

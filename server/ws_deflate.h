@@ -21,9 +21,12 @@ typedef struct {
  * which zlib's raw deflate cannot make). */
 int ws_deflate_negotiate(const char *offer, size_t n, ws_deflate_params_t *p, char *out, size_t outlen);
 
+/* Loads zlib (dlopen, once): 1 when it is there, else 0 (logged once; nothing is negotiated). */
+int ws_deflate_available(void);
+
 typedef struct ws_deflate_s ws_deflate_t;
 
-/* A connection's compression state (no zlib stream yet). NULL when out of memory. */
+/* A connection's compression state (no zlib stream yet). NULL when out of memory or without zlib. */
 ws_deflate_t *ws_deflate_new(const ws_deflate_params_t *p);
 void ws_deflate_free(ws_deflate_t *z);
 /* Inflates one frame's payload of a compressed message onto out; fin: the message's last frame.

@@ -141,6 +141,16 @@ describe("websocket", function()
       assert.are.equal("\xce\xba\xe1\xbd\xb9", assert(read_frame(c)).payload)
     end)
 
+    it("sends a ping from ws:ping(data) and takes the client's pong without bothering the script", function()
+      local c = open()
+      c:send(frame(TEXT, "ping"))
+      local f = assert(read_frame(c))
+      assert.are.equal(PING, f.opcode)
+      assert.are.equal("hi", f.payload)
+      c:send(frame(PONG, "hi") .. frame(TEXT, "after"))
+      assert.are.equal("after", assert(read_frame(c)).payload)
+    end)
+
     it("runs message callbacks in coroutines that may wait, in order", function()
       local c = open()
       c:send(frame(TEXT, "sleep"))
@@ -319,6 +329,33 @@ describe("websocket", function()
       local c = open("/echo", offer)
       c:send(frame(TEXT, "\xff\xff\xff\xff", { rsv = 4 }))
       fails_with(c, 1007)
+    end)
+  end)
+
+  describe("memory", function()
+    it("stays bounded over many compressed, fragmented connections opened and closed", function()
+      local offer = { ["Sec-WebSocket-Extensions"] = "permessage-deflate" }
+      local long = string.rep("compress me please ", 100)
+      local function rounds(n)
+        for _ = 1, n do
+          local c = open("/echo", offer)
+          c:send(frame(TEXT, "\xf2\x48\xcd", { rsv = 4, fin = false }) .. frame(CONT, "\xc9\xc9\x07\x00") .. frame(TEXT, long))
+          assert.are.equal("Hello", assert(read_frame(c)).payload)
+          assert.is_true(assert(read_frame(c)).rsv1) -- the server made its compressor
+          c:send(frame(CLOSE, wsc.close_payload(1000)))
+          assert(read_close(c))
+          assert.is_true(c:closed_by_peer())
+          c:close()
+        end
+      end
+      rounds(200)
+      assert.is_true(helpers.wait_for(function() return events().open == 0 end))
+      local before = helpers.rss_kib(srv.workers[1])
+      rounds(1000)
+      assert.is_true(helpers.wait_for(function() return events().open == 0 end))
+      local after = helpers.rss_kib(srv.workers[1])
+      -- a zlib state kept per connection would be about 300 KiB each: 300 MiB here
+      assert.is_true(after - before < 4096, ("RSS grew from %d to %d KiB"):format(before, after))
     end)
   end)
 

@@ -7,7 +7,7 @@ local cws = package.loaded["moonfork.core.ws"] or {} -- absent in the master, wh
 
 local type, tostring, tonumber, setmetatable, error, pairs, concat = type, tostring, tonumber, setmetatable,
   error, pairs, table.concat
-local find, lower, match, gmatch, sub = string.find, string.lower, string.match, string.gmatch, string.sub
+local find, lower, match, gmatch = string.find, string.lower, string.match, string.gmatch
 local accept, send, close, spawn, log = cws.accept, cws.send, cws.close, sched.spawn, core.log
 
 local OP_TEXT, OP_BINARY, OP_PING = 1, 2, 9
@@ -24,11 +24,13 @@ for _, event in pairs { "message", "close", "drain" } do
   reporters[event] = function(trace) log("error in websocket '" .. event .. "' callback: " .. trace) end
 end
 
--- A listener is kept as the function itself while it is alone (the common case: no table).
-local function emit(ws, event, a, b)
-  local l = ws["_" .. event]
+-- A listener is kept as the function itself while it is alone (the common case: no table), under
+-- the key "_" .. event (keys made once: no string built per message).
+local keys = { message = "_message", close = "_close", drain = "_drain" }
+
+local function emit(ws, key, report, a, b)
+  local l = ws[key]
   if l == nil then return end
-  local report = reporters[event]
   if type(l) == "function" then
     spawn(l, report, a, b)
   else
@@ -43,7 +45,7 @@ function WS:on(event, fn)
     spawn(fn, reporters.close, self._code, self._reason)
     return self
   end
-  local key = "_" .. event
+  local key = keys[event]
   local l = self[key]
   if l == nil then
     self[key] = fn
@@ -191,7 +193,8 @@ function _M.upgrade(req, res, opts)
   res.headersSent, res.finished, res.statusCode = true, true, 101
   local ud, compressed = accept(ws, res._conn, res._gen, key, proto, offer, max, idle, ping)
   if not ud then return nil, compressed end
-  ws._ud, ws.compressed = ud, compressed
+  ws._ud = ud
+  if compressed then ws.compressed = true end
   if ws._code then return nil, "closed" end
   return ws
 end
@@ -199,18 +202,20 @@ end
 ---------------------------------------------------------------------------------------------------
 -- events from C
 
+local report_message, report_close, report_drain = reporters.message, reporters.close, reporters.drain
+
 local function on_message(ws, data, binary)
-  emit(ws, "message", data, binary and "binary" or "text")
+  emit(ws, "_message", report_message, data, binary and "binary" or "text")
 end
 
 local function on_close(ws, code, reason)
   ws._code, ws._reason = code, reason
-  emit(ws, "close", code, reason)
+  emit(ws, "_close", report_close, code, reason)
   ws._message, ws._drain, ws._close = nil, nil, nil
 end
 
 local function on_drain(ws)
-  emit(ws, "drain")
+  emit(ws, "_drain", report_drain)
 end
 
 if cws.on then cws.on { message = on_message, close = on_close, drain = on_drain } end
