@@ -1,10 +1,15 @@
 /* bind_ws.c -- WebSocket connections as Lua sees them: `moonfork.core.ws`.
  *
  * accept() answers an upgrade request with its 101 (the Sec-WebSocket-Accept worked out here, the
- * permessage-deflate offer negotiated here) and takes the HTTP connection over (http_conn_takeover);
- * the connection is a binding object (bind_obj.h) whose target is the `ws` object
- * lua/moonfork/websocket.lua made, which every event is called with. The handshake's checks on the
- * request (method, version, tokens) are the Lua half's: they need the header table it already has. */
+ * permessage-deflate offer negotiated here) and takes the HTTP connection over (http_conn_takeover).
+ * The handshake's checks on the request (method, version, tokens) are the Lua half's: they need the
+ * header table it already has.
+ *
+ * Memory first (issue 19: an idle WebSocket at half a kilobyte): the `ws` a script gets is one small
+ * userdata with a metatable shared by all (its protocol and origin copied into it), not a table; C
+ * does not pin it, so a script that keeps nothing for a connection has nothing of it in Lua. C keeps
+ * a raw pointer to it while it lives (its __gc clears that), and a registry ref for each listener
+ * only once one is set. Events call the Lua half with the listener, never with the `ws`. */
 #include "bind_ws.h"
 
 #include <lauxlib.h>
@@ -18,15 +23,48 @@
 #include "ws_frame.h"
 #include "ws_handshake.h"
 
-static bind_type_t ws_type;
-
 enum { CB_MESSAGE, CB_CLOSE, CB_DRAIN, CB_COUNT };
+_Static_assert(CB_COUNT == WS_NREFS, "a listener ref per event");
 static const char *const ws_names[CB_COUNT] = {"message", "close", "drain"};
-static int ws_refs[CB_COUNT] = {LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
-/* ws.on{ message = fn(ws, data, binary), close = fn(ws, code, reason), drain = fn(ws) } */
+/* The userdata a script holds as `ws`: the connection while it is open, what it closed with after. */
+typedef struct {
+  ws_conn_t *c;       /* NULL once closed */
+  uint16_t code;      /* the close code, once closed */
+  uint16_t plen;      /* the protocol's length */
+  uint32_t olen;      /* the origin's length */
+  uint8_t compressed;
+  uint8_t has_origin;
+  char str[];         /* the protocol, then the origin */
+} ws_ud_t;
+
+static struct {
+  int mt_ref;            /* the userdata's metatable, compared by identity */
+  int reasons_ref;       /* closed userdata (light) -> the close reason, while the userdata lives */
+  int cb[CB_COUNT];      /* the Lua half's dispatchers: fn(listener, ...) */
+} bws = {LUA_NOREF, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF}};
+
+static ws_ud_t *ud_check(lua_State *L, int idx) {
+  ws_ud_t *u = lua_touserdata(L, idx);
+  if (u != NULL && lua_getmetatable(L, idx)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, bws.mt_ref);
+    int ours = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (ours) return u;
+  }
+  luaL_typerror(L, idx, "websocket");
+  return NULL;
+}
+
+/* ws.on{ message = fn(listener, data, binary), close = fn(listener, code, reason), drain = fn(listener) } */
 static int ws_on(lua_State *L) {
-  bind_callbacks_set(L, 1, ws_names, ws_refs, CB_COUNT);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  for (int i = 0; i < CB_COUNT; i++) {
+    lua_getfield(L, 1, ws_names[i]);
+    if (!lua_isfunction(L, -1)) luaL_error(L, "callback '%s' must be a function", ws_names[i]);
+    luaL_unref(L, LUA_REGISTRYINDEX, bws.cb[i]);
+    bws.cb[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   return 0;
 }
 
@@ -50,12 +88,33 @@ static int head_build(lua_State *L, mf_buf_t *b, ws_deflate_params_t *z, int *de
   return 0;
 }
 
-/* ws.accept(target, conn, gen, key, protocol, extension_offer, max_payload, idle_ms, ping_ms) -> ud,
- * compressed | nil, err. protocol: the subprotocol chosen (or nil); extension_offer: the request's
- * Sec-WebSocket-Extensions when compression is wanted (or nil). */
+/* A new `ws` for c: protocol and origin (either may be absent) copied into it. */
+static ws_ud_t *ud_new(lua_State *L, ws_conn_t *c, int deflate) {
+  size_t plen = 0, olen = 0;
+  const char *proto = luaL_optlstring(L, 5, NULL, &plen);
+  const char *origin = luaL_optlstring(L, 10, NULL, &olen);
+  if (plen > UINT16_MAX) plen = UINT16_MAX; /* (one of the script's own protocols: never this long) */
+  ws_ud_t *u = lua_newuserdata(L, sizeof *u + plen + olen);
+  u->c = c;
+  u->code = 0;
+  u->plen = (uint16_t)plen;
+  u->olen = (uint32_t)olen;
+  u->compressed = (uint8_t)deflate;
+  u->has_origin = origin != NULL;
+  if (plen) memcpy(u->str, proto, plen);
+  if (olen) memcpy(u->str + plen, origin, olen);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.mt_ref);
+  lua_setmetatable(L, -2);
+  return u;
+}
+
+/* ws.accept(conn, gen, key, protocol, extension_offer, max_payload, idle_ms, ping_ms, origin) -> ws | nil,
+ * err. protocol: the subprotocol chosen (or nil); extension_offer: the request's Sec-WebSocket-Extensions
+ * when compression is wanted (or nil). A `ws` that closed at once (ws.state) is returned all the same. */
 static int ws_accept(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  http_conn_t *hc = bind_http_conn(L, 2);
+  http_conn_t *hc = bind_http_conn(L, 1);
+  lua_pushnil(L);
+  lua_insert(L, 1); /* the arguments where head_build reads them (4-6) */
   uint32_t gen = (uint32_t)luaL_checknumber(L, 3);
   ws_options_t o = {(uint64_t)luaL_checknumber(L, 7), (uint32_t)luaL_optnumber(L, 8, 0), (uint32_t)luaL_optnumber(L, 9, 0), NULL};
   ws_deflate_params_t z;
@@ -82,25 +141,20 @@ static int ws_accept(lua_State *L) {
     lua_pushstring(L, r == UV_ENOMEM ? "out of memory" : "closed");
     return 2;
   }
-  bind_obj_t *obj = bind_obj_new(L, &ws_type, c);
-  *ws_conn_user_ref(c) = obj->self_ref;
-  bind_obj_set_target(L, obj, 1);
+  *ws_conn_ud(c) = ud_new(L, c, deflate);
   r = http_conn_takeover(hc, gen, on_taken, c);
-  if (r != 0) ws_conn_open(c, r, "", 0); /* told "close" 1006: the object is closed */
-  lua_pushboolean(L, deflate);
-  return 2;
+  if (r != 0) ws_conn_open(c, r, "", 0); /* told "close" 1006: the ws is closed */
+  return 1;
 }
 
-static ws_conn_t *check_ws(lua_State *L) { return bind_obj_check(L, 1, &ws_type)->ptr; }
-
-/* ws.send(ud, data, opcode) -> true | false (slow down) | nil, "closed" */
+/* ws.send(ws, data, opcode) -> true | false (slow down) | nil, "closed" */
 static int ws_send(lua_State *L) {
-  ws_conn_t *c = check_ws(L);
+  ws_ud_t *u = ud_check(L, 1);
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
   int op = (int)luaL_checknumber(L, 3);
-  if (c == NULL) goto closed;
-  int r = ws_conn_send(c, op, p, n);
+  if (u->c == NULL) goto closed;
+  int r = ws_conn_send(u->c, op, p, n);
   if (r < 0) goto closed;
   lua_pushboolean(L, r);
   return 1;
@@ -110,13 +164,13 @@ closed:
   return 2;
 }
 
-/* ws.close(ud, code, reason): starts the close handshake (nothing when closed or closing). */
+/* ws.close(ws, code, reason): starts the close handshake (nothing when closed or closing). */
 static int ws_close(lua_State *L) {
-  ws_conn_t *c = check_ws(L);
+  ws_ud_t *u = ud_check(L, 1);
   unsigned code = (unsigned)luaL_optnumber(L, 2, 0);
   size_t n = 0;
   const char *reason = luaL_optlstring(L, 3, "", &n);
-  if (c) ws_conn_close(c, code, reason, n);
+  if (u->c) ws_conn_close(u->c, code, reason, n);
   return 0;
 }
 
@@ -126,41 +180,158 @@ static int ws_count(lua_State *L) {
   return 1;
 }
 
-static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int binary) {
-  lua_State *L = data;
-  if (!bind_push_call(L, ws_refs[CB_MESSAGE], bind_obj_at(L, *ws_conn_user_ref(c)))) return;
-  lua_pushlstring(L, p, n);
-  lua_pushboolean(L, binary);
-  luastate_pcall(L, 3, 0, "error in websocket 'message' handler");
+static int event_arg(lua_State *L, int idx) {
+  int i = (int)luaL_checknumber(L, idx);
+  luaL_argcheck(L, i >= 1 && i <= CB_COUNT, idx, "event 1-3");
+  return i - 1;
 }
 
+/* ws.listener(ws, event) -> what listens to event 1-3 (message, close, drain), or nil */
+static int ws_listener(lua_State *L) {
+  ws_ud_t *u = ud_check(L, 1);
+  int i = event_arg(L, 2);
+  if (u->c == NULL) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ws_conn_refs(u->c)[i]);
+  return 1;
+}
+
+/* ws.listen(ws, event, value): value (a function or a table of them) listens to event 1-3; false when
+ * the ws is closed (nothing kept). */
+static int ws_listen(lua_State *L) {
+  ws_ud_t *u = ud_check(L, 1);
+  int i = event_arg(L, 2);
+  luaL_checkany(L, 3);
+  if (u->c == NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  int *ref = &ws_conn_refs(u->c)[i];
+  if (*ref == LUA_NOREF) {
+    lua_settop(L, 3);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else {
+    lua_pushvalue(L, 3);
+    lua_rawseti(L, LUA_REGISTRYINDEX, *ref);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ws.state(ws) -> nil while open, else the close code and reason */
+static int ws_state(lua_State *L) {
+  ws_ud_t *u = ud_check(L, 1);
+  if (u->code == 0) return 0;
+  lua_pushnumber(L, u->code);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.reasons_ref);
+  lua_pushlightuserdata(L, u);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "");
+  }
+  return 2;
+}
+
+/* ws.field(ws, name) -> the protocol, the origin, compressed (true or nil) */
+static int ws_field(lua_State *L) {
+  ws_ud_t *u = ud_check(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k == NULL) return 0;
+  if (strcmp(k, "protocol") == 0 && u->plen) lua_pushlstring(L, u->str, u->plen);
+  else if (strcmp(k, "origin") == 0 && u->has_origin) lua_pushlstring(L, u->str + u->plen, u->olen);
+  else if (strcmp(k, "compressed") == 0 && u->compressed) lua_pushboolean(L, 1);
+  else return 0;
+  return 1;
+}
+
+/* __gc: the script let go of its ws; the connection goes on without it (its listeners stay). */
+static int ws_gc(lua_State *L) {
+  ws_ud_t *u = lua_touserdata(L, 1);
+  if (u->c) *ws_conn_ud(u->c) = NULL;
+  u->c = NULL;
+  if (u->code) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, bws.reasons_ref);
+    lua_pushlightuserdata(L, u);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
+  return 0;
+}
+
+/* Calls the Lua half's dispatcher i with the listener ref and the nargs values on the stack top. */
+static void dispatch(lua_State *L, int i, int ref, int nargs, const char *what) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.cb[i]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  lua_insert(L, -nargs - 2);
+  lua_insert(L, -nargs - 2);
+  luastate_pcall(L, nargs + 1, 0, what);
+}
+
+static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int binary) {
+  lua_State *L = data;
+  int ref = ws_conn_refs(c)[CB_MESSAGE];
+  if (ref == LUA_NOREF || bws.cb[CB_MESSAGE] == LUA_NOREF) return;
+  lua_pushlstring(L, p, n);
+  lua_pushboolean(L, binary);
+  dispatch(L, CB_MESSAGE, ref, 2, "error in websocket 'message' handler");
+}
+
+/* The ws (if the script still has it) learns the code and reason; the listeners are let go. */
 static void on_close(void *data, ws_conn_t *c, unsigned code, const char *reason, size_t n) {
   lua_State *L = data;
-  int *slot = ws_conn_user_ref(c);
-  bind_obj_t *obj = bind_obj_at(L, *slot);
-  *slot = LUA_NOREF;
-  if (obj == NULL) return;
-  int call = bind_push_call(L, ws_refs[CB_CLOSE], obj);
-  bind_obj_invalidate(L, obj);
-  if (!call) return;
-  lua_pushnumber(L, code);
-  lua_pushlstring(L, reason, n);
-  luastate_pcall(L, 3, 0, "error in websocket 'close' handler");
+  int *refs = ws_conn_refs(c);
+  ws_ud_t *u = *ws_conn_ud(c);
+  *ws_conn_ud(c) = NULL;
+  if (u) {
+    u->c = NULL;
+    u->code = (uint16_t)code;
+    if (n) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, bws.reasons_ref);
+      lua_pushlightuserdata(L, u);
+      lua_pushlstring(L, reason, n);
+      lua_rawset(L, -3);
+      lua_pop(L, 1);
+    }
+  }
+  int ref = refs[CB_CLOSE];
+  refs[CB_CLOSE] = LUA_NOREF;
+  if (ref != LUA_NOREF && bws.cb[CB_CLOSE] != LUA_NOREF) {
+    lua_pushnumber(L, code);
+    lua_pushlstring(L, reason, n);
+    dispatch(L, CB_CLOSE, ref, 2, "error in websocket 'close' handler");
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  for (int i = 0; i < CB_COUNT; i++) {
+    luaL_unref(L, LUA_REGISTRYINDEX, refs[i]);
+    refs[i] = LUA_NOREF;
+  }
 }
 
 static void on_drain(void *data, ws_conn_t *c) {
   lua_State *L = data;
-  if (!bind_push_call(L, ws_refs[CB_DRAIN], bind_obj_at(L, *ws_conn_user_ref(c)))) return;
-  luastate_pcall(L, 1, 0, "error in websocket 'drain' handler");
+  int ref = ws_conn_refs(c)[CB_DRAIN];
+  if (ref == LUA_NOREF || bws.cb[CB_DRAIN] == LUA_NOREF) return;
+  dispatch(L, CB_DRAIN, ref, 0, "error in websocket 'drain' handler");
 }
 
 static const ws_callbacks_t ws_callbacks = {on_message, on_close, on_drain};
 
 void bind_ws_open(lua_State *L, uv_loop_t *loop) {
-  static const luaL_Reg fns[] = {{"on", ws_on},       {"accept", ws_accept}, {"send", ws_send},
-                                 {"close", ws_close}, {"count", ws_count},   {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"on", ws_on},         {"accept", ws_accept}, {"send", ws_send},
+                                 {"close", ws_close},   {"count", ws_count},   {"listener", ws_listener},
+                                 {"listen", ws_listen}, {"state", ws_state},   {"field", ws_field},
+                                 {NULL, NULL}};
   ws_init(loop, &ws_callbacks, L);
-  bind_type_init(L, &ws_type, "websocket");
+  lua_newtable(L);
+  lua_pushcfunction(L, ws_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushvalue(L, -1);
+  bws.mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  bws.reasons_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   bind_module_open(L, "moonfork.core.ws", fns);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "meta"); /* the Lua half sets __index (its methods) */
   lua_pop(L, 1);
 }

@@ -46,23 +46,23 @@ static void alog_header(mf_buf_t *b, const http_parse_t *p, const char *name) {
 
 /* At dispatch: keeps what the log line needs from the request, which is freed before the response. */
 void http_alog_request(http_conn_t *c, const char *method) {
-  mf_buf_t *b = &c->alog;
+  mf_buf_t *b = &c->rq->alog;
   size_t url_len;
-  const char *url = http_parse_url(&c->parser, &url_len);
+  const char *url = http_parse_url(&c->rq->parser, &url_len);
   b->len = 0;
   alog_escape(b, method, strlen(method));
   mf_buf_append(b, " ", 1);
   alog_escape(b, url, url_len);
-  mf_buf_appendf(b, " HTTP/%d.%d", c->parser.llhttp.http_major, c->parser.llhttp.http_minor);
+  mf_buf_appendf(b, " HTTP/%d.%d", c->rq->parser.llhttp.http_major, c->rq->parser.llhttp.http_minor);
   mf_buf_append(b, "", 1);
-  alog_header(b, &c->parser, "referer");
-  alog_header(b, &c->parser, "user-agent");
+  alog_header(b, &c->rq->parser, "referer");
+  alog_header(b, &c->rq->parser, "user-agent");
 }
 
 /* Combined log format: host - - [time] "request" status bytes "referer" "user agent" */
 void http_alog_response(http_conn_t *c) {
   http_server_t *srv = c->srv;
-  if (srv->access_fd < 0 || c->alog.len == 0) return;
+  if (srv->access_fd < 0 || c->rq == NULL || c->rq->alog.len == 0) return;
   time_t now = time(NULL);
   if (now != srv->alog_at) {
     struct tm tm;
@@ -70,12 +70,12 @@ void http_alog_response(http_conn_t *c) {
     strftime(srv->alog_time, sizeof srv->alog_time, "%d/%b/%Y:%H:%M:%S %z", &tm);
     srv->alog_at = now;
   }
-  const char *req = c->alog.data;
+  const char *req = c->rq->alog.data;
   const char *ref = req + strlen(req) + 1;
   const char *ua = ref + strlen(ref) + 1;
   char bytes[24] = "-";
   if (c->bytes_out > 0) snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)c->bytes_out);
   mf_buf_appendf(&srv->access, "%s - - [%s] \"%s\" %d %s \"%s\" \"%s\"\n", http_conn_remote(c), srv->alog_time, req,
                  c->status, bytes, ref, ua);
-  c->alog.len = 0;
+  c->rq->alog.len = 0;
 }

@@ -29,108 +29,50 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void takeover_finish(http_conn_t *c);
 
-/* ---- timers ---------------------------------------------------------------------------------- */
+/* ---- memory ----------------------------------------------------------------------------------
+ * A connection that waits (keep-alive between requests, or a response held open: SSE, long polls)
+ * keeps only its http_conn_t: the libuv handle, the send queue and a few counters. Reads land in the
+ * worker's buffer; the parser, body, held input, access-log line and shutdown request live in an
+ * http_rq_t taken from the server's pool when bytes arrive and given back once nothing in it is in
+ * use; timeouts are places in the worker's heap (http_server.c), not a timer per connection. */
 
-/* One timer per connection serves two clocks: the state's deadline (headers, handler, keep-alive,
- * linger) and, while anything is queued, the send timeout, which closes a client that reads nothing
- * for --send-timeout. Progress is judged by bytes gone out (writeq_sent), checked every quarter of the
- * timeout, so a slow reader that keeps reading is never cut off however long it takes. */
+static const http_parse_callbacks_t conn_parse_callbacks;
 
-static void on_timer(uv_timer_t *t);
+static size_t conn_pending(const http_conn_t *c) { return c->rq != NULL ? c->rq->pending.len : 0; }
 
-/* Arms the timer for the sooner of the two clocks. A request moves the deadline four times (headers,
- * handler, response started, keep-alive), so the timer is only re-armed when it must fire sooner than
- * it is set for; when it fires early it sleeps again until what is due. */
-static void conn_arm(http_conn_t *c) {
-  uint64_t due = c->deadline;
-  if (c->send_check != 0 && (due == 0 || c->send_check < due)) due = c->send_check;
-  if (due == 0 || c->closing) return;
-  if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= due) return;
-  uint64_t now = uv_now(c->srv->loop);
-  c->timer_due = due;
-  uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+http_rq_t *http_conn_rq(http_conn_t *c) {
+  if (c->rq != NULL) return c->rq;
+  http_rq_t *rq = http_server_rq_get(c->srv);
+  if (rq == NULL) return NULL;
+  mf_buf_t head = rq->parser.head; /* (what it grew to: kept for this request) */
+  http_parse_init(&rq->parser, HTTP_REQUEST, &conn_parse_callbacks, c, (uint32_t)c->srv->cfg->max_header_size);
+  rq->parser.head = head;
+  rq->parser.max_body = c->srv->cfg->max_body; /* chunk extensions count too (http_parse.c) */
+  rq->discarded = rq->body_until = rq->body_counted = 0;
+  rq->body_err = 0;
+  rq->takeover_cb = NULL;
+  c->rq = rq;
+  return rq;
 }
 
-static uint64_t send_step(uint64_t timeout) { return timeout >= 4 ? timeout / 4 : 1; }
-
-/* Starts the send timeout once a write left bytes queued (on_write_empty stops it). */
-static void conn_send_watch(http_conn_t *c) {
-  uint64_t timeout = c->srv->cfg->send_timeout_ms;
-  if (c->send_check != 0 || timeout == 0 || writeq_size(&c->wq) == 0) return;
-  uint64_t now = uv_now(c->srv->loop);
-  c->sent_seen = writeq_sent(&c->wq);
-  c->sent_at = now;
-  c->send_check = now + send_step(timeout);
-  conn_arm(c);
+/* Gives the request state back to the pool, its buffers emptied. */
+static void conn_rq_put(http_conn_t *c) {
+  http_rq_t *rq = c->rq;
+  c->rq = NULL;
+  http_parse_next(&rq->parser, HTTP_KEEP_BUF);
+  mf_buf_reset(&rq->body, HTTP_KEEP_BUF);
+  mf_buf_reset(&rq->pending, HTTP_KEEP_BUF);
+  mf_buf_reset(&rq->alog, HTTP_KEEP_BUF);
+  http_server_rq_put(c->srv, rq);
 }
 
-/* Has the client read anything since the last check? Returns -1 when it has not for too long (the
- * connection is then closing). */
-static int conn_send_check(http_conn_t *c, uint64_t now) {
-  uint64_t timeout = c->srv->cfg->send_timeout_ms, sent = writeq_sent(&c->wq);
-  if (sent != c->sent_seen) {
-    c->sent_seen = sent;
-    c->sent_at = now;
-  } else if (now - c->sent_at >= timeout) {
-    mf_log("client %s read nothing for %.1f s with %zu bytes to send: closing", http_conn_remote(c),
-           (double)timeout / 1000.0, writeq_size(&c->wq));
-    http_conn_close(c);
-    return -1;
-  }
-  c->send_check = now + send_step(timeout);
-  if (c->send_check > c->sent_at + timeout) c->send_check = c->sent_at + timeout;
-  return 0;
-}
-
-/* The state's deadline passed. */
-static void conn_expired(http_conn_t *c) {
-  switch (c->state) {
-    case HTTP_CONN_IDLE:
-    case HTTP_CONN_CLOSING:
-      http_conn_close(c);
-      break;
-    case HTTP_CONN_HEAD:
-    case HTTP_CONN_BODY:
-      if (c->body_mode == HTTP_BODY_DISCARD) /* our response is out: only the dropped body is late */
-        http_conn_close(c);
-      else
-        http_conn_fail(c, 408);
-      break;
-    case HTTP_CONN_HANDLING:
-      if (c->body_open && !c->read_paused) { /* a body still arriving, while the handler has it */
-        http_body_fail(c, 408);
-        http_conn_fail(c, 408);
-        http_body_tell(c);
-      } else if (!c->head_sent) {
-        mf_log("request timed out after %.1f s without a response; answering 503",
-               (double)c->srv->cfg->request_timeout_ms / 1000.0);
-        http_conn_fail(c, 503);
-      }
-      break;
-    case HTTP_CONN_TAKEN:
-      break;
-  }
-}
-
-static void on_timer(uv_timer_t *t) {
-  http_conn_t *c = mf_container_of(t, http_conn_t, timer);
-  uint64_t now = uv_now(c->srv->loop);
-  if (c->send_check != 0 && now >= c->send_check && conn_send_check(c, now) != 0) return;
-  if (c->deadline != 0 && now >= c->deadline) {
-    c->deadline = 0;
-    conn_expired(c);
-  }
-  conn_arm(c); /* for what is still due (disarmed or moved later since: sleep until then) */
-}
-
-/* Sets the connection's state deadline, `ms` from now; 0 clears it. */
-void http_conn_timer(http_conn_t *c, uint64_t ms) {
-  if (ms == 0) {
-    c->deadline = 0;
-    return;
-  }
-  c->deadline = uv_now(c->srv->loop) + ms;
-  conn_arm(c);
+/* Between messages, with nothing held, no body and no hand-over under way: the state goes back. */
+static void conn_rq_release(http_conn_t *c) {
+  http_rq_t *rq = c->rq;
+  if (rq == NULL || c->closing || c->in_process || c->body_streamed || c->body_open) return;
+  if (c->state != HTTP_CONN_IDLE && c->state != HTTP_CONN_HANDLING) return;
+  if (rq->pending.len > 0 || rq->alog.len > 0 || rq->body_counted > 0 || rq->takeover_cb != NULL) return;
+  conn_rq_put(c);
 }
 
 /* ---- writing and ending ---------------------------------------------------------------------- */
@@ -170,7 +112,7 @@ int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   uint64_t before = c->wq.queued;
   int r = writeq_write(&c->wq, bufs, n);
   if (r < 0) http_conn_close(c);
-  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) conn_send_watch(c); /* bytes wait */
+  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) http_conn_send_watch(c); /* bytes wait */
   return r;
 }
 
@@ -194,13 +136,18 @@ void http_conn_read_again(http_conn_t *c) {
 /* The response that ends this connection is written: send FIN once it is flushed, then linger. */
 void http_conn_end(http_conn_t *c) {
   if (c->closing || c->state == HTTP_CONN_CLOSING || c->state == HTTP_CONN_TAKEN) return;
+  http_rq_t *rq = http_conn_rq(c); /* (its shutdown request) */
+  if (rq == NULL) {
+    http_conn_close(c);
+    return;
+  }
   c->state = HTTP_CONN_CLOSING;
-  c->pending.len = 0;
+  rq->pending.len = 0;
   /* With bytes still queued the send timeout watches them; the linger starts in on_shutdown, once
    * they are out (a slow reader of a large response is not cut off). */
   http_conn_timer(c, writeq_size(&c->wq) == 0 ? HTTP_LINGER_MS : 0);
   http_conn_read_again(c); /* so the linger sees the client's FIN */
-  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
+  if (uv_shutdown(&rq->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
 }
 
 /* ---- the request/response cycle ------------------------------------------------------------- */
@@ -219,13 +166,16 @@ static void conn_queue_resume(http_conn_t *c) {
 void http_conn_request_done(http_conn_t *c) {
   http_server_t *srv = c->srv;
   c->lua_owned = 0;
+  /* Lua keeps nothing for a connection between requests: its binding object (and through it the
+   * finished response) goes now; the next request makes a new one. */
+  if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, 0);
   http_server_count_response(srv);
   http_alog_response(c);
   if (c->body_streamed && http_body_done(c)) return; /* reading on to drop the rest of its body */
   if (!c->keep_alive || c->upgrade) {
     /* A client that asked to close sends nothing more: with nothing unread and nothing queued, no RST
      * can hurt the response, so close now instead of lingering for its FIN. */
-    if (c->client_close && !c->upgrade && c->pending.len == 0 && writeq_size(&c->wq) == 0)
+    if (c->client_close && !c->upgrade && conn_pending(c) == 0 && writeq_size(&c->wq) == 0)
       http_conn_close(c);
     else
       http_conn_end(c);
@@ -236,6 +186,7 @@ void http_conn_request_done(http_conn_t *c) {
     return;
   }
   http_conn_next(c);
+  if (!c->in_process) conn_rq_release(c);
 }
 
 void http_conn_next(http_conn_t *c) {
@@ -243,14 +194,15 @@ void http_conn_next(http_conn_t *c) {
   c->head_sent = 0;
   /* keep-alive counts from when the response is out, not queued: else on_write_empty starts it */
   http_conn_timer(c, writeq_size(&c->wq) == 0 ? c->srv->cfg->keepalive_timeout_ms : 0);
-  if (!c->in_process && (c->pending.len > 0 || c->read_paused)) conn_queue_resume(c);
+  if (!c->in_process && (conn_pending(c) > 0 || c->read_paused)) conn_queue_resume(c);
 }
 
 /* Hands the request to the handler: complete, or (body_open) at the end of its head, with its body to
  * follow (http_body.c). The headers go as the parser stored them (packed). */
 static void conn_dispatch(http_conn_t *c) {
   http_server_t *srv = c->srv;
-  http_parse_t *p = &c->parser;
+  http_rq_t *rq = c->rq;
+  http_parse_t *p = &rq->parser;
   http_request_t req;
   req.method = http_parse_method(p);
   req.url = http_parse_url(p, &req.url_len);
@@ -258,8 +210,8 @@ static void conn_dispatch(http_conn_t *c) {
   req.http_minor = p->llhttp.http_minor;
   req.headers = http_parse_headers(p, &req.headers_len);
   req.trailers = http_parse_trailers(p, &req.trailers_len);
-  req.body = c->body_open ? NULL : c->body.data ? c->body.data : "";
-  req.body_len = c->body_open ? 0 : c->body.len;
+  req.body = c->body_open ? NULL : rq->body.data ? rq->body.data : "";
+  req.body_len = c->body_open ? 0 : rq->body.len;
   if (srv->access_fd >= 0) http_alog_request(c, req.method);
   scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
   c->state = HTTP_CONN_HANDLING;
@@ -269,9 +221,9 @@ static void conn_dispatch(http_conn_t *c) {
   c->gen++;
   if (!c->body_open) http_conn_timer(c, srv->cfg->request_timeout_ms); /* else the body's timer runs on */
   int r = srv->cb.on_request(srv->data, c, c->gen, &req);
-  if (!c->body_streamed) {
+  if (!c->body_streamed && c->rq == rq) {
     http_parse_next(p, HTTP_KEEP_BUF);
-    mf_buf_reset(&c->body, HTTP_KEEP_BUF);
+    mf_buf_reset(&rq->body, HTTP_KEEP_BUF);
     http_body_release(c);
   }
   if (r != 0) http_conn_fail(c, 500);
@@ -279,10 +231,11 @@ static void conn_dispatch(http_conn_t *c) {
 
 /* A request the parser refused: our own error answer. */
 static void conn_refuse(http_conn_t *c) {
-  int status = c->parser.err_status ? c->parser.err_status : 400;
+  http_parse_t *p = &c->rq->parser;
+  int status = p->err_status ? p->err_status : 400;
   if (status == 400)
-    mf_log("bad request from %s: %s (%s)", http_conn_remote(c), llhttp_errno_name(llhttp_get_errno(&c->parser.llhttp)),
-           http_parse_error(&c->parser));
+    mf_log("bad request from %s: %s (%s)", http_conn_remote(c), llhttp_errno_name(llhttp_get_errno(&p->llhttp)),
+           http_parse_error(p));
   http_conn_fail(c, status);
 }
 
@@ -290,12 +243,13 @@ static void conn_refuse(http_conn_t *c) {
  * parsed at once comes here, so reading stops once a whole request's worth (--max-header-size plus
  * --max-body) waits. Returns 0, or -1 when the connection closed. */
 static int conn_hold(http_conn_t *c, const char *data, size_t len) {
-  if (mf_buf_append(&c->pending, data, len) != 0) {
+  http_rq_t *rq = http_conn_rq(c);
+  if (rq == NULL || mf_buf_append(&rq->pending, data, len) != 0) {
     http_conn_close(c);
     return -1;
   }
   const mf_config_t *cfg = c->srv->cfg;
-  if (c->pending.len > cfg->max_header_size + cfg->max_body && !c->read_paused && c->state != HTTP_CONN_TAKEN) {
+  if (rq->pending.len > cfg->max_header_size + cfg->max_body && !c->read_paused && c->state != HTTP_CONN_TAKEN) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->read_paused = 1;
   }
@@ -306,14 +260,15 @@ static int conn_hold(http_conn_t *c, const char *data, size_t len) {
 static void conn_note(http_conn_t *c, int keep_alive) {
   c->keep_alive = keep_alive;
   c->client_close = !c->keep_alive;
-  c->is_head = c->parser.llhttp.method == HTTP_HEAD;
-  c->http11 = c->parser.llhttp.http_major == 1 && c->parser.llhttp.http_minor >= 1;
+  const llhttp_t *l = &c->rq->parser.llhttp;
+  c->is_head = l->method == HTTP_HEAD;
+  c->http11 = l->http_major == 1 && l->http_minor >= 1;
 }
 
 /* The head is complete and its body was not by the end of the read: the handler starts now, and
  * reads the body as it comes (or takes it whole once it is complete: http_body.c). */
 static void conn_dispatch_early(http_conn_t *c) {
-  conn_note(c, http_parse_keep_alive(&c->parser));
+  conn_note(c, http_parse_keep_alive(&c->rq->parser));
   c->body_open = c->body_streamed = 1;
   c->body_mode = HTTP_BODY_UNDECIDED;
   c->body_gen = c->gen + 1; /* (conn_dispatch counts it) */
@@ -324,7 +279,7 @@ static void conn_dispatch_early(http_conn_t *c) {
  * response only ends the connection. */
 static void conn_body_refused(http_conn_t *c) {
   int open = c->body_open, dropping = open && c->body_mode == HTTP_BODY_DISCARD;
-  if (open) http_body_fail(c, c->parser.err_status);
+  if (open) http_body_fail(c, c->rq->parser.err_status);
   if (dropping) {
     http_conn_end(c);
     return;
@@ -335,6 +290,10 @@ static void conn_body_refused(http_conn_t *c) {
 
 /* Feeds input to the parser, one request at a time. */
 static void conn_process(http_conn_t *c, const char *data, size_t len) {
+  if (http_conn_rq(c) == NULL) {
+    http_conn_close(c);
+    return;
+  }
   c->in_process = 1;
   while (len > 0 && !c->closing && c->state != HTTP_CONN_CLOSING && c->state != HTTP_CONN_TAKEN) {
     if (c->state == HTTP_CONN_HANDLING && !c->body_open) { /* a pipelined request: it waits its turn */
@@ -342,11 +301,12 @@ static void conn_process(http_conn_t *c, const char *data, size_t len) {
       break;
     }
     size_t used;
-    int r = http_parse_feed(&c->parser, data, len, &used);
+    http_parse_t *p = &http_conn_rq(c)->parser; /* (a takeover's rq was released: conn_hold made one) */
+    int r = http_parse_feed(p, data, len, &used);
     if (r == HTTP_PARSE_MORE) {
       if (c->body_open)
         http_body_fed(c);
-      else if (c->state == HTTP_CONN_BODY && !c->parser.llhttp.upgrade) /* the body is still to come */
+      else if (c->state == HTTP_CONN_BODY && !p->llhttp.upgrade) /* the body is still to come */
         conn_dispatch_early(c);
       break;
     }
@@ -360,7 +320,7 @@ static void conn_process(http_conn_t *c, const char *data, size_t len) {
       http_body_complete(c);
       continue;
     }
-    conn_note(c, c->parser.keep_alive);
+    conn_note(c, p->keep_alive);
     if (r == HTTP_PARSE_UPGRADE) { /* what follows is another protocol's: kept for a takeover */
       c->upgrade = 1;
       if (len > 0 && conn_hold(c, data, len) != 0) break;
@@ -369,15 +329,18 @@ static void conn_process(http_conn_t *c, const char *data, size_t len) {
     conn_dispatch(c);
   }
   c->in_process = 0;
+  conn_rq_release(c);
 }
 
 /* Runs input that waited behind a finished response. */
 static void conn_resume(http_conn_t *c) {
   if (c->closing || c->state == HTTP_CONN_HANDLING || c->state == HTTP_CONN_TAKEN) return;
-  mf_buf_t input = c->pending;
-  mf_buf_init(&c->pending);
-  if (input.len > 0) conn_process(c, input.data, input.len);
-  mf_buf_free(&input);
+  if (c->rq != NULL && c->rq->pending.len > 0) {
+    mf_buf_t input = c->rq->pending;
+    mf_buf_init(&c->rq->pending);
+    conn_process(c, input.data, input.len);
+    mf_buf_free(&input);
+  }
   if (c->closing) return;
   if (c->state != HTTP_CONN_HANDLING) http_conn_read_again(c);
 }
@@ -402,19 +365,22 @@ static void takeover_finish(http_conn_t *c) {
   uv_os_fd_t fd;
   int nfd = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
   if (nfd < 0) nfd = uv_translate_sys_error(errno);
-  http_takeover_cb cb = c->takeover_cb;
-  c->takeover_cb = NULL;
-  cb(c->takeover_arg, nfd, c->pending.data ? c->pending.data : "", c->pending.len);
-  c->pending.len = 0;
+  http_rq_t *rq = c->rq;
+  http_takeover_cb cb = rq->takeover_cb;
+  rq->takeover_cb = NULL;
+  cb(rq->takeover_arg, nfd, rq->pending.data ? rq->pending.data : "", rq->pending.len);
+  rq->pending.len = 0;
   http_conn_close(c); /* our copy of the socket: the new owner's lives on */
 }
 
 int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *arg) {
   if (c == NULL || c->closing || c->state != HTTP_CONN_HANDLING || gen != c->gen) return UV_EPIPE;
   if (!c->upgrade || !c->head_sent) return UV_EINVAL; /* no Upgrade asked for, or no 101 written */
+  http_rq_t *rq = http_conn_rq(c);
+  if (rq == NULL) return UV_ENOMEM;
   c->state = HTTP_CONN_TAKEN;
-  c->takeover_cb = cb;
-  c->takeover_arg = arg;
+  rq->takeover_cb = cb;
+  rq->takeover_arg = arg;
   c->lua_owned = 0; /* the request is over: its handler hears no "close" */
   http_conn_timer(c, 0);
   uv_read_stop((uv_stream_t *)&c->tcp); /* what comes next is read by the new owner */
@@ -429,7 +395,7 @@ int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *
 
 /* ---- parser callbacks ------------------------------------------------------------------------ */
 
-static http_conn_t *conn_of(http_parse_t *p) { return mf_container_of(p, http_conn_t, parser); }
+static http_conn_t *conn_of(http_parse_t *p) { return p->data; }
 
 static int on_message_begin(http_parse_t *p) {
   http_conn_t *c = conn_of(p);
@@ -452,7 +418,7 @@ static int on_head(http_parse_t *p) {
   }
   if (has_body) {
     uint64_t timeout = c->srv->cfg->body_timeout_ms;
-    c->body_until = timeout ? uv_now(c->srv->loop) + timeout : 0;
+    c->rq->body_until = timeout ? uv_now(c->srv->loop) + timeout : 0;
     /* a body of known length is counted whole from the start, so bodies trickling in together cannot
      * all pass the budget's check while each is still small */
     if ((l->flags & F_CONTENT_LENGTH) && http_body_count(c, l->content_length) != 0) return -1;
@@ -475,7 +441,8 @@ static int on_body(http_parse_t *p, const char *at, size_t len) {
   http_conn_t *c = conn_of(p);
   if (c->body_open) return http_body_piece(c, at, len);
   if (!(p->llhttp.flags & F_CONTENT_LENGTH) && http_body_count(c, len) != 0) return -1; /* chunked: as it grows */
-  return http_parse_append(p, &c->body, at, len, c->body.len + len, c->srv->cfg->max_body, 413);
+  mf_buf_t *b = &c->rq->body;
+  return http_parse_append(p, b, at, len, b->len + len, c->srv->cfg->max_body, 413);
 }
 
 static const http_parse_callbacks_t conn_parse_callbacks = {on_message_begin, on_head, on_body};
@@ -484,15 +451,14 @@ static const http_parse_callbacks_t conn_parse_callbacks = {on_message_begin, on
 
 static void on_handle_closed(uv_handle_t *h) {
   http_conn_t *c = h->data;
-  if (--c->handles_open > 0) return;
   http_server_t *srv = c->srv;
   if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   http_server_conn_removed(srv, c);
-  http_body_release(c);
-  mf_buf_free(&c->body);
-  mf_buf_free(&c->pending);
-  mf_buf_free(&c->alog);
-  http_parse_free(&c->parser);
+  if (c->rq != NULL) {
+    http_body_release(c);
+    conn_rq_put(c);
+  }
+  free(c->remote);
   free(c);
   http_server_conn_gone(srv);
 }
@@ -500,13 +466,13 @@ static void on_handle_closed(uv_handle_t *h) {
 void http_conn_close(http_conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
-  if (c->state == HTTP_CONN_TAKEN && c->takeover_cb != NULL) { /* closed before the 101 was out */
-    http_takeover_cb cb = c->takeover_cb;
-    c->takeover_cb = NULL;
-    cb(c->takeover_arg, UV_ECONNABORTED, "", 0);
+  http_server_heap_remove(c->srv, c);
+  if (c->state == HTTP_CONN_TAKEN && c->rq != NULL && c->rq->takeover_cb != NULL) { /* before the 101 was out */
+    http_takeover_cb cb = c->rq->takeover_cb;
+    c->rq->takeover_cb = NULL;
+    cb(c->rq->takeover_arg, UV_ECONNABORTED, "", 0);
   }
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -523,11 +489,29 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0 || c->closing || c->state == HTTP_CONN_CLOSING) return;
   if (c->state == HTTP_CONN_BODY || (c->body_open && c->state == HTTP_CONN_HANDLING)) http_body_timer(c);
-  if (c->pending.len > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
+  if (conn_pending(c) > 0 || c->queued || c->state == HTTP_CONN_TAKEN) {
     conn_hold(c, buf->base, (size_t)nread); /* older input is still waiting its turn: keep the order */
     return;
   }
   conn_process(c, buf->base, (size_t)nread);
+}
+
+/* A client usually sends its request right behind its connect, so it is often there by the time we
+ * accept: read it at once instead of waiting for epoll to say so. libuv registers the socket with
+ * epoll only at the loop's next poll (uv_read_start just queues it), so a request answered with
+ * `Connection: close` right here costs no epoll_ctl(ADD) and no wake-up of its own; when nothing is
+ * there yet (EAGAIN) the connection is watched as usual. */
+static void conn_first_read(http_conn_t *c, int fd) {
+  http_server_t *srv = c->srv;
+  ssize_t n;
+  do n = read(fd, srv->readbuf, sizeof srv->readbuf);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+  if (n <= 0) {
+    http_conn_close(c); /* EOF or error: as on_read */
+    return;
+  }
+  conn_process(c, srv->readbuf, (size_t)n);
 }
 
 /* A new connection on `fd` (ours now). */
@@ -540,9 +524,7 @@ void http_conn_new(http_server_t *srv, int fd) {
   c->srv = srv;
   c->user_ref = MF_NO_REF;
   uv_tcp_init(srv->loop, &c->tcp);
-  uv_timer_init(srv->loop, &c->timer);
-  c->tcp.data = c->timer.data = c;
-  c->handles_open = 2;
+  c->tcp.data = c;
   http_server_conn_added(srv, c);
   if (uv_tcp_open(&c->tcp, fd) != 0) {
     close(fd);
@@ -551,25 +533,27 @@ void http_conn_new(http_server_t *srv, int fd) {
   }
   writeq_init(&c->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
   c->wq.on_empty = on_write_empty;
-  http_parse_init(&c->parser, HTTP_REQUEST, &conn_parse_callbacks, c, (uint32_t)srv->cfg->max_header_size);
-  c->parser.max_body = srv->cfg->max_body; /* chunk extensions count too (http_parse.c) */
   c->state = HTTP_CONN_IDLE;
   http_conn_timer(c, srv->cfg->header_timeout_ms);
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  conn_first_read(c, fd);
 }
 
 int *http_conn_user_ref(http_conn_t *c) { return &c->user_ref; }
 
 const char *http_conn_remote(http_conn_t *c) {
-  if (c->remote[0] == '\0') { /* a syscall per connection, so only for those that ask */
+  if (c->remote == NULL) { /* a syscall per connection, so only for those that ask */
+    char name[64] = "-";
     struct sockaddr_storage ss;
     int sl = sizeof ss;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0)
-      snprintf(c->remote, sizeof c->remote, "-");
+      ;
     else if (ss.ss_family == AF_INET6)
-      uv_ip6_name((struct sockaddr_in6 *)&ss, c->remote, sizeof c->remote);
+      uv_ip6_name((struct sockaddr_in6 *)&ss, name, sizeof name);
     else
-      uv_ip4_name((struct sockaddr_in *)&ss, c->remote, sizeof c->remote);
+      uv_ip4_name((struct sockaddr_in *)&ss, name, sizeof name);
+    c->remote = strdup(name);
+    if (c->remote == NULL) return "-";
   }
   return c->remote;
 }

@@ -38,16 +38,35 @@ enum http_conn_state {
   HTTP_CONN_TAKEN,    /* handed over to another protocol (http_conn_takeover) */
 };
 
+/* What a connection needs only while a request is being read, its body streamed, input held or its
+ * end written: taken from the server's pool when bytes arrive and given back once the connection
+ * waits with nothing of its own (idle keep-alive, or a response held open: SSE), so that a waiting
+ * connection costs only its http_conn_t (see "memory" in http_conn.c). */
+typedef struct http_rq_s http_rq_t;
+struct http_rq_s {
+  http_parse_t parser;
+  mf_buf_t body;
+  mf_buf_t pending;          /* input received while a request is being handled */
+  mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
+  uint64_t discarded;        /* bytes dropped in HTTP_BODY_DISCARD */
+  uint64_t body_until;       /* loop time the request body must have arrived by (--body-timeout), 0 = none */
+  uint64_t body_counted;     /* bytes of srv->body_bytes that are this connection's body */
+  int body_err;              /* why the streamed body failed (UV_ETIMEDOUT, UV_EMSGSIZE, ...), 0 = it did not */
+  uv_shutdown_t shutdown_req;
+  http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
+  void *takeover_arg;
+  http_rq_t *next_free;      /* in the server's pool */
+};
+
 struct http_conn_s {
   uv_tcp_t tcp;
-  uv_timer_t timer;
-  uv_shutdown_t shutdown_req;
   writeq_t wq;
-  http_parse_t parser;
+  http_rq_t *rq;             /* NULL while the connection waits with nothing of its own */
   http_server_t *srv;
   http_conn_t *prev, *next;  /* the server's list of connections */
   http_conn_t *resume_next;  /* the server's list of connections whose pipelined input waits */
-  enum http_conn_state state;
+  char *remote;              /* the peer's address, looked up on first use (NULL until then) */
+  uint8_t state;             /* enum http_conn_state */
   unsigned closing : 1;      /* uv_close called */
   unsigned in_process : 1;   /* inside conn_process: it will pick up the next request itself */
   unsigned queued : 1;       /* on the resume list */
@@ -67,28 +86,18 @@ struct http_conn_s {
   unsigned body_end : 1;     /* ...and it has all arrived (what is unread waits in `body`) */
   unsigned body_waiting : 1; /* the handler waits for more of it: tell it (on_body) */
   unsigned body_mode : 2;    /* enum http_body_mode */
-  int body_err;              /* why the streamed body failed (UV_ETIMEDOUT, UV_EMSGSIZE, ...), 0 = it did not */
-  uint64_t discarded;        /* bytes dropped in HTTP_BODY_DISCARD */
+  uint16_t status;           /* of the response, for the access log */
   uint32_t body_gen;         /* the request (gen) whose body is streamed */
-  int status;                /* of the response, for the access log */
-  uint64_t bytes_out;        /* body bytes of the response */
-  mf_buf_t alog;             /* access log: "request line" then '\0' then referer '\0' user agent */
-  int handles_open;
   uint32_t gen;
   int user_ref;
-  mf_buf_t body;
-  mf_buf_t pending;          /* input received while a request is being handled */
+  uint32_t heap_pos;         /* 1 + index in the server's timer heap, 0 = not in it */
+  uint64_t bytes_out;        /* body bytes of the response */
   uint64_t deadline;         /* loop time (ms) the current timeout ends, 0 = none (see http_conn_timer) */
   uint64_t send_check;       /* loop time of the next check that the client reads, 0 = nothing queued */
   uint64_t sent_seen;        /* writeq_sent at the last check */
   uint64_t sent_at;          /* loop time it was last seen to grow */
-  uint64_t timer_due;        /* when the timer is set to fire (the sooner of the two above) */
-  uint64_t body_until;       /* loop time the request body must have arrived by (--body-timeout), 0 = none */
-  uint64_t body_counted;     /* bytes of srv->body_bytes that are this connection's body */
+  uint64_t timer_due;        /* when the heap has it due (the sooner of the two above) */
   int64_t clen_left;         /* body bytes the handler's Content-Length still allows, -1 = none set */
-  http_takeover_cb takeover_cb; /* state HTTP_CONN_TAKEN: who gets the socket once the 101 is out */
-  void *takeover_arg;
-  char remote[64];           /* the peer's address, looked up on first use ("" until then) */
 };
 
 struct http_server_s {
@@ -97,6 +106,12 @@ struct http_server_s {
   uv_timer_t accept_retry;   /* after EMFILE and the like */
   int listen_fd;
   uv_idle_t idle;
+  uv_timer_t timer;          /* fires for the first connection due in the heap */
+  uint64_t timer_at;         /* when it is set to fire, 0 = not set */
+  http_conn_t **heap;        /* connections with a timeout, a binary min-heap on timer_due */
+  uint32_t heap_len, heap_cap;
+  http_rq_t *rq_free;        /* request states given back, for the next request */
+  uint32_t rq_free_len;
   const mf_config_t *cfg;
   http_callbacks_t cb;
   void *data;
@@ -104,11 +119,13 @@ struct http_server_s {
   http_conn_t *resume_head;
   size_t nconns;
   size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
+  size_t crowd_mark;         /* the most open at once since memory was last trimmed (server_trim) */
   uint64_t requests;
   uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */
   uint64_t body_bytes;       /* request bodies being received, counted against --max-body-memory */
   uint64_t body_refused_at;  /* loop time a body was last refused for it (the log says so once a second) */
   int listener_closed, accept_paused, draining, drained_fired;
+  int crowd_left;            /* a crowd is leaving: memory is trimmed as it goes (server_trim) */
 
   mf_buf_t out;              /* response head being assembled (reused) */
   scoreboard_entry_t *sb;       /* where the master sees what this worker runs (may be NULL) */
@@ -126,6 +143,8 @@ struct http_server_s {
 };
 
 /* http_server.c */
+http_rq_t *http_server_rq_get(http_server_t *srv);             /* NULL when out of memory */
+void http_server_rq_put(http_server_t *srv, http_rq_t *rq);
 void http_server_conn_added(http_server_t *srv, http_conn_t *c);
 void http_server_conn_removed(http_server_t *srv, http_conn_t *c); /* before it is freed */
 void http_server_conn_gone(http_server_t *srv);                     /* after */
@@ -140,6 +159,12 @@ int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n);
 void http_conn_request_done(http_conn_t *c);
 void http_conn_next(http_conn_t *c);       /* ready for the next request on a kept-alive connection */
 void http_conn_read_again(http_conn_t *c); /* reads on after read_paused */
+http_rq_t *http_conn_rq(http_conn_t *c);   /* the connection's request state, taken if it had none (NULL: no memory) */
+
+/* http_timer.c */
+void http_server_heap_set(http_server_t *srv, http_conn_t *c); /* (re)places c at c->timer_due */
+void http_server_heap_remove(http_server_t *srv, http_conn_t *c);
+void http_conn_send_watch(http_conn_t *c); /* bytes were left queued: the send timeout starts */
 
 /* http_body.c */
 int http_body_count(http_conn_t *c, uint64_t n);

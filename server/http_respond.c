@@ -118,7 +118,8 @@ void http_conn_fail(http_conn_t *c, int status) {
   c->status = status;
   c->bytes_out = strlen(reason) + 1;
   http_server_count_response(srv);
-  if (c->alog.len == 0 && srv->access_fd >= 0) mf_buf_append(&c->alog, "-\0-\0-", 6); /* not a request we could read */
+  if (srv->access_fd >= 0 && http_conn_rq(c) != NULL && c->rq->alog.len == 0)
+    mf_buf_append(&c->rq->alog, "-\0-\0-", 6); /* not a request we could read */
   http_alog_response(c);
   if (http_conn_write(c, &b, 1) >= 0) http_conn_end(c);
 }

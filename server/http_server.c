@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,6 +43,7 @@ void http_server_conn_added(http_server_t *srv, http_conn_t *c) {
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
   if (++srv->nconns > srv->nconns_peak) srv->nconns_peak = srv->nconns;
+  if (srv->nconns > srv->crowd_mark) srv->crowd_mark = srv->nconns;
   if (srv->sb) srv->sb->connections = srv->nconns;
 }
 
@@ -58,12 +60,56 @@ void http_server_conn_removed(http_server_t *srv, http_conn_t *c) {
   if (srv->sb) srv->sb->connections = srv->nconns;
 }
 
+/* A crowd has left (the connections are down to a quarter of the most since the last time, and on
+ * down to none): give the allocator's free memory back to the system, which free() alone does not
+ * when the freed structs lie between live ones. A few times per crowd (log4 of its size), cheap next
+ * to the thousands of closes that led to it. */
+#define HTTP_CROWD 1024
+
+static void server_trim(http_server_t *srv) {
+  if (srv->crowd_mark >= HTTP_CROWD) srv->crowd_left = 1;
+  if (!srv->crowd_left || srv->nconns > srv->crowd_mark / 4) return;
+  srv->crowd_mark = srv->nconns;
+  if (srv->nconns == 0) srv->crowd_left = 0;
+  malloc_trim(0);
+}
+
 void http_server_conn_gone(http_server_t *srv) {
+  server_trim(srv);
   if (srv->accept_paused && !srv->draining && !uv_is_active((uv_handle_t *)&srv->accept_retry)) {
     srv->accept_paused = 0;
     server_accept(srv); /* under the limit again: take connections */
   }
   server_drained(srv);
+}
+
+/* ---- request states ------------------------------------------------------------------------- */
+
+#define HTTP_RQ_POOL 64 /* request states kept for reuse: more than the requests a worker runs at once */
+
+http_rq_t *http_server_rq_get(http_server_t *srv) {
+  http_rq_t *rq = srv->rq_free;
+  if (rq != NULL) {
+    srv->rq_free = rq->next_free;
+    srv->rq_free_len--;
+    return rq;
+  }
+  return calloc(1, sizeof *rq);
+}
+
+/* Takes rq back (its buffers empty; they keep what they had grown to, up to HTTP_KEEP_BUF). */
+void http_server_rq_put(http_server_t *srv, http_rq_t *rq) {
+  if (srv->rq_free_len >= HTTP_RQ_POOL) {
+    http_parse_free(&rq->parser);
+    mf_buf_free(&rq->body);
+    mf_buf_free(&rq->pending);
+    mf_buf_free(&rq->alog);
+    free(rq);
+    return;
+  }
+  rq->next_free = srv->rq_free;
+  srv->rq_free = rq;
+  srv->rq_free_len++;
 }
 
 static void on_accept_retry(uv_timer_t *t) {
@@ -141,6 +187,8 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
   uv_idle_init(loop, &srv->idle);
   uv_prepare_init(loop, &srv->flush);
   uv_unref((uv_handle_t *)&srv->flush);
+  uv_timer_init(loop, &srv->timer);
+  uv_unref((uv_handle_t *)&srv->timer); /* the connections keep the loop alive, not their timeouts */
   uv_timer_init(loop, &srv->accept_retry);
   uv_unref((uv_handle_t *)&srv->accept_retry);
   srv->listener.data = srv;
@@ -178,7 +226,7 @@ void http_server_drain(http_server_t *srv, int close_idle) {
     next = c->next;
     /* Idle between requests: flush, then FIN. A connection yet to send its first request is left to
      * send it (it is answered with Connection: close): closing it could cross that request. */
-    if (close_idle && c->state == HTTP_CONN_IDLE && c->gen > 0 && c->pending.len == 0 && !c->queued) http_conn_end(c);
+    if (close_idle && c->state == HTTP_CONN_IDLE && c->gen > 0 && (c->rq == NULL || c->rq->pending.len == 0) && !c->queued) http_conn_end(c);
   }
   server_drained(srv);
 }

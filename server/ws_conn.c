@@ -2,10 +2,11 @@
  * idle timeouts and pings (RFC 6455 §5-7; compression in ws_deflate.c, the codec in ws_frame.c).
  *
  * Memory first: issue 19 wants an idle connection at half a kilobyte. So the socket is read into one
- * buffer per worker, and a connection keeps bytes of its own only while a frame is unfinished (`in`)
- * or a fragmented or compressed message is being put together (`msg`); both are freed once used.
- * Timeouts and pings come from one timer per worker that walks the list of connections, rather than a
- * timer each (a uv_timer_t is 150 bytes). Lua never runs here: the callbacks (bind_ws.c) do. */
+ * buffer per worker, and a connection has buffers of its own (ws_rx_t) only while a frame is unfinished
+ * or a fragmented or compressed message is being put together; they are freed once used. Timeouts and
+ * pings come from one timer per worker that walks the list of connections, rather than a timer each (a
+ * uv_timer_t is 150 bytes); writes go through mf_writeq with a bit for backpressure, not a writeq_t (56
+ * bytes). An idle connection is its 328-byte struct, uv_tcp_t 248 of it. Lua never runs here. */
 #include "ws_conn.h"
 
 #include <stdlib.h>
@@ -23,26 +24,35 @@
 
 enum { WS_PENDING, WS_OPEN, WS_CLOSING, WS_DONE };
 
+/* What a connection buffers, allocated only while it holds something: an idle connection has none
+ * (two mf_buf_t in every connection were 48 of its bytes). */
+typedef struct {
+  mf_buf_t in;  /* an unfinished frame (while PENDING: what to send once open) */
+  mf_buf_t msg; /* a message being put together; while CLOSING: the reason we closed with */
+} ws_rx_t;
+
 struct ws_conn_s {
   uv_tcp_t tcp;
-  writeq_t wq;
   ws_conn_t *prev, *next; /* every connection of the worker */
-  mf_buf_t in;            /* an unfinished frame (while PENDING: what to send once open) */
-  mf_buf_t msg;           /* a message being put together; while CLOSING: the reason we closed with */
+  ws_rx_t *rx;            /* buffers, only while one holds something (see ws_rx_t), else NULL */
   ws_deflate_t *z;        /* permessage-deflate negotiated, else NULL */
-  uint64_t max_payload;
+  void *ud;               /* the Lua side's (bind_ws.c) */
+  int refs[WS_NREFS];
+  uint32_t max_payload;   /* (4 bytes less than a uint64_t: 4 GiB is plenty for a message held whole) */
   uint32_t idle_ms, ping_ms;
-  uint32_t last_rx, last_ping, deadline; /* loop time in ms, 32 bits (differences wrap correctly) */
-  int user_ref;
+  /* loop time in ms, 32 bits (differences wrap correctly): the last bytes from the client; while OPEN
+   * when we last pinged, after that the deadline for the close handshake */
+  uint32_t last_rx, mark;
   ws_utf8_t utf8;          /* a text message's UTF-8 so far */
-  uint16_t close_code;     /* what we closed with (CLOSING) */
-  uint8_t state;
-  uint8_t msg_op;          /* the opcode of the message being received, 0 when none */
-  uint8_t msg_z : 1;       /* ... and it is compressed */
+  uint8_t msg_z : 1;       /* the message being received is compressed */
   uint8_t tcp_open : 1;    /* tcp was initialised: close it */
   uint8_t told : 1;        /* on_close was called */
   uint8_t freeing : 1;
   uint8_t deferred : 1;    /* in ws.later: bytes that came with the request wait for the next turn */
+  uint8_t above : 1;       /* a send said "slow down": on_drain is due */
+  uint16_t close_code;     /* what we closed with (CLOSING) */
+  uint8_t state;
+  uint8_t msg_op;          /* the opcode of the message being received, 0 when none */
 };
 
 static struct {
@@ -67,6 +77,30 @@ static struct {
 static void tick(uv_timer_t *t);
 static int cork_flush(ws_conn_t *c);
 
+/* The connection's buffers, made when first needed: NULL when out of memory. */
+static ws_rx_t *rx_of(ws_conn_t *c) {
+  if (c->rx == NULL) c->rx = calloc(1, sizeof *c->rx);
+  return c->rx;
+}
+
+static void rx_free(ws_conn_t *c) {
+  if (c->rx == NULL) return;
+  mf_buf_free(&c->rx->in);
+  mf_buf_free(&c->rx->msg);
+  free(c->rx);
+  c->rx = NULL;
+}
+
+/* Gives the buffers back once neither holds anything. */
+static void rx_trim(ws_conn_t *c) {
+  if (c->rx && c->rx->in.len == 0 && c->rx->msg.len == 0) rx_free(c);
+}
+
+static size_t in_len(const ws_conn_t *c) { return c->rx ? c->rx->in.len : 0; }
+static size_t msg_len(const ws_conn_t *c) { return c->rx ? c->rx->msg.len : 0; }
+/* Our close reason (CLOSING). */
+static const char *reason_of(const ws_conn_t *c) { return c->rx && c->rx->msg.data ? c->rx->msg.data : ""; }
+
 void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data) {
   ws.loop = loop;
   ws.cb = cb;
@@ -82,7 +116,9 @@ static uint32_t now32(void) { return (uint32_t)uv_now(ws.loop); }
 
 size_t ws_conn_count(void) { return ws.count; }
 
-int *ws_conn_user_ref(ws_conn_t *c) { return &c->user_ref; }
+void **ws_conn_ud(ws_conn_t *c) { return &c->ud; }
+
+int *ws_conn_refs(ws_conn_t *c) { return c->refs; }
 
 static void tick_start(uint32_t ms) {
   if (ms < ws.tick_ms || !ws.ticking) {
@@ -99,10 +135,10 @@ ws_conn_t *ws_conn_new(const ws_options_t *o) {
     free(c);
     return NULL;
   }
-  c->max_payload = o->max_payload;
+  c->max_payload = o->max_payload > UINT32_MAX ? UINT32_MAX : (uint32_t)o->max_payload;
   c->idle_ms = o->idle_ms;
   c->ping_ms = o->ping_ms;
-  c->user_ref = MF_NO_REF;
+  for (int i = 0; i < WS_NREFS; i++) c->refs[i] = MF_NO_REF;
   c->state = WS_PENDING;
   c->next = ws.head;
   if (ws.head) ws.head->prev = c;
@@ -121,8 +157,7 @@ static void conn_free(ws_conn_t *c) {
   if (c->prev) c->prev->next = c->next;
   else ws.head = c->next;
   if (c->next) c->next->prev = c->prev;
-  mf_buf_free(&c->in);
-  mf_buf_free(&c->msg);
+  rx_free(c);
   ws_deflate_free(c->z);
   free(c);
   ws.count--;
@@ -170,9 +205,8 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 static void conn_shutdown(ws_conn_t *c) {
   if (ws.corked == c && cork_flush(c) < 0) return; /* the close frame goes before the FIN */
   c->state = WS_DONE;
-  c->deadline = now32() + WS_CLOSE_WAIT_MS;
-  mf_buf_free(&c->in);
-  mf_buf_free(&c->msg);
+  c->mark = now32() + WS_CLOSE_WAIT_MS;
+  rx_free(c);
   if (!c->tcp_open) return; /* still PENDING: ws_conn_open closes */
   uv_shutdown_t *req = malloc(sizeof *req);
   if (req == NULL) {
@@ -188,21 +222,41 @@ static void conn_shutdown(ws_conn_t *c) {
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 
-/* Hands bufs to the writeq. 1, 0 (over high water) or UV_EPIPE (the connection is gone: told 1006). */
-static int bufs_out(ws_conn_t *c, const uv_buf_t *bufs, unsigned nbufs) {
-  if (writeq_size(&c->wq) > WS_HARD_LIMIT) {
-    mf_log("websocket: the client does not read (%zu bytes queued): closing", writeq_size(&c->wq));
-    conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
+static size_t queued(ws_conn_t *c) { return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp); }
+
+/* A queued write is done (uv_close cancels the others before the close callback: c is still there). */
+static void on_write(uv_write_t *req, int status) {
+  ws_conn_t *c = mf_container_of((uv_tcp_t *)req->handle, ws_conn_t, tcp);
+  mf_writeq_done(req);
+  if (status < 0) {
+    if (status == UV_ECANCELED) return;
+    conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, "", 0);
     conn_destroy(c);
-    return UV_EPIPE;
+    return;
   }
-  int r = writeq_write(&c->wq, bufs, nbufs);
+  if (c->above && queued(c) <= WS_HIGH_WATER / 2) {
+    c->above = 0;
+    if (c->state == WS_OPEN) ws.cb->on_drain(ws.data, c);
+  }
+}
+
+/* Hands bufs to mf_writeq (no writeq_t: its 56 bytes a connection would be an eighth of the budget;
+ * the backpressure rule is the same, high water and "drain" below half). 1, 0 (over high water) or
+ * UV_EPIPE (the connection is gone: told 1006). */
+static int bufs_out(ws_conn_t *c, const uv_buf_t *bufs, unsigned nbufs) {
+  int stuck = queued(c) > WS_HARD_LIMIT;
+  if (stuck) mf_log("websocket: the client does not read (%zu bytes queued): closing", queued(c));
+  int r = stuck ? UV_ENOBUFS : mf_writeq((uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
   if (r < 0) {
     conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
     conn_destroy(c);
     return UV_EPIPE;
   }
-  return r == 1 ? 0 : 1;
+  if (queued(c) > WS_HIGH_WATER) {
+    c->above = 1;
+    return 0;
+  }
+  return 1;
 }
 
 /* Writes what gathered in the cork (see frame_out). 1, 0 or UV_EPIPE as bufs_out. */
@@ -226,13 +280,14 @@ static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n
   uint8_t head[10];
   size_t hlen = ws_frame_head(head, 1, rsv1, opcode, n);
   if (c->state == WS_PENDING) { /* the 101 is still on its way: keep it for ws_conn_open */
-    if (mf_buf_append(&c->in, head, hlen) != 0 || mf_buf_append(&c->in, p, n) != 0) return UV_ENOMEM;
+    ws_rx_t *x = rx_of(c);
+    if (x == NULL || mf_buf_append(&x->in, head, hlen) != 0 || mf_buf_append(&x->in, p, n) != 0) return UV_ENOMEM;
     return 1;
   }
   if (c == ws.corked && n <= WS_CORK_MAX) {
     size_t before = ws.cork.len;
     if (mf_buf_append(&ws.cork, head, hlen) == 0 && mf_buf_append(&ws.cork, p, n) == 0) {
-      if (ws.cork.len < WS_CORK_MAX && writeq_size(&c->wq) + ws.cork.len <= WS_HIGH_WATER) return 1;
+      if (ws.cork.len < WS_CORK_MAX && queued(c) + ws.cork.len <= WS_HIGH_WATER) return 1;
       return cork_flush(c);
     }
     ws.cork.len = before;
@@ -270,11 +325,13 @@ void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n) {
   if (c->state != WS_OPEN && c->state != WS_PENDING) return;
   close_out(c, code, reason, n);
   if (c->freeing) return; /* the write failed: told 1006 already */
-  mf_buf_free(&c->msg);
-  mf_buf_append(&c->msg, reason, n > 123 ? 123 : n);
+  if (c->rx) mf_buf_free(&c->rx->msg);
+  ws_rx_t *x = n ? rx_of(c) : c->rx;
+  if (x) mf_buf_append(&x->msg, reason, n > 123 ? 123 : n); /* (out of memory: no reason) */
+  rx_trim(c);
   c->msg_op = 0;
   c->close_code = (uint16_t)(code ? code : WS_CLOSE_NO_STATUS);
-  c->deadline = now32() + WS_CLOSE_WAIT_MS;
+  c->mark = now32() + WS_CLOSE_WAIT_MS;
   if (c->state == WS_OPEN) c->state = WS_CLOSING; /* (PENDING: ws_conn_open makes it CLOSING) */
 }
 
@@ -285,17 +342,6 @@ static void conn_fail(ws_conn_t *c, unsigned code) {
   if (!c->freeing) conn_shutdown(c);
 }
 
-static void on_wq_drain(writeq_t *q) {
-  ws_conn_t *c = mf_container_of(q, ws_conn_t, wq);
-  if (c->state == WS_OPEN) ws.cb->on_drain(ws.data, c);
-}
-
-static void on_wq_error(writeq_t *q, int status) {
-  (void)status;
-  ws_conn_t *c = mf_container_of(q, ws_conn_t, wq);
-  conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, "", 0);
-  conn_destroy(c);
-}
 
 /* ---- reading ---------------------------------------------------------------------------------- */
 
@@ -315,7 +361,7 @@ static int control_in(ws_conn_t *c, const ws_frame_t *f, const uint8_t *p) {
     close_out(c, code == WS_CLOSE_NO_STATUS ? 0 : code, "", 0);
     conn_tell(c, code, reason, rlen);
   } else { /* the answer to our close */
-    conn_tell(c, c->close_code, c->msg.data ? c->msg.data : "", c->msg.len);
+    conn_tell(c, c->close_code, reason_of(c), msg_len(c));
   }
   if (!c->freeing) conn_shutdown(c);
   return 0;
@@ -330,7 +376,10 @@ static int message_out(ws_conn_t *c, const uint8_t *p, size_t n) {
   int binary = c->msg_op == WS_OP_BINARY;
   c->msg_op = 0;
   ws.cb->on_message(ws.data, c, (const char *)p, n, binary);
-  if (c->state != WS_CLOSING) mf_buf_free(&c->msg); /* (CLOSING: msg holds our reason now) */
+  if (c->state != WS_CLOSING && c->rx) { /* (CLOSING: msg holds our reason now) */
+    mf_buf_free(&c->rx->msg);
+    rx_trim(c);
+  }
   return 0;
 }
 
@@ -347,14 +396,17 @@ static int data_in(ws_conn_t *c, const ws_frame_t *f, const uint8_t *p) {
   }
   size_t n = (size_t)f->len;
   if (c->msg_z) {
-    int r = ws_inflate(c->z, p, n, f->fin, &c->msg, (size_t)c->max_payload);
+    ws_rx_t *x = rx_of(c);
+    if (x == NULL) return -WS_CLOSE_INTERNAL;
+    int r = ws_inflate(c->z, p, n, f->fin, &x->msg, (size_t)c->max_payload);
     if (r < 0) return r;
-    return f->fin ? message_out(c, (const uint8_t *)c->msg.data, c->msg.len) : 0;
+    return f->fin ? message_out(c, (const uint8_t *)x->msg.data, x->msg.len) : 0;
   }
   if (c->msg_op == WS_OP_TEXT && ws_utf8_feed(&c->utf8, p, n) != 0) return -WS_CLOSE_BAD_DATA; /* fail fast */
-  if (f->fin && c->msg.len == 0) return message_out(c, p, n); /* one frame: no copy */
-  if (mf_buf_append(&c->msg, p, n) != 0) return -WS_CLOSE_INTERNAL;
-  return f->fin ? message_out(c, (const uint8_t *)c->msg.data, c->msg.len) : 0;
+  if (f->fin && msg_len(c) == 0) return message_out(c, p, n); /* one frame: no copy */
+  ws_rx_t *x = rx_of(c);
+  if (x == NULL || mf_buf_append(&x->msg, p, n) != 0) return -WS_CLOSE_INTERNAL;
+  return f->fin ? message_out(c, (const uint8_t *)x->msg.data, x->msg.len) : 0;
 }
 
 /* Handles the whole frames in p[0..n); returns the bytes used (an unfinished frame is left). */
@@ -367,7 +419,7 @@ static size_t frames_in(ws_conn_t *c, uint8_t *p, size_t n) {
     if (h == 0) break;
     int r = h < 0 ? h : 0;
     /* too big before it is all here: a message is held to max_payload (compressed ones as they inflate) */
-    if (r == 0 && f.opcode < 8 && (f.len > c->max_payload || (!c->msg_z && c->msg.len + f.len > c->max_payload)))
+    if (r == 0 && f.opcode < 8 && (f.len > c->max_payload || (!c->msg_z && msg_len(c) + f.len > c->max_payload)))
       r = -WS_CLOSE_TOO_BIG;
     if (r == 0 && n - off - (size_t)h < f.len) break; /* the payload is still coming */
     if (r == 0) {
@@ -393,21 +445,27 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 /* New bytes: frames straight from the worker's buffer when nothing was left over, else after what
  * was; what stays unfinished is copied into the connection's own `in`. */
 static void input_in(ws_conn_t *c, uint8_t *p, size_t n) {
-  if (c->in.len == 0) {
+  if (in_len(c) == 0) {
     size_t used = frames_in(c, p, n);
-    if (used < n && (c->state == WS_OPEN || c->state == WS_CLOSING) && mf_buf_append(&c->in, p + used, n - used) != 0)
-      conn_fail(c, WS_CLOSE_INTERNAL);
+    if (used < n && (c->state == WS_OPEN || c->state == WS_CLOSING)) {
+      ws_rx_t *x = rx_of(c);
+      if (x == NULL || mf_buf_append(&x->in, p + used, n - used) != 0) conn_fail(c, WS_CLOSE_INTERNAL);
+    }
     return;
   }
-  if (mf_buf_append(&c->in, p, n) != 0) {
+  ws_rx_t *x = c->rx;
+  if (mf_buf_append(&x->in, p, n) != 0) {
     conn_fail(c, WS_CLOSE_INTERNAL);
     return;
   }
-  size_t used = frames_in(c, (uint8_t *)c->in.data, c->in.len);
-  if (c->state == WS_DONE || used == c->in.len)
-    mf_buf_free(&c->in); /* idle again: no buffer */
-  else
-    mf_buf_consume(&c->in, used);
+  size_t used = frames_in(c, (uint8_t *)x->in.data, x->in.len);
+  if (c->rx != x) return; /* (the connection ended meanwhile: freed with it) */
+  if (c->state == WS_DONE || used == x->in.len) {
+    mf_buf_free(&x->in); /* idle again: no buffer */
+    rx_trim(c);
+  } else {
+    mf_buf_consume(&x->in, used);
+  }
 }
 
 /* New bytes from the client; what is sent to it meanwhile is corked (frame_out) and written at the end. */
@@ -426,8 +484,8 @@ static void bytes_in(ws_conn_t *c, uint8_t *p, size_t n) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   ws_conn_t *c = mf_container_of(s, ws_conn_t, tcp);
   if (nread < 0) { /* EOF or an error: the end, told 1006 unless the close handshake came first */
-    conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, c->state == WS_CLOSING && c->msg.data ? c->msg.data : "",
-              c->state == WS_CLOSING ? c->msg.len : 0);
+    int closing = c->state == WS_CLOSING;
+    conn_tell(c, closing ? c->close_code : WS_CLOSE_ABNORMAL, closing ? reason_of(c) : "", closing ? msg_len(c) : 0);
     conn_destroy(c);
     return;
   }
@@ -443,7 +501,7 @@ static void on_idle(uv_idle_t *h) {
     ws.later[i] = NULL;
     if (c == NULL) continue;
     c->deferred = 0;
-    if (c->in.len > 0 && (c->state == WS_OPEN || c->state == WS_CLOSING)) bytes_in(c, (uint8_t *)"", 0);
+    if (in_len(c) > 0 && (c->state == WS_OPEN || c->state == WS_CLOSING)) bytes_in(c, (uint8_t *)"", 0);
   }
   ws.nlater = 0;
 }
@@ -451,7 +509,8 @@ static void on_idle(uv_idle_t *h) {
 /* Frames the client sent with its request are read on the next turn of the loop, not now: the 101
  * may have gone out inside upgrade(), before the script could listen for "message". */
 static void defer_bytes(ws_conn_t *c, const char *rest, size_t n) {
-  if (mf_buf_append(&c->in, rest, n) != 0) {
+  ws_rx_t *x = rx_of(c);
+  if (x == NULL || mf_buf_append(&x->in, rest, n) != 0) {
     conn_fail(c, WS_CLOSE_INTERNAL);
     return;
   }
@@ -485,13 +544,14 @@ void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  writeq_init(&c->wq, (uv_stream_t *)&c->tcp, WS_HIGH_WATER, on_wq_drain, on_wq_error);
-  c->last_rx = c->last_ping = now32();
+  c->last_rx = now32();
+  if (!c->close_code) c->mark = c->last_rx; /* (closing: mark is the deadline) */
   c->state = c->close_code ? WS_CLOSING : WS_OPEN;
-  if (c->in.len > 0) { /* what was sent before the socket came */
-    uv_buf_t b = uv_buf_init(c->in.data, (unsigned)c->in.len);
-    int r = writeq_write(&c->wq, &b, 1);
-    mf_buf_free(&c->in);
+  if (in_len(c) > 0) { /* what was sent before the socket came */
+    uv_buf_t b = uv_buf_init(c->rx->in.data, (unsigned)c->rx->in.len);
+    int r = mf_writeq((uv_stream_t *)&c->tcp, &b, 1, on_write);
+    mf_buf_free(&c->rx->in);
+    rx_trim(c);
     if (r < 0) {
       conn_tell(c, WS_CLOSE_ABNORMAL, "", 0);
       conn_destroy(c);
@@ -509,11 +569,11 @@ static void tick_one(ws_conn_t *c, uint32_t now) {
     uint32_t quiet = now - c->last_rx;
     if (c->idle_ms && quiet >= c->idle_ms) {
       ws_conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout", 12);
-    } else if (c->ping_ms && quiet >= c->ping_ms && now - c->last_ping >= c->ping_ms) {
-      c->last_ping = now;
+    } else if (c->ping_ms && quiet >= c->ping_ms && now - c->mark >= c->ping_ms) {
+      c->mark = now;
       frame_out(c, WS_OP_PING, 0, "", 0);
     }
-  } else if ((c->state == WS_CLOSING || c->state == WS_DONE) && (int32_t)(now - c->deadline) >= 0) {
+  } else if ((c->state == WS_CLOSING || c->state == WS_DONE) && (int32_t)(now - c->mark) >= 0) {
     conn_tell(c, c->state == WS_CLOSING ? c->close_code : WS_CLOSE_ABNORMAL, "", 0);
     conn_destroy(c);
   }

@@ -5,7 +5,7 @@
  * (control frames may come between the fragments), answers pings, runs the close handshake, checks
  * UTF-8 and sizes, inflates permessage-deflate, and enforces the idle timeout and sends pings from one
  * timer per worker. Reads go into one buffer per worker: an idle connection holds no buffer, only an
- * unfinished frame's bytes are kept. Writes go through a writeq (high water, drain below half). */
+ * unfinished frame's bytes are kept. Writes go through mf_writeq (high water, drain below half). */
 #ifndef MOONFORK_WS_CONN_H
 #define MOONFORK_WS_CONN_H
 
@@ -28,7 +28,7 @@ typedef struct {
 } ws_callbacks_t;
 
 typedef struct {
-  uint64_t max_payload;           /* largest message, after reassembly and inflate */
+  uint64_t max_payload;           /* largest message, after reassembly and inflate (over 4 GiB: 4 GiB) */
   uint32_t idle_ms;               /* no frame from the client this long: close 1001 (0: never) */
   uint32_t ping_ms;               /* nothing from the client this long: send a ping (0: never) */
   const ws_deflate_params_t *deflate; /* permessage-deflate negotiated, or NULL */
@@ -49,8 +49,12 @@ void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n);
 int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n);
 /* Starts the close handshake with code (0: none) and reason (up to 123 bytes). */
 void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n);
-/* The connection's slot for its Lua binding (MF_NO_REF when none). */
-int *ws_conn_user_ref(ws_conn_t *c);
+/* The connection's Lua side (bind_ws.c): the slot for its userdata while that lives (NULL: none, or
+ * collected), and WS_NREFS slots for the listeners' registry refs (MF_NO_REF when none). Nothing else
+ * in Lua belongs to a connection. */
+#define WS_NREFS 3
+void **ws_conn_ud(ws_conn_t *c);
+int *ws_conn_refs(ws_conn_t *c);
 /* Open connections (those that did not hear on_close yet and those still closing). */
 size_t ws_conn_count(void);
 /* The worker drains: every connection gets close 1001; on_gone runs once none is left (at once when

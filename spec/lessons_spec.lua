@@ -113,7 +113,8 @@ describe("lessons", function()
         return (helpers.read_file(out) or ""):find("held 1500", 1, true)
       end, 60), "the client never held its connections: " .. tostring(helpers.read_file(out)))
       local peak = helpers.rss_kib(worker)
-      assert.is_true(peak > base + 1024, string.format("1,500 connections took only %d KiB", peak - base))
+      -- (an idle keep-alive connection costs under 0.5 KB: README, "What a connection costs")
+      assert.is_true(peak > base + 512, string.format("1,500 connections took only %d KiB", peak - base))
       io.open(marker, "w"):close() -- the crowd leaves
       local after
       local ok = helpers.wait_for(function()

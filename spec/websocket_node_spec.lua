@@ -1,7 +1,8 @@
 -- spec/websocket_node_spec.lua: moonfork.websocket against a real client, Node's `ws` (npm; installed
 -- in spec/node by tools/run-tests from spec/node/package-lock.json), through spec/node/ws_client.js:
 -- compression negotiated by `ws` (with and without context takeover), echoes byte for byte, the close
--- handshake, 1009 for a message over maxPayload, order kept.
+-- handshake, 1009 for a message over maxPayload, order kept; and what an idle WebSocket costs the worker,
+-- with a crowd of them held open by spec/node/ws_idle.js.
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
 
@@ -16,6 +17,27 @@ local function scenario(port, name)
   local ok, r = pcall(cjson.decode, out:match("[^\n]*{[^\n]*") or "")
   assert(ok, "ws_client.js printed: " .. out)
   return r
+end
+
+-- Holds n idle WebSockets to path open (spec/node/ws_idle.js) until the returned function is called.
+local function crowd(port, path, n)
+  local out = os.tmpname()
+  local p = io.popen("cd " .. helpers.shell_quote(node_dir) .. " && exec node ws_idle.js " .. port .. " " .. path .. " "
+    .. n .. " >" .. helpers.shell_quote(out) .. " 2>&1", "w")
+  assert(helpers.wait_for(function()
+    local text = helpers.read_file(out) or ""
+    return text:find("open", 1, true) or text:find("error", 1, true)
+  end))
+  local text = helpers.read_file(out)
+  os.remove(out)
+  assert.are.equal("open " .. n, text:match("[^\n]*"))
+  return function() p:close() end
+end
+
+-- The resident part of a process's C heap (the [heap] mapping of /proc/PID/smaps), in KiB.
+local function heap_kib(pid)
+  local text = assert(helpers.read_file("/proc/" .. pid .. "/smaps"))
+  return tonumber(text:match("%[heap%]\n.-\nRss:%s*(%d+)")) or 0
 end
 
 describe("websocket with Node's ws client", function()
@@ -77,5 +99,22 @@ describe("websocket with Node's ws client", function()
     assert.are.equal(100, #r.messages)
     for _, m in ipairs(r.messages) do assert.is_true(m.same) end
     assert.are.equal(4001, r.close.code)
+  end)
+
+  it("holds an idle WebSocket the script keeps nothing for in under 0.4 KB of C heap and nothing in Lua", function()
+    local N, worker = 2000, srv.workers[1]
+    local function lua_kib() return cjson.decode(assert(srv:get("/events?gc=1")).body).lua_kb end
+    crowd(srv.port, "/bare", 100)() -- warm up: the allocator and the Lua state as they will stay
+    assert.is_true(helpers.wait_for(function() return events().open == 0 end))
+    local heap0, lua0 = heap_kib(worker), lua_kib()
+    local release = crowd(srv.port, "/bare", N)
+    assert.are.equal(N, events().open)
+    local heap1, lua1 = heap_kib(worker), lua_kib()
+    release()
+    local c_bytes, lua_bytes = (heap1 - heap0) * 1024 / N, (lua1 - lua0) * 1024 / N
+    print(("websocket: %d idle: C heap +%.0f bytes, live Lua heap +%.0f bytes per connection"):format(N, c_bytes, lua_bytes))
+    assert.is_true(helpers.wait_for(function() return events().open == 0 end))
+    assert.is_true(c_bytes <= 400, ("C heap: %.0f bytes per connection"):format(c_bytes))
+    assert.is_true(lua_bytes <= 50, ("live Lua heap: %.0f bytes per connection"):format(lua_bytes))
   end)
 end)

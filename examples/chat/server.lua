@@ -1,5 +1,6 @@
 -- examples/chat/server.lua: the comet chat. Every worker serves the page, takes posts and holds
--- clients open (long polls and Server-Sent Events); chatlog.lua keeps all workers' logs in one order.
+-- clients open (WebSockets, Server-Sent Events and long polls, all fed from the same log);
+-- chatlog.lua keeps all workers' logs in one order.
 -- Who is online is kept in shared dicts (moonfork.shared), so every worker sees every user: `seen`
 -- remembers each name's last-seen time, `online` holds the names heard from in the last ONLINE_S.
 --
@@ -221,6 +222,55 @@ local function events(req, res)
   end)
 end
 
+-- WebSocket: GET /ws?since=ID. Every message after ID, then each new one as it comes, one text frame
+-- each, with the JSON the other transports send. A client over the high-water mark is not sent more
+-- until its "drain". On a reload or stop the worker closes every socket with 1001 (moonfork does it):
+-- the page reconnects with ?since= its last id, to a worker that stays.
+local sockets = {} -- ws -> { last = id sent, paused = waiting for drain }
+
+local function ws_push(ws)
+  local st = sockets[ws]
+  if not st or st.paused then return end
+  local kept = log.log
+  local newest = kept[#kept]
+  if not newest or newest.id == st.last or not log:is_after(newest.id, st.last) then return end
+  local list = newest.prev == st.last and { newest } or log:after(st.last)
+  for i = 1, #list do
+    local ok = ws:send(list[i].json)
+    if ok == nil then sockets[ws] = nil return end -- closed
+    st.last = list[i].id
+    if ok == false then st.paused = true return end
+  end
+end
+
+local function websocket(req, res)
+  local since = since_of(req)
+  if not since then return bad(res, log.ID_HINT) end
+  local ws = moonfork.websocket.upgrade(req, res, { maxPayload = "16k", pingInterval = PING_MS,
+    idleTimeout = 3 * PING_MS })
+  if not ws then return end -- it answered 400 or 426
+  local st, closed, waiter = { last = since }, false, nil
+  ws:on("close", function()
+    closed = true
+    sockets[ws] = nil
+    if waiter then log:unwait(waiter) end
+  end)
+  ws:on("drain", function()
+    st.paused = false
+    ws_push(ws)
+  end)
+  local function start()
+    if closed then return end
+    if moonfork.draining then return ws:close(1001, "going away") end
+    sockets[ws] = st
+    ws_push(ws) -- the backlog
+  end
+  if log.synced then return start() end
+  waiter = log:wait(function()
+    if log.synced then start() else log:wait(waiter) end
+  end)
+end
+
 local server = moonfork.http.createServer(function(req, res)
   local path, method = req.path, req.method
   if path == "/messages" and method == "POST" then return post_message(req, res) end
@@ -231,10 +281,11 @@ local server = moonfork.http.createServer(function(req, res)
   end
   if path == "/poll" and method == "GET" then return poll(req, res) end
   if path == "/events" and method == "GET" then return events(req, res) end
+  if path == "/ws" and method == "GET" then return websocket(req, res) end
   if path == "/presence" and method == "POST" then return presence(req, res) end
   if path == "/online" and method == "GET" then return send_online(res) end
   if serve_static(req, res) then return end
-  if path == "/messages" or path == "/poll" or path == "/events" then
+  if path == "/messages" or path == "/poll" or path == "/events" or path == "/ws" then
     res:setHeader("Allow", path == "/messages" and "GET, POST" or "GET")
     return res:json({ error = "method not allowed" }, 405)
   end
@@ -254,11 +305,13 @@ else
 end
 log:attach()
 
--- One listener writes each new message to every stream (a stream whose client is too slow ends).
+-- One listener writes each new message to every stream (a stream whose client is too slow ends)
+-- and every WebSocket.
 log:listen(function()
   for res, last in pairs(streams) do
     streams[res] = stream_send(res, last)
   end
+  for ws in pairs(sockets) do ws_push(ws) end
 end)
 
 -- This worker is being replaced or stopped: answer the long polls (empty) and end the streams now,

@@ -5,18 +5,30 @@ local core = require "moonfork.core"
 local sched = require "moonfork.sched"
 local cws = package.loaded["moonfork.core.ws"] or {} -- absent in the master, which never serves
 
-local type, tostring, tonumber, setmetatable, error, pairs, concat = type, tostring, tonumber, setmetatable,
+local type, tostring, tonumber, error, pairs, concat = type, tostring, tonumber,
   error, pairs, table.concat
 local find, lower, match, gmatch = string.find, string.lower, string.match, string.gmatch
 local accept, send, close, spawn, log = cws.accept, cws.send, cws.close, sched.spawn, core.log
+local listener, listen, state, field = cws.listener, cws.listen, cws.state, cws.field
 
 local OP_TEXT, OP_BINARY, OP_PING = 1, 2, 9
 local DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 local _M = { _VERSION = "0.1.0" }
 
+-- A `ws` is a userdata made by C with one metatable for all (server/bind_ws.c): no table per
+-- connection. Its methods are here; protocol, origin and compressed are read from C.
 local WS = {}
-WS.__index = WS
+if cws.meta then
+  cws.meta.__index = function(self, k)
+    local m = WS[k]
+    if m ~= nil then return m end
+    return field(self, k)
+  end
+  cws.meta.__newindex = function(_, k)
+    error("ws." .. tostring(k) .. " = ...: a ws takes no fields of its own (keep a table keyed by the ws)", 2)
+  end
+end
 
 -- One error reporter per event, made once: listeners run in pooled coroutines (they may wait).
 local reporters = {}
@@ -24,13 +36,11 @@ for _, event in pairs { "message", "close", "drain" } do
   reporters[event] = function(trace) log("error in websocket '" .. event .. "' callback: " .. trace) end
 end
 
--- A listener is kept as the function itself while it is alone (the common case: no table), under
--- the key "_" .. event (keys made once: no string built per message).
-local keys = { message = "_message", close = "_close", drain = "_drain" }
+-- C keeps a registry ref per event, set only once something listens: the function itself while it
+-- is alone (the common case: no table), else a table of them.
+local events = { message = 1, close = 2, drain = 3 }
 
-local function emit(ws, key, report, a, b)
-  local l = ws[key]
-  if l == nil then return end
+local function emit(l, report, a, b)
   if type(l) == "function" then
     spawn(l, report, a, b)
   else
@@ -39,18 +49,19 @@ local function emit(ws, key, report, a, b)
 end
 
 function WS:on(event, fn)
-  if not reporters[event] then error("ws:on(): unknown event '" .. tostring(event) .. "'", 2) end
+  local i = events[event]
+  if not i then error("ws:on(): unknown event '" .. tostring(event) .. "'", 2) end
   if type(fn) ~= "function" then error("ws:on(event, fn): fn must be a function", 2) end
-  if event == "close" and self._code then -- already closed: now rather than never
-    spawn(fn, reporters.close, self._code, self._reason)
+  local code, reason = state(self)
+  if code then -- already closed: "close" now rather than never, the others never
+    if event == "close" then spawn(fn, reporters.close, code, reason) end
     return self
   end
-  local key = keys[event]
-  local l = self[key]
+  local l = listener(self, i)
   if l == nil then
-    self[key] = fn
+    listen(self, i, fn)
   elseif type(l) == "function" then
-    self[key] = { l, fn }
+    listen(self, i, { l, fn })
   else
     l[#l + 1] = fn
   end
@@ -73,15 +84,13 @@ function WS:send(data, kind)
   elseif kind ~= nil and kind ~= "text" then
     error("ws:send(data, kind): kind must be \"text\" or \"binary\"", 2)
   end
-  if self._code then return nil, "closed" end
-  return send(self._ud, data, op)
+  return send(self, data, op)
 end
 
 function WS:ping(data)
   data = data == nil and "" or payload(data, "ping")
   if #data > 125 then error("ws:ping(data): at most 125 bytes", 2) end
-  if self._code then return nil, "closed" end
-  return send(self._ud, data, OP_PING)
+  return send(self, data, OP_PING)
 end
 
 local function code_ok(code)
@@ -98,8 +107,7 @@ function WS:close(code, reason)
     if type(reason) ~= "string" or #reason > 123 then error("ws:close(code, reason): reason must be a string of at most 123 bytes", 2) end
     if code == nil then code = 1000 end
   end
-  if self._code then return end
-  close(self._ud, code or 1000, reason)
+  close(self, code or 1000, reason)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -189,13 +197,10 @@ function _M.upgrade(req, res, opts)
   end
   local proto = pick_protocol(opts.protocols, header(h, "sec-websocket-protocol"))
   local offer = opts.compress and header(h, "sec-websocket-extensions") or nil
-  local ws = setmetatable({ protocol = proto, origin = header(h, "origin") }, WS)
   res.headersSent, res.finished, res.statusCode = true, true, 101
-  local ud, compressed = accept(ws, res._conn, res._gen, key, proto, offer, max, idle, ping)
-  if not ud then return nil, compressed end
-  ws._ud = ud
-  if compressed then ws.compressed = true end
-  if ws._code then return nil, "closed" end
+  local ws, err = accept(res._conn, res._gen, key, proto, offer, max, idle, ping, header(h, "origin"))
+  if not ws then return nil, err end
+  if state(ws) then return nil, "closed" end
   return ws
 end
 
@@ -204,18 +209,16 @@ end
 
 local report_message, report_close, report_drain = reporters.message, reporters.close, reporters.drain
 
-local function on_message(ws, data, binary)
-  emit(ws, "_message", report_message, data, binary and "binary" or "text")
+local function on_message(l, data, binary)
+  emit(l, report_message, data, binary and "binary" or "text")
 end
 
-local function on_close(ws, code, reason)
-  ws._code, ws._reason = code, reason
-  emit(ws, "_close", report_close, code, reason)
-  ws._message, ws._drain, ws._close = nil, nil, nil
+local function on_close(l, code, reason)
+  emit(l, report_close, code, reason)
 end
 
-local function on_drain(ws)
-  emit(ws, "_drain", report_drain)
+local function on_drain(l)
+  emit(l, report_drain)
 end
 
 if cws.on then cws.on { message = on_message, close = on_close, drain = on_drain } end

@@ -5,10 +5,12 @@
 //   SCREENSHOT_DIR   where chat-a.png / chat-b.png / chat-poll.png go (default: build/browser)
 //   CHROMIUM         the browser binary (default: /usr/bin/chromium)
 //   TEST_TIMEOUT_MS  per wait (default: 10000)
+//   WORKER_PIDS, MASTER_PID  the server's processes (the worker-death and reload tests need them)
 // Prints "ok - NAME" / "not ok - NAME" per test case and ends with one line
 // "N passed, N failed, N skipped"; exits 1 when anything failed.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 
 const BASE = (process.env.CHAT_URL || '').replace(/\/+$/, '');
@@ -71,6 +73,16 @@ function assertOrderedUnique(ids, who) {
   }
 }
 
+async function waitForTransport(page, transport, who) {
+  try {
+    await page.waitForSelector(`[data-testid="status"][data-state="connected"][data-transport="${transport}"]`,
+                               { timeout: WAIT });
+  } catch (err) {
+    const now = await page.getAttribute('[data-testid="status"]', 'data-transport').catch(() => '?');
+    throw new Error(`${who}: not connected with ${transport} within ${WAIT} ms (transport: "${now}")`);
+  }
+}
+
 async function waitForState(page, state, who) {
   try {
     await page.waitForSelector(`[data-testid="status"][data-state="${state}"]`, { timeout: WAIT });
@@ -106,10 +118,39 @@ function workersWithConnections(port, pids) {
   });
 }
 
-async function openPage(browser, label, { viewport, noEventSource, route } = {}) {
+// a loopback port where nothing listens (bound, then closed): connecting to it is refused
+function refusedPort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+// noWebSocket: the page has no WebSocket (it must use what comes next); refuseWebSocket: its
+// WebSockets go to a port where nothing listens (the connection is refused)
+async function openPage(browser, label, { viewport, noEventSource, noWebSocket, refuseWebSocket, route } = {}) {
   const context = await browser.newContext({ viewport: viewport || { width: 1100, height: 760 } });
   const page = await context.newPage();
   if (noEventSource) await page.addInitScript(() => { delete window.EventSource; });
+  if (noWebSocket) await page.addInitScript(() => { delete window.WebSocket; });
+  else {
+    const refuse = refuseWebSocket ? await refusedPort() : 0;
+    // every page records the URLs it opens WebSockets to and their close codes
+    await page.addInitScript((refusePort) => {
+      const Real = window.WebSocket;
+      window.__wsUrls = [];
+      window.__wsCloses = [];
+      window.WebSocket = function (url, protocols) {
+        window.__wsUrls.push(String(url));
+        const sock = new Real(refusePort ? String(url).replace(/^(wss?:\/\/)[^/]+/, '$1127.0.0.1:' + refusePort) : url,
+                              protocols);
+        sock.addEventListener('close', (ev) => window.__wsCloses.push(ev.code));
+        return sock;
+      };
+      window.WebSocket.prototype = Real.prototype;
+    }, refuse);
+  }
   if (route) await page.route(route.url, route.handler);
   page.on('pageerror', (err) => pageErrors.push(`${label}: ${err && err.message || err}`));
   page.on('console', (msg) => { if (msg.type() === 'error') log(`    [${label} console] ${msg.text()}`); });
@@ -161,11 +202,11 @@ async function main() {
       await A.page.screenshot({ path: path.join(SHOTS, 'chat-join.png') });
     });
 
-    await test('A and B join and connect with Server-Sent Events', async () => {
+    await test('A and B join and connect with WebSocket', async () => {
       await join(A.page, nameA);
       await join(B.page, nameB);
-      await waitForState(A.page, 'connected', 'A');
-      await waitForState(B.page, 'connected', 'B');
+      await waitForTransport(A.page, 'websocket', 'A');
+      await waitForTransport(B.page, 'websocket', 'B');
       const shown = await A.page.textContent('[data-testid="current-user"]');
       assert(shown === nameA, `A's name shown as ${JSON.stringify(shown)}`);
     });
@@ -248,8 +289,27 @@ async function main() {
       }
     });
 
-    await test('without EventSource the page long-polls and still receives and sends', async () => {
-      const C = await openPage(browser, 'C', { viewport: { width: 800, height: 640 }, noEventSource: true });
+    await test('when the WebSocket endpoint is refused, the page falls back to Server-Sent Events', async () => {
+      const W = await openPage(browser, 'W', { viewport: { width: 800, height: 640 }, refuseWebSocket: true });
+      try {
+        await join(W.page, `Wes ${RUN.slice(-4)}`);
+        await waitForTransport(W.page, 'sse', 'W');
+        const urls = await W.page.evaluate(() => window.__wsUrls);
+        assert(urls.length >= 1 && /\/ws\?since=/.test(urls[0]), `the page tried no WebSocket first: ${JSON.stringify(urls)}`);
+        await waitForMessage(W.page, fromB, 'W');
+        const live = `while W uses SSE ${RUN}`;
+        await send(A.page, live);
+        await waitForMessage(W.page, live, 'W');
+        assert(await countOf(W.page, live) === 1, 'W shows the message twice');
+        assertOrderedUnique(await idsOf(W.page), 'W');
+      } finally {
+        await W.context.close().catch(() => {});
+      }
+    });
+
+    await test('without WebSocket and EventSource the page long-polls and still receives and sends', async () => {
+      const C = await openPage(browser, 'C', { viewport: { width: 800, height: 640 }, noEventSource: true,
+                                               noWebSocket: true });
       try {
         assert(await C.page.evaluate(() => typeof window.EventSource) === 'undefined', 'EventSource still there');
         await join(C.page, `Cy ${RUN.slice(-4)}`);
@@ -274,9 +334,9 @@ async function main() {
       }
     });
 
-    await test('when /events fails before it opens, the page falls back to long polling', async () => {
+    await test('without WebSocket, when /events fails before it opens, the page falls back to long polling', async () => {
       const D = await openPage(browser, 'D', {
-        viewport: { width: 800, height: 640 },
+        viewport: { width: 800, height: 640 }, noWebSocket: true,
         route: { url: '**/events*', handler: (r) => r.fulfill({ status: 503, body: 'unavailable' }) },
       });
       try {
@@ -338,6 +398,37 @@ async function main() {
         await E.context.close().catch(() => {});
       }
     }, { skip: workers.length < 2 ? 'WORKER_PIDS not set' : (!fs.existsSync('/proc/net/tcp') ? 'no /proc/net/tcp' : undefined) });
+
+    const master = Number(process.env.MASTER_PID || 0);
+    await test('a reload closes the page\'s WebSocket with 1001; it reconnects with its last id and misses nothing', async () => {
+      const F = await openPage(browser, 'F', { viewport: { width: 800, height: 640 } });
+      try {
+        await join(F.page, `Fay ${RUN.slice(-4)}`);
+        await waitForTransport(F.page, 'websocket', 'F');
+        await waitForMessage(F.page, fromB, 'F');
+        const before = (await idsOf(F.page)).length;
+        const opened = (await F.page.evaluate(() => window.__wsUrls)).length;
+        process.kill(master, 'SIGHUP');
+        await F.page.waitForFunction(() => window.__wsCloses.includes(1001), null, { timeout: 3 * WAIT });
+        const missed = `posted during the reload ${RUN}`;
+        const res = await fetch(BASE + '/messages', {
+          method: 'POST', headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ user: 'node', text: missed }),
+        });
+        assert(res.status === 201, `POST answered ${res.status}`);
+        await waitForMessage(F.page, missed, 'F');
+        await waitForTransport(F.page, 'websocket', 'F');
+        const urls = await F.page.evaluate(() => window.__wsUrls);
+        assert(urls.length > opened, 'F did not open a new WebSocket');
+        assert(!/since=0$/.test(urls[urls.length - 1]), `F reconnected without its last id: ${urls[urls.length - 1]}`);
+        assert(await countOf(F.page, missed) === 1, 'F shows the message twice');
+        const ids = await idsOf(F.page);
+        assertOrderedUnique(ids, 'F');
+        assert(ids.length === before + 1, `F shows ${ids.length} messages, expected ${before + 1}`);
+      } finally {
+        await F.context.close().catch(() => {});
+      }
+    }, { skip: master ? undefined : 'MASTER_PID not set' });
 
     await test('no uncaught JavaScript errors in the pages', async () => {
       assert(pageErrors.length === 0, pageErrors.join('; '));

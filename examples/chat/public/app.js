@@ -1,9 +1,12 @@
 // moonfork chat -- the browser side of examples/chat (no build step, no dependencies).
 //
-// Receiving: Server-Sent Events from GET /events (the browser reconnects by itself and sends
-// Last-Event-ID); when EventSource is missing, or fails before it ever opens, or fails 3 times
-// in a row, it falls back to long polling GET /poll?since=N. Either way every message is
-// shown once (deduplicated by id) and kept in id order.
+// Receiving, best first: a WebSocket on GET /ws?since=N (one text frame per message, the same JSON
+// as the other transports); after any close (1001 when a worker is reloaded or stopped) it
+// reconnects with the last id it saw. When WebSocket is missing, or never opens, or closes 3 times
+// in a row without a message between, it falls back to Server-Sent Events from GET /events (the
+// browser reconnects by itself and sends Last-Event-ID); when EventSource is missing, or fails
+// before it ever opens, or fails 3 times in a row, to long polling GET /poll?since=N. Whichever is
+// used, every message is shown once (deduplicated by id) and kept in id order.
 // Sending: POST /messages {"user", "text", "key"} -> 201 {"id"} or 400/503 {"error"}. The key is made
 // once per message and kept across retries, so a post whose answer was lost is stored once.
 //
@@ -13,6 +16,8 @@
   'use strict';
 
   var NAME_KEY = 'moonfork.chat.name';
+  var MAX_WS_FAILURES = 3;       // WebSocket closes in a row (no message between) before SSE
+  var WS_OPEN_TIMEOUT_MS = 10000; // a socket that does not open by then counts as failed
   var MAX_SSE_ERRORS = 3;        // errors in a row (without an open between) before long polling
   var SSE_OPEN_TIMEOUT_MS = 10000; // a stream that never opens counts as failed
   var POLL_TIMEOUT_MS = 60000;   // the server answers a poll within ~25 s; this is a safety net
@@ -61,8 +66,10 @@
     } catch (e) { /* private mode: the name is simply not remembered */ }
   }
 
+  var transport = '';     // 'websocket', 'sse' or 'poll': the one receiving now (data-transport)
   function setStatus(state, text) {
     el.status.setAttribute('data-state', state);
+    el.status.setAttribute('data-transport', transport);
     el.statusText.textContent = text;
   }
 
@@ -170,6 +177,63 @@
       .forEach(function (m) { addMessage(m, true); });
   }
 
+  // ---- receiving: WebSocket --------------------------------------------------------------------
+  var ws = null;
+  var wsFailures = 0;      // closes in a row without a message (or an open, the first time) between
+  var wsEverOpened = false;
+  var wsOpenTimer = null;
+
+  function wsUrl() {
+    return (window.location.protocol === 'https:' ? 'wss://' : 'ws://') + window.location.host +
+      '/ws?since=' + since();
+  }
+
+  function startWS() {
+    transport = 'websocket';
+    setStatus('connecting', 'Connecting…');
+    var sock;
+    try { sock = new window.WebSocket(wsUrl()); } catch (e) { wsFailed('WebSocket threw: ' + e); return; }
+    ws = sock;
+    var opened = false;
+    wsOpenTimer = setTimeout(function () {
+      if (!opened && ws === sock) { sock.close(); }
+    }, WS_OPEN_TIMEOUT_MS);
+    sock.onopen = function () {
+      opened = wsEverOpened = true;
+      clearTimeout(wsOpenTimer);
+      setStatus('connected', 'Connected (WebSocket)');
+    };
+    sock.onmessage = function (ev) {
+      var m;
+      try { m = JSON.parse(ev.data); } catch (e) { return; }
+      wsFailures = 0;
+      addMessage(m, true);
+    };
+    sock.onclose = function (ev) {
+      clearTimeout(wsOpenTimer);
+      if (ws !== sock) return;
+      ws = null;
+      if (!opened) wsFailures++;
+      else if (ev.code !== 1001 && ev.code !== 1000) wsFailures++;
+      if (!wsEverOpened || wsFailures >= MAX_WS_FAILURES) {
+        wsFailed(wsEverOpened ? 'the socket closed ' + wsFailures + ' times in a row'
+                              : 'the socket could not be opened');
+        return;
+      }
+      // 1001: the worker is going away (reload, stop): come back at once, to one that stays
+      setStatus('reconnecting', 'Reconnecting…');
+      var delay = ev.code === 1001 ? 100 * Math.random() : 500 * Math.pow(2, wsFailures);
+      setTimeout(startWS, delay);
+    };
+  }
+
+  function wsFailed(why) {
+    clearTimeout(wsOpenTimer);
+    if (ws) { ws.onopen = ws.onmessage = ws.onclose = null; ws.close(); ws = null; }
+    if (window.console) console.info('chat: falling back to Server-Sent Events: ' + why);
+    if (typeof window.EventSource === 'function') startSSE(); else startPolling();
+  }
+
   // ---- receiving: Server-Sent Events --------------------------------------------------------
   var es = null;
   var sseErrors = 0;       // consecutive errors since the last open
@@ -177,6 +241,7 @@
   var sseOpenTimer = null;
 
   function startSSE() {
+    transport = 'sse';
     setStatus('connecting', 'Connecting…');
     // ?since= for the first connection; on its own reconnects the browser sends Last-Event-ID
     es = new window.EventSource('/events?since=' + since());
@@ -228,6 +293,7 @@
   function startPolling() {
     if (polling) return;
     polling = true;
+    transport = 'poll';
     setStatus('polling', 'Long polling');
     pollLoop();
   }
@@ -268,7 +334,8 @@
       .catch(function () { /* the stream will deliver what it can */ })
       .then(function () {
         clearTimeout(timer);
-        if (typeof window.EventSource === 'function') startSSE();
+        if (typeof window.WebSocket === 'function') startWS();
+        else if (typeof window.EventSource === 'function') startSSE();
         else startPolling();
       });
   }
