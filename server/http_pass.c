@@ -13,7 +13,7 @@
  * that closes or sends anything gets it closed and dropped) and does not keep the loop alive; the
  * oldest beyond the pool's size, and any idle longer than its idle time, are closed. A pooled
  * connection that fails before any response byte is retried once on a fresh one when the request can
- * be sent again (its body was whole). Exchange memory is kept on a free list: the hot path allocates
+ * be sent again (an idempotent method, its body whole). Exchange memory is kept on a free list: the hot path allocates
  * nothing it can reuse. */
 #include "http_pass.h"
 
@@ -71,7 +71,7 @@ struct http_pass_s {
   uint64_t connect_ms, send_ms, read_ms;
   http_pass_t *prev, *next; /* the active list (or the free list, next only) */
   unsigned streaming : 1, req_done : 1, headed : 1, sent : 1, reused : 1, retried : 1, up_full : 1,
-      client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1, starting : 1;
+      client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1, starting : 1, idempotent : 1;
   const char *start_err; /* the exchange ended during http_pass_start: why */
 };
 
@@ -353,6 +353,14 @@ static void pass_pump(http_pass_t *x) {
   }
 }
 
+/* Whether a request may be sent twice (RFC 9110 9.2.2): only those are sent again on a fresh connection. */
+static int pass_idempotent(const char *m) {
+  static const char *const ok[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+    if (strcmp(m, ok[i]) == 0) return 1;
+  return 0;
+}
+
 int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, const char *body, size_t body_len,
                     const http_pass_upstream_t *up, void *arg, const char **why) {
   http_pass_t *x = pass_new();
@@ -375,6 +383,7 @@ int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, cons
   x->streaming = r->body != HTTP_PASS_BODY_NONE && body == NULL;
   x->req_done = x->headed = x->sent = x->retried = x->up_full = x->client_full = x->wait_body = x->got = x->busy = 0;
   x->is_head = strcmp(r->method, "HEAD") == 0;
+  x->idempotent = pass_idempotent(r->method);
   x->is_unix = up->addr == NULL;
   if (x->is_unix) snprintf(x->path, sizeof x->path, "%s", up->path);
   else memcpy(&x->addr, up->addr, up->addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
@@ -471,7 +480,7 @@ static void pass_feed(http_pass_t *x, const char *data, size_t n) {
 }
 
 static int pass_stale(http_pass_t *x, ssize_t n) {
-  return x->reused && !x->got && !x->retried && !x->streaming && !x->sent &&
+  return x->reused && x->idempotent && !x->got && !x->retried && !x->streaming && !x->sent &&
          (n == UV_EOF || n == UV_ECONNRESET || n == UV_EPIPE);
 }
 
