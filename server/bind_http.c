@@ -373,7 +373,7 @@ int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_re
 
 /* The connection is gone: its object is invalidated; close(res) when a response was in flight. */
 void bind_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
-  if (in_flight) http_pass_on_conn_closed(c); /* a pass relaying for it stops */
+  http_pass_on_conn_closed(c); /* a pass relaying for it stops */
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF) return;
   bind_obj_closed(data, ref, http_refs[CB_CLOSE], in_flight, "error in close handler");

@@ -86,7 +86,8 @@ static uint64_t pass_ms(lua_State *L, int i) {
 
 /* pass.start(conn, gen, co, method, target, head, body|false, name, addr, port, opts...) -> true |
  * nil, err. body: the whole body, or false when it is still arriving (framed upstream as the client
- * framed it: its Content-Length, else chunked), nil when there is none. 11 is unused. Then pool_size (12), idle_ms,
+ * framed it: its Content-Length, else chunked), nil when there is none. max_body (11: the largest
+ * response body, nil for any). Then pool_size (12), idle_ms,
  * connect_ms, send_ms, read_ms (16), extra header lines (17), names to drop (18), xff (19, boolean),
  * host (20: Host when the client sent none). */
 static int pass_start(lua_State *L) {
@@ -106,6 +107,8 @@ static int pass_start(lua_State *L) {
   up.connect_ms = pass_ms(L, 14);
   up.send_ms = pass_ms(L, 15);
   up.read_ms = pass_ms(L, 16);
+  lua_Number max = luaL_optnumber(L, 11, -1);
+  up.max_body = max >= 0 && max < 1.8e19 ? (uint64_t)max : UINT64_MAX;
   r.extra = luaL_optlstring(L, 17, NULL, &r.extra_len);
   r.drop = luaL_optstring(L, 18, NULL);
   r.host = luaL_optstring(L, 20, NULL);

@@ -68,7 +68,7 @@ struct http_pass_s {
   int body_mode;
   struct sockaddr_storage addr;
   char path[108];
-  uint64_t connect_ms, send_ms, read_ms;
+  uint64_t connect_ms, send_ms, read_ms, max_body;
   http_pass_t *prev, *next; /* the active list (or the free list, next only) */
   unsigned streaming : 1, req_done : 1, headed : 1, sent : 1, reused : 1, retried : 1, up_full : 1,
       client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1, starting : 1, idempotent : 1;
@@ -390,7 +390,8 @@ int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, cons
   x->connect_ms = up->connect_ms;
   x->send_ms = up->send_ms;
   x->read_ms = up->read_ms;
-  httpc_parse_start(&x->p, x->is_head, UINT64_MAX, 0);
+  x->max_body = up->max_body;
+  httpc_parse_start(&x->p, x->is_head, x->max_body, 0);
   pass_link(x);
   x->starting = 1; /* a failure now is returned, not called back */
   x->werr = 0;
@@ -461,7 +462,7 @@ static void pass_feed(http_pass_t *x, const char *data, size_t n) {
     }
     int status = x->p.headed ? http_parse_status(&x->p.parse) : 0;
     if (r == HTTP_PARSE_DONE && status < 200) { /* an interim answer: the real one follows */
-      httpc_parse_start(&x->p, x->is_head, UINT64_MAX, 0);
+      httpc_parse_start(&x->p, x->is_head, x->max_body, 0);
       data += used;
       n -= used;
       if (n == 0) return;

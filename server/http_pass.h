@@ -52,6 +52,7 @@ typedef struct {
   unsigned pool_size;          /* idle connections kept (0: none) */
   uint64_t idle_ms;            /* an idle connection is closed after it (0: never) */
   uint64_t connect_ms, send_ms, read_ms;
+  uint64_t max_body;           /* the largest response body passed on (UINT64_MAX: any) */
 } http_pass_upstream_t;
 
 /* How an exchange ended, for its owner's callback. status: the upstream's (0 when there was no

@@ -115,6 +115,16 @@ describe("moonfork.http.pass", function()
     assert.are.equal(0, proxy:count_log("pass: nil"))
   end)
 
+  it("refuses a response body over opts.maxBody: 502 before anything was sent", function()
+    local port = start_raw_upstream()
+    local proxy = start_pass(port, { PASS_MAX_BODY = 5 })
+    local c = proxy:connect()
+    assert.are.equal("ok", assert(c:request("GET", "/")).body)
+    local resp = assert(c:request("GET", "/interim")) -- "after 100": 9 bytes
+    assert.are.equal(502, resp.status)
+    proxy:wait_log("pass: nil response body larger than maxBody[^\n]* false")
+  end)
+
   it("answers 502 and says why when the upstream refuses, and raises on a bad upstream", function()
     local proxy = start_pass(helpers.free_port())
     local resp = assert(proxy:get("/"))

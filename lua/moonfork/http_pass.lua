@@ -91,6 +91,7 @@ local function settings_of(opts)
     connect = ms(opts.connectTimeout, "connectTimeout", t), send = ms(opts.sendTimeout, "sendTimeout", t),
     read = ms(opts.readTimeout, "readTimeout", t), extra = header_lines(opts.headers),
     drop = drop_list(opts.removeHeaders), xff = opts.forwardedFor ~= false,
+    max_body = opts.maxBody ~= nil and ms(opts.maxBody, "maxBody") or nil,
   }
   settings[opts] = s
   return s
@@ -142,7 +143,7 @@ function _M.pass(req, res, upstream, opts)
   if rawget(req, "_bs") then body = false end
   local ok
   if addr then
-    ok, err = start(res._conn, res._gen, running(), req.method, target, req._head, body, u.name, addr, u.port, nil,
+    ok, err = start(res._conn, res._gen, running(), req.method, target, req._head, body, u.name, addr, u.port, s.max_body,
       s.pool, s.idle, s.connect, s.send, s.read, s.extra, s.drop, s.xff, u.hostport)
   end
   local status, sent = nil, false
