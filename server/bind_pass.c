@@ -6,7 +6,9 @@
  * request (the request's packed headers go to C as the string the dispatcher already holds). */
 #include "bind_pass.h"
 
+#include <arpa/inet.h>
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -55,9 +57,27 @@ static void pass_upstream(lua_State *L, http_pass_upstream_t *up, struct sockadd
     return;
   }
   int port = (int)luaL_checkinteger(L, 10);
+  /* the addresses last parsed (a handful of upstreams per worker): inet_pton once, not per request */
+  static struct {
+    char text[INET6_ADDRSTRLEN];
+    int port;
+    struct sockaddr_storage ss;
+  } seen[8];
+  static unsigned next;
+  for (unsigned i = 0; i < 8; i++)
+    if (seen[i].port == port && strcmp(seen[i].text, addr) == 0) {
+      up->addr = (struct sockaddr *)&seen[i].ss;
+      return;
+    }
   if (uv_ip4_addr(addr, port, (struct sockaddr_in *)ss) != 0 && uv_ip6_addr(addr, port, (struct sockaddr_in6 *)ss) != 0)
     luaL_argerror(L, 9, "not an IP address");
   up->addr = (struct sockaddr *)ss;
+  if (strlen(addr) < sizeof seen[0].text) {
+    unsigned i = next++ % 8;
+    snprintf(seen[i].text, sizeof seen[i].text, "%s", addr);
+    seen[i].port = port;
+    seen[i].ss = *ss;
+  }
 }
 
 /* The client's Content-Length from its packed headers: the value, -1 when it sent none, -2 when it

@@ -47,22 +47,26 @@ static int pass_named(const char *block, size_t len, const char *name, size_t n)
   return 0;
 }
 
-/* Whether a Connection header of the block names any header but keep-alive and close (rare: when not,
- * nobody needs to look for the names). */
+/* Whether a Connection value names any header but keep-alive and close (rare: when none does, nobody
+ * needs to look for the names). */
+static int pass_value_names(const char *v, size_t vl) {
+  for (size_t i = 0; i < vl;) {
+    while (i < vl && (v[i] == ',' || v[i] == ' ' || v[i] == '\t')) i++;
+    size_t st = i;
+    while (i < vl && v[i] != ',' && v[i] != ' ' && v[i] != '\t') i++;
+    if (i > st && !(i - st == 5 && strncasecmp(v + st, "close", 5) == 0) &&
+        !(i - st == 10 && strncasecmp(v + st, "keep-alive", 10) == 0))
+      return 1;
+  }
+  return 0;
+}
+
+/* Whether a Connection header of the block names any header but keep-alive and close. */
 static int pass_names_any(const char *block, size_t len) {
   size_t off = 0, nl, vl;
   const char *hn, *v;
-  while (http_headers_next(block, len, &off, &hn, &nl, &v, &vl) == 1) {
-    if (nl != 10 || strncasecmp(hn, "connection", 10) != 0) continue;
-    for (size_t i = 0; i < vl;) {
-      while (i < vl && (v[i] == ',' || v[i] == ' ' || v[i] == '\t')) i++;
-      size_t st = i;
-      while (i < vl && v[i] != ',' && v[i] != ' ' && v[i] != '\t') i++;
-      if (i > st && !(i - st == 5 && strncasecmp(v + st, "close", 5) == 0) &&
-          !(i - st == 10 && strncasecmp(v + st, "keep-alive", 10) == 0))
-        return 1;
-    }
-  }
+  while (http_headers_next(block, len, &off, &hn, &nl, &v, &vl) == 1)
+    if (nl == 10 && strncasecmp(hn, "connection", 10) == 0 && pass_value_names(v, vl)) return 1;
   return 0;
 }
 
@@ -130,10 +134,9 @@ int http_pass_response_head(mf_buf_t *out, const char *headers, size_t len, int6
   int chunked = 0, named = 0;
   *clen = -1;
   while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1) {
-    chunked |= pass_is(hn, nl, "transfer-encoding");
-    named |= nl == 10 && strncasecmp(hn, "connection", 10) == 0;
+    if (nl == 17) chunked |= strncasecmp(hn, "transfer-encoding", 17) == 0;
+    if (nl == 10 && strncasecmp(hn, "connection", 10) == 0) named |= pass_value_names(v, vl);
   }
-  named = named && pass_names_any(headers, len);
   off = 0;
   while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1) {
     if (pass_is_hop(hn, nl) || pass_is(hn, nl, "date") || (named && pass_named(headers, len, hn, nl))) continue;
