@@ -3,9 +3,9 @@
 -- the spec talks HTTP/1.1 to both. (examples/proxy.lua, built on it, is spec/proxy_spec.lua's.)
 local helpers = require "spec.helpers"
 
-local function start_raw_upstream()
+local function start_raw_upstream(unix_path)
   local dir = helpers.mktempdir()
-  local raw = helpers.bg_start({ "lua", helpers.FIXTURES .. "/pass_raw_upstream.lua", dir .. "/info" })
+  local raw = helpers.bg_start({ "lua", helpers.FIXTURES .. "/pass_raw_upstream.lua", dir .. "/info", unix_path })
   finally(function()
     helpers.bg_stop(raw, "KILL")
     helpers.sh("rm -rf " .. helpers.shell_quote(dir))
@@ -22,7 +22,7 @@ end
 
 local function start_pass(port, env)
   env = env or {}
-  env.PASS_UPSTREAM = "127.0.0.1:" .. port
+  env.PASS_UPSTREAM = env.PASS_UPSTREAM or ("127.0.0.1:" .. port)
   return helpers.start_env("pass_app", { "--workers", "1" }, env)
 end
 
@@ -41,6 +41,19 @@ describe("moonfork.http.pass", function()
     end
     proxy:wait_log("pass: 200 nil true", 20)
     assert.are.equal(1, stats(port).accepts)
+  end)
+
+  it("passes to a Unix-domain socket upstream (\"unix:/path\")", function()
+    local dir = helpers.mktempdir()
+    finally(function() helpers.sh("rm -rf " .. helpers.shell_quote(dir)) end)
+    start_raw_upstream(dir .. "/up.sock")
+    local proxy = start_pass(nil, { PASS_UPSTREAM = "unix:" .. dir .. "/up.sock" })
+    for _ = 1, 3 do
+      local resp = assert(proxy:get("/"))
+      assert.are.equal(200, resp.status)
+      assert.are.equal("ok", resp.body)
+    end
+    proxy:wait_log("pass: 200 nil true", 3)
   end)
 
   it("closes a pooled connection left idle longer than opts.idle", function()
