@@ -18,7 +18,7 @@ local start = cpass.start
 
 local _M = {}
 
-if cpass.on then cpass.on(function(co, status, err, sent) wake(co, status, err, sent) end) end
+if cpass.on then cpass.on(wake) end -- done(co, status, err, sent) wakes the waiting coroutine
 
 local SLASH = byte("/")
 
