@@ -120,6 +120,14 @@ static void pass_sweep(uv_timer_t *t) {
   if (pool->idle == 0) uv_timer_stop(t);
 }
 
+/* The idle sweep runs every quarter of the idle time while the pool holds idle connections. */
+static void pass_sweep_arm(pass_pool_t *pool) {
+  if (pool->idle_ms && pool->idle && !uv_is_active((uv_handle_t *)&pool->sweep)) {
+    uint64_t every = pool->idle_ms < 100 ? pool->idle_ms : pool->idle_ms / 4;
+    uv_timer_start(&pool->sweep, pass_sweep, every, every);
+  }
+}
+
 /* Back into the pool, most recent first; the least recently used one beyond the size is closed. */
 static void pass_up_put(pass_up_t *u) {
   pass_pool_t *pool = u->pool;
@@ -136,10 +144,7 @@ static void pass_up_put(pass_up_t *u) {
   pool->first = u;
   pool->idle++;
   uv_unref(&u->h.handle);
-  if (pool->idle_ms && !uv_is_active((uv_handle_t *)&pool->sweep)) {
-    uint64_t every = pool->idle_ms < 100 ? pool->idle_ms : pool->idle_ms / 4;
-    uv_timer_start(&pool->sweep, pass_sweep, every, every);
-  }
+  pass_sweep_arm(pool);
 }
 
 static pass_pool_t *pass_pool(const http_pass_upstream_t *up) {
@@ -162,6 +167,7 @@ static pass_pool_t *pass_pool(const http_pass_upstream_t *up) {
   pool->size = up->pool_size; /* the latest call's settings */
   pool->idle_ms = up->idle_ms;
   while (pool->idle > pool->size) pass_up_close(pool->last, 1);
+  pass_sweep_arm(pool);
   return pool;
 }
 
