@@ -102,7 +102,8 @@ describe("a crowd of connections", function()
       (idle_heap - base_heap) / IDLE, (idle_lua - base_lua) / IDLE))
     assert.is_true((idle_heap - base_heap) / IDLE <= 0.5)
     assert.is_true((idle_lua - base_lua) / IDLE <= 0.05)
-    -- an open SSE stream the script keeps only the res for: C heap and live Lua heap <= 0.5 KB in all
+    -- an open SSE stream the script keeps only the res for (issue 19's goal: 0.5 KB in all, not reached:
+    -- the bounds below are what it costs now)
     for i = 1, SSE do socks[#socks + 1] = open_sse(port, "/bare") end
     local bare_heap, bare_lua = heap_kib(worker), tonumber(get(port, "/lua-kb"))
     local bare_c, bare_l = (bare_heap - idle_heap) / SSE, (bare_lua - idle_lua) / SSE
