@@ -41,6 +41,20 @@ static http_conn_t *check_conn(lua_State *L) { return bind_obj_check(L, 1, &conn
 
 http_conn_t *bind_http_conn(lua_State *L, int idx) { return bind_obj_check(L, idx, &conn_type)->ptr; }
 
+/* Argument 2, the request's generation; nil for the connection's current one (a binding object is
+ * made for one response and invalidated when it ends, so it cannot reach a later request). */
+static uint32_t check_gen(lua_State *L, const http_conn_t *c) {
+  if (lua_isnoneornil(L, 2)) return c != NULL ? http_conn_gen(c) : 0;
+  return (uint32_t)luaL_checknumber(L, 2);
+}
+
+/* http.gen(conn) -> the generation of the connection's current request (0 once it has closed). */
+static int core_gen(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  lua_pushnumber(L, c != NULL ? http_conn_gen(c) : 0);
+  return 1;
+}
+
 /* ---- response heads ------------------------------------------------------------------------- */
 
 typedef struct {
@@ -206,13 +220,13 @@ static int final_status(lua_State *L, int i) {
   return 0;
 }
 
-/* http.send(conn, gen, status, user, h, names, body, final) -> true | false (slow down) |
+/* http.send(conn, gen (nil: the current request), status, user, h, names, body, final) -> true | false (slow down) |
  * nil, "ECLOSED: ..." | nil, message, true (the head was unusable: the client got a 500 instead, and
  * the Lua side raises the message). status (nil once the head went out) and the tables matter on the
  * first call of a response only. */
 static int core_send(lua_State *L) {
   http_conn_t *c = check_conn(L);
-  uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
+  uint32_t gen = check_gen(L, c);
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 7, "", &blen);
   int final = lua_toboolean(L, 8);
@@ -237,10 +251,10 @@ static int core_send(lua_State *L) {
   return 1;
 }
 
-/* http.abort(conn, gen): a 500 if nothing was sent yet, else the connection is dropped. */
+/* http.abort(conn[, gen]): a 500 if nothing was sent yet, else the connection is dropped. */
 static int core_abort(lua_State *L) {
   http_conn_t *c = check_conn(L);
-  uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
+  uint32_t gen = check_gen(L, c);
   if (c != NULL) http_conn_abort(c, gen);
   return 0;
 }
@@ -279,7 +293,7 @@ void bind_http_open(lua_State *L) {
   ctl_init();
   static const luaL_Reg fns[] = {{"on", http_on},         {"send", core_send},       {"abort", core_abort},
                                  {"remote", core_remote}, {"headers", core_headers},
-                                 {"read", core_read},     {NULL, NULL}};
+                                 {"read", core_read},     {"gen", core_gen},         {NULL, NULL}};
   bind_type_init(L, &conn_type, "connection");
   bind_module_open(L, "moonfork.core.http", fns);
   lua_pop(L, 1);

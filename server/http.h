@@ -129,7 +129,9 @@ int http_conn_body_read(http_conn_t *c, uint32_t gen, int whole, const char **da
 void http_conn_body_taken(http_conn_t *c);
 /* The connection's slot for its owner's use (the Lua binding keeps a registry ref there). */
 int *http_conn_user_ref(http_conn_t *c);
-/* The peer's address ("127.0.0.1"), looked up on first use. */
+/* The generation number of the connection's current request. */
+uint32_t http_conn_gen(const http_conn_t *c);
+/* The peer's address ("127.0.0.1"), looked up each call, in a buffer valid until the next call. */
 const char *http_conn_remote(http_conn_t *c);
 
 #endif

@@ -65,7 +65,6 @@ struct http_conn_s {
   http_server_t *srv;
   http_conn_t *prev, *next;  /* the server's list of connections */
   http_conn_t *resume_next;  /* the server's list of connections whose pipelined input waits */
-  char *remote;              /* the peer's address, looked up on first use (NULL until then) */
   uint8_t state;             /* enum http_conn_state */
   unsigned closing : 1;      /* uv_close called */
   unsigned in_process : 1;   /* inside conn_process: it will pick up the next request itself */

@@ -4,7 +4,7 @@
 local socket = require "socket"
 local helpers = require "spec.helpers"
 
-local IDLE, SSE = 2000, 1000
+local IDLE, SSE = 2000, 1000 -- SSE: of each kind (only the res kept; with a close listener)
 
 -- Raises this process's soft limit on open files up to the hard one (prlimit, util-linux).
 local function raise_nofile(need)
@@ -40,10 +40,10 @@ local function open_idle(port)
   return s
 end
 
-local function open_sse(port)
+local function open_sse(port, path)
   local s = assert(socket.connect("127.0.0.1", port))
   s:settimeout(helpers.DEADLINE)
-  assert(s:send("GET /sse HTTP/1.1\r\nHost: crowd\r\n\r\n"))
+  assert(s:send("GET " .. (path or "/sse") .. " HTTP/1.1\r\nHost: crowd\r\n\r\n"))
   local status, h = read_head(s)
   assert.matches("^HTTP/1%.1 200", status)
   assert.are.equal("chunked", h["transfer-encoding"])
@@ -73,7 +73,7 @@ end
 describe("a crowd of connections", function()
   local server
   before_each(function()
-    raise_nofile(IDLE + SSE + 200)
+    raise_nofile(IDLE + 2 * SSE + 300)
     server = helpers.start("crowd_app.lua", { "--workers", "1" })
   end)
   after_each(function()
@@ -87,6 +87,7 @@ describe("a crowd of connections", function()
       local warm = {}
       for i = 1, 100 do warm[i] = open_idle(port) end
       for i = 1, 100 do warm[#warm + 1] = open_sse(port) end
+      for i = 1, 100 do warm[#warm + 1] = open_sse(port, "/bare") end
       for _, s in ipairs(warm) do s:close() end
       assert(helpers.wait_for(function() return get(port, "/streams") == "0" end))
     end
@@ -101,8 +102,24 @@ describe("a crowd of connections", function()
       (idle_heap - base_heap) / IDLE, (idle_lua - base_lua) / IDLE))
     assert.is_true((idle_heap - base_heap) / IDLE <= 0.5)
     assert.is_true((idle_lua - base_lua) / IDLE <= 0.05)
+    -- an open SSE stream the script keeps only the res for (issue 19's goal: 0.5 KB in all, not reached:
+    -- the bounds below are what it costs now)
+    for i = 1, SSE do socks[#socks + 1] = open_sse(port, "/bare") end
+    local bare_heap, bare_lua = heap_kib(worker), tonumber(get(port, "/lua-kb"))
+    local bare_c, bare_l = (bare_heap - idle_heap) / SSE, (bare_lua - idle_lua) / SSE
+    print(string.format("crowd: %d SSE streams kept as streams[res] = true: C heap +%.3f KB, live Lua heap +%.3f KB "
+      .. "per stream (%.3f KB in all)", SSE, bare_c, bare_l, bare_c + bare_l))
+    -- with a close listener, as the chat keeps its streams: what that adds
     for i = 1, SSE do socks[#socks + 1] = open_sse(port) end
-    assert.are.equal(tostring(SSE), get(port, "/streams"))
+    local sse_heap, sse_lua = heap_kib(worker), tonumber(get(port, "/lua-kb"))
+    print(string.format("crowd: %d SSE streams with a close listener: C heap +%.3f KB, live Lua heap +%.3f KB per stream",
+      SSE, (sse_heap - bare_heap) / SSE, (sse_lua - bare_lua) / SSE))
+    assert.are.equal(tostring(2 * SSE), get(port, "/streams"))
+    -- the bounds: the C part as an idle connection's; in Lua the res (a table of four fields and the
+    -- connection's binding object) and the script's table entry, under 0.3 KB (0.345 KB before the res
+    -- was slimmed; see README "What a connection costs")
+    assert.is_true(bare_c <= 0.5, string.format("C heap: %.3f KB per open SSE stream", bare_c))
+    assert.is_true(bare_l <= 0.3, string.format("live Lua heap: %.3f KB per open SSE stream", bare_l))
     -- every idle connection still answers a second request
     for i = 1, IDLE do
       local s = socks[i]
@@ -115,7 +132,7 @@ describe("a crowd of connections", function()
     local peak_heap, peak_lua = heap_kib(worker), tonumber(get(port, "/lua-kb"))
     local grown = peak - base
     print(string.format("crowd: %d idle + %d SSE: worker RSS %d -> %d KB (%.2f KB per connection; C heap %d -> %d KB, "
-      .. "Lua heap %d -> %d KB)", IDLE, SSE, base, peak, grown / (IDLE + SSE), base_heap, peak_heap, base_lua, peak_lua))
+      .. "Lua heap %d -> %d KB)", IDLE, 2 * SSE, base, peak, grown / (IDLE + 2 * SSE), base_heap, peak_heap, base_lua, peak_lua))
     assert.is_true(peak_heap > base_heap and peak_lua > base_lua)
 
     for _, s in ipairs(socks) do s:close() end

@@ -161,6 +161,17 @@ describe("lua api", function()
       assert.are.same({ closed = true }, helpers.json_decode(assert(c:request("GET", "/closed?id=done1")).body))
     end)
 
+    it("runs every listener of several, in the order they were registered", function()
+      local resp = assert(srv:get("/listeners?id=many1"))
+      assert.are.equal("status 200", resp.body)
+      srv:wait_log("listener 3 fired for many1")
+      local log = srv:log_text()
+      local one, two, three = log:find("listener 1 fired for many1", 1, true),
+        log:find("listener 2 fired for many1", 1, true), log:find("listener 3 fired for many1", 1, true)
+      assert.is_true(one ~= nil and two ~= nil and one < two and two < three)
+      assert.is_nil(log:find("listener drain fired for many1", 1, true))
+    end)
+
     it("has not fired while the request is still in flight", function()
       local c = srv:connect()
       assert(c:send(helpers.build_request("GET", "/hold?id=alive1")))

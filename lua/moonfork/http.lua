@@ -132,7 +132,14 @@ end
 -- (http_respond.c); getHeader only reads in that order. The C core also turns them into header
 -- lines and checks them for CR/LF, so a typical response costs no string building in Lua.
 
-local Res = {}
+-- A response is a table of four fields from the start (`_conn`, `headersSent`, `finished`, `_user`: four
+-- hash slots, the smallest size that holds them), so that neither a typical response (writeHead,
+-- finish) nor an open stream (writeHead with headers, write) ever resizes it, and an open SSE stream
+-- costs the least the script can keep. What most responses never set reads from here: statusCode
+-- (stored only when it is not 200), _full (only once a write said "slow down"), _h, _names, _on, _bs.
+-- No generation number is kept: the connection's binding object is made for one response and
+-- invalidated when it ends (http_conn_request_done), which is what the number used to tell apart.
+local Res = { statusCode = 200, _full = false }
 Res.__index = Res
 
 local lower_of = setmetatable({}, { __mode = "k", __index = function(t, name)
@@ -148,11 +155,23 @@ local listener_error = setmetatable({}, { __index = function(t, event)
   return report
 end })
 
+-- Listeners (`_on`): a response's one "close" listener is kept as the function itself; otherwise a
+-- table of event -> a function, or an array of them once an event has several. The common case (a
+-- stream kept with one close listener, as the chat does) costs no tables.
 local function emit(res, event)
-  local list = res._on and res._on[event]
-  if not list then return end
-  if event == "close" then res._on[event] = nil end -- it happens once
+  local on = res._on
+  if not on then return end
+  local list
+  if type(on) == "function" then
+    if event ~= "close" then return end
+    list, res._on = on, nil -- it happens once
+  else
+    list = on[event]
+    if not list then return end
+    if event == "close" then on[event] = nil end
+  end
   local report = listener_error[event]
+  if type(list) == "function" then return spawn(list, report) end
   for i = 1, #list do spawn(list[i], report) end
 end
 
@@ -216,7 +235,7 @@ function Res:writeHead(status, headers)
       error("res:writeHead(): status must be a final status, a whole number from 200 to 599", 2)
     end
   end
-  self.statusCode = status
+  if status ~= 200 or rawget(self, "statusCode") ~= nil then self.statusCode = status end
   if headers ~= nil then
     if type(headers) ~= "table" then error("res:writeHead(): headers must be a table", 2) end
     if self._user or self._h then -- merge: writeHead's values win, as in Node
@@ -234,10 +253,10 @@ end
 -- raised in the handler (level 3: out <- write/finish <- the handler), which logs it.
 local function out(self, chunk, final)
   if self.headersSent then
-    return send(self._conn, self._gen, nil, nil, nil, nil, chunk, final)
+    return send(self._conn, nil, nil, nil, nil, nil, chunk, final)
   end
   self.headersSent = true
-  local r, err, bad = send(self._conn, self._gen, self.statusCode, self._user, self._h, self._names, chunk, final)
+  local r, err, bad = send(self._conn, nil, self.statusCode, self._user or nil, self._h, self._names, chunk, final)
   if bad then
     self.finished = true
     closed(self)
@@ -308,11 +327,26 @@ function Res:on(event, fn)
     spawn(fn, listener_error.close) -- already over: run it now rather than never
     return self
   end
-  local on = self._on or {}
-  self._on = on
-  local list = on[event] or {}
-  on[event] = list
-  list[#list + 1] = fn
+  local on = self._on
+  if not on then
+    if event == "close" then
+      self._on = fn
+      return self
+    end
+    on = {}
+    self._on = on
+  elseif type(on) == "function" then
+    on = { close = on }
+    self._on = on
+  end
+  local list = on[event]
+  if not list then
+    on[event] = fn
+  elseif type(list) == "function" then
+    on[event] = { list, fn }
+  else
+    list[#list + 1] = fn
+  end
   return self
 end
 
@@ -341,7 +375,7 @@ local function handler_error(trace, req, res)
   log("error in handler for " .. req.method .. " " .. req.url .. ": " .. trace)
   if not res.finished then
     res.finished = true
-    abort(res._conn, res._gen)
+    abort(res._conn)
     closed(res)
   end
 end
@@ -354,9 +388,8 @@ function _M.dispatcher(server)
       method = method, url = url, httpVersion = version, _head = head, body = body, _conn = conn,
       _trailers = trailers,
     }, Req)
-    -- every field a response sets is there from the start: adding keys later would resize the table
-    local res = setmetatable({ _conn = conn, _gen = gen, statusCode = 200, headersSent = false, finished = false,
-      _full = false }, Res)
+    -- the fields a response sets are there from the start: adding keys later would resize the table
+    local res = setmetatable({ _conn = conn, headersSent = false, finished = false, _user = false }, Res)
     if body == false then -- still arriving: req.body and req:read() get it (http_body.c)
       req.body = nil
       local bs = { conn = conn, gen = gen, req = req }

@@ -9,6 +9,7 @@ local type, tostring, tonumber, error, pairs, concat = type, tostring, tonumber,
   error, pairs, table.concat
 local find, lower, match, gmatch = string.find, string.lower, string.match, string.gmatch
 local accept, send, close, spawn, log = cws.accept, cws.send, cws.close, sched.spawn, core.log
+local gen_of = (package.loaded["moonfork.core.http"] or {}).gen -- the request a response is for
 local listener, listen, state, field = cws.listener, cws.listen, cws.state, cws.field
 
 local OP_TEXT, OP_BINARY, OP_PING = 1, 2, 9
@@ -198,7 +199,7 @@ function _M.upgrade(req, res, opts)
   local proto = pick_protocol(opts.protocols, header(h, "sec-websocket-protocol"))
   local offer = opts.compress and header(h, "sec-websocket-extensions") or nil
   res.headersSent, res.finished, res.statusCode = true, true, 101
-  local ws, err = accept(res._conn, res._gen, key, proto, offer, max, idle, ping, header(h, "origin"))
+  local ws, err = accept(res._conn, gen_of(res._conn), key, proto, offer, max, idle, ping, header(h, "origin"))
   if not ws then return nil, err end
   if state(ws) then return nil, "closed" end
   return ws
