@@ -104,7 +104,7 @@ static uint64_t pass_ms(lua_State *L, int i) {
   return n > 0 && n < 1e15 ? (uint64_t)n : 0;
 }
 
-/* pass.start(conn, gen, co, method, target, head, body|false, name, addr, port, opts...) -> true |
+/* pass.start(conn, gen (nil: the connection's current request), co, method, target, head, body|false, name, addr, port, opts...) -> true |
  * nil, err. body: the whole body, or false when it is still arriving (framed upstream as the client
  * framed it: its Content-Length, else chunked), nil when there is none. max_body (11: the largest
  * response body, nil for any). Then pool_size (12), idle_ms,
@@ -112,7 +112,7 @@ static uint64_t pass_ms(lua_State *L, int i) {
  * host (20: Host when the client sent none). */
 static int pass_start(lua_State *L) {
   http_conn_t *c = bind_http_conn(L, 1);
-  uint32_t gen = (uint32_t)luaL_checknumber(L, 2);
+  uint32_t gen = lua_isnil(L, 2) ? (c != NULL ? http_conn_gen(c) : 0) : (uint32_t)luaL_checknumber(L, 2);
   luaL_checktype(L, 3, LUA_TTHREAD);
   http_pass_req_t r = {.method = luaL_checkstring(L, 4)};
   r.target = luaL_checklstring(L, 5, &r.target_len);

@@ -143,7 +143,7 @@ function _M.pass(req, res, upstream, opts)
   if rawget(req, "_bs") then body = false end
   local ok
   if addr then
-    ok, err = start(res._conn, res._gen, running(), req.method, target, req._head, body, u.name, addr, u.port, s.max_body,
+    ok, err = start(res._conn, nil, running(), req.method, target, req._head, body, u.name, addr, u.port, s.max_body,
       s.pool, s.idle, s.connect, s.send, s.read, s.extra, s.drop, s.xff, u.hostport)
   end
   local status, sent = nil, false
