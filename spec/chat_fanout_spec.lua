@@ -71,7 +71,7 @@ describe("chat fan-out in slices", function()
   it("answers a post while the previous message is still being fanned out", function()
     local srv = start_chat(1, 1)
     local readers = {}
-    for i = 1, 400 do readers[i] = open_reader(srv.port) end
+    for i = 1, 900 do readers[i] = open_reader(srv.port) end
     pump(readers, function(r) return r.text:find("retry: 2000", 1, true) ~= nil end, "the stream's start")
     local p, q = srv:connect(), srv:connect()
     -- both posts leave before the first is answered: the second is read while the first fans out
