@@ -2,7 +2,7 @@
 -- new message to its streams CHAT_FANOUT_SLICE at a time with a loop turn between slices, so it reads
 -- and answers a post while a fan-out is still going; every stream still gets every message once and
 -- in order, however the messages fall across a pass. CHAT_FANOUT_SLICE=1 makes each pass as long as
--- it can be (a loop turn per stream), so the checks need no timing.
+-- it can be (a loop turn per stream): 3,000 streams take longer to reach than the test takes to look.
 --
 -- Readers are raw sockets holding GET /events?since=0; a reader's ids are the "id: N" lines of what
 -- it has received, read without blocking.
@@ -17,8 +17,25 @@ local function start_chat(workers, slice)
     { CHAT_FANOUT_SLICE = tostring(slice) })
 end
 
+local open = {} -- every reader's socket, closed after each test
+local READERS = 3000 -- with CHAT_FANOUT_SLICE=1, a pass of 3,000 loop turns: longer than this
+                     -- process can be kept waiting for the CPU on a busy machine
+
+-- Raises this process's soft limit on open files up to the hard one (prlimit, util-linux).
+local function raise_nofile(need)
+  local f = io.open("/proc/self/stat")
+  local pid = f and f:read("*n")
+  if f then f:close() end
+  local p = io.popen("prlimit --pid " .. pid .. " --nofile --raw --noheadings")
+  local soft, hard = (p:read("*a") or ""):match("(%S+)%s+(%S+)%s*$")
+  p:close()
+  if soft == "unlimited" or (tonumber(soft) or 0) >= need then return end
+  os.execute("prlimit --pid " .. pid .. " --nofile=" .. hard .. ":" .. hard)
+end
+
 local function open_reader(port)
   local s = assert(socket.tcp())
+  open[#open + 1] = s
   s:settimeout(5)
   assert(s:connect("127.0.0.1", port))
   assert(s:send("GET /events?since=0 HTTP/1.1\r\nHost: chat\r\n\r\n"))
@@ -61,19 +78,21 @@ local function post_request(text)
     cjson.encode({ user = "fan", text = text }))
 end
 
-local function close_all(readers)
-  for _, r in ipairs(readers) do r.sock:close() end
-end
 
 describe("chat fan-out in slices", function()
-  after_each(function() helpers.stop_all() end)
+  after_each(function()
+    for _, s in ipairs(open) do s:close() end
+    open = {}
+    helpers.stop_all()
+  end)
 
   it("answers a post while the previous message is still being fanned out", function()
+    raise_nofile(READERS + 200)
     local srv = start_chat(1, 1)
+    local p, q = srv:connect(), srv:connect() -- before the readers: select() takes fds under 1024
     local readers = {}
-    for i = 1, 900 do readers[i] = open_reader(srv.port) end
+    for i = 1, READERS do readers[i] = open_reader(srv.port) end
     pump(readers, function(r) return r.text:find("retry: 2000", 1, true) ~= nil end, "the stream's start")
-    local p, q = srv:connect(), srv:connect()
     -- both posts leave before the first is answered: the second is read while the first fans out
     assert(p:send(post_request("one")))
     assert(q:send(post_request("two")))
@@ -89,7 +108,6 @@ describe("chat fan-out in slices", function()
     assert.equal(201, r1.status, r1.body)
     pump(readers, function(r) return #ids(r) >= 2 end, "both messages")
     for i, r in ipairs(readers) do assert.are.same({ 1, 2 }, ids(r), "reader " .. i) end
-    close_all(readers)
   end)
 
   it("sends every stream every message once, in order, when posts come during a pass", function()
@@ -114,6 +132,5 @@ describe("chat fan-out in slices", function()
     for i = 1, n do want[i] = i end
     pump(readers, function(r) return #ids(r) >= n end, "all " .. n .. " messages")
     for i, r in ipairs(readers) do assert.are.same(want, ids(r), "reader " .. i) end
-    close_all(readers)
   end)
 end)
