@@ -5,6 +5,7 @@
  * in every connection, most of what an idle one would cost): the connections with something due
  * sit in a binary min-heap of the worker, and one timer fires for the first of them. */
 #include <stdlib.h>
+#include <sys/ioctl.h>
 
 #include "http_internal.h"
 #include "log.h"
@@ -153,10 +154,27 @@ static int conn_send_check(http_conn_t *c, uint64_t now) {
   return 0;
 }
 
+/* Whether the client's next request is already in the socket, unread. libuv runs due timers before it
+ * polls for input, so after the loop was held up (a handler that blocked past --keepalive-timeout) an
+ * idle connection's deadline can pass while a request the client sent in time waits to be read: that
+ * request must be answered, not reset (nginx handles events before timers for the same reason). */
+static int conn_input_waits(http_conn_t *c) {
+  uv_os_fd_t fd;
+  int n = 0;
+  if (c->read_paused || uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) return 0;
+  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /* The state's deadline passed. */
 static void conn_expired(http_conn_t *c) {
   switch (c->state) {
     case HTTP_CONN_IDLE:
+      if (conn_input_waits(c)) { /* read in this loop turn's poll: a new clock for the wait till then */
+        http_conn_timer(c, c->srv->cfg->keepalive_timeout_ms);
+        break;
+      }
+      http_conn_close(c);
+      break;
     case HTTP_CONN_CLOSING:
       http_conn_close(c);
       break;

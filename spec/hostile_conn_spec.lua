@@ -185,6 +185,28 @@ describe("hostile connections", function()
     end)
   end)
 
+  describe("an idle keep-alive connection", function()
+    it("answers a request sent in time although a blocked loop let its --keepalive-timeout pass", function()
+      local srv = helpers.start("conn_app", { "--workers", "1", "--keepalive-timeout", "1" })
+      local flag = os.tmpname()
+      os.remove(flag)
+      local idle = srv:connect()
+      assert.equal(200, assert(idle:request("GET", "/")).status) -- idle from here, 1 s to live
+      local blocker = srv:connect()
+      assert(blocker:send(helpers.build_request("GET", "/stall?file=" .. flag)))
+      srv:wait_log("stall started") -- the worker's loop is held up from here
+      assert(idle:send(helpers.build_request("POST", "/", { ["Content-Length"] = "2" }, "hi")))
+      assert(io.open(flag, "w")):close() -- the worker runs on 1.2 s more, past the idle deadline
+      local resp, err = idle:receive()
+      os.remove(flag)
+      assert.is_truthy(resp, "the request waiting on the idle connection was not answered: " .. tostring(err))
+      assert.equal(200, resp.status)
+      assert.equal("stalled", assert(blocker:receive()).body)
+      idle:close()
+      blocker:close()
+    end)
+  end)
+
   describe("--send-timeout", function()
     it("closes a client that reads none of a Lua response and releases its socket", function()
       local srv = helpers.start("conn_app", { "--workers", "1", "--send-timeout", "1" })

@@ -11,7 +11,7 @@ package.path = here .. "/../../examples/chat/?.lua;" .. package.path
 local chatlog = require "chatlog"
 
 local log
-local sockets = {} -- ws -> true, for every open one in this worker
+local sockets = {} -- ws -> the last id it was sent, for every open one in this worker
 
 local function post_message(req, res)
   local ok, body = pcall(cjson.decode, req.body)
@@ -28,7 +28,7 @@ local server = moonfork.http.createServer(function(req, res)
   if req.path ~= "/events" then return res:json({ error = "not found" }, 404) end
   local ws = moonfork.websocket.upgrade(req, res)
   if not ws then return end
-  sockets[ws] = true
+  sockets[ws] = log.last -- from the next message on
   ws:on("close", function() sockets[ws] = nil end)
 end)
 
@@ -36,15 +36,48 @@ local nodes = moonfork.listen({ port = 8080 }, server)
 log = chatlog.new(nodes, { keep = 500, workers = moonfork.workers })
 log:attach()
 
--- every new message to every socket, in id order; one that has 256 KiB queued is too slow: close it
-local last_sent = 0
-log:listen(function()
-  for _, m in ipairs(log:after(last_sent)) do
-    for ws in pairs(sockets) do
-      if ws:send(m.json) == false then ws:close(1008, "too slow") end
-    end
-    last_sent = m.id
+-- every new message to every socket, in id order, in slices of 2,000 sockets with a loop turn between
+-- them (as examples/chat/server.lua does), so posts and mesh messages are read during a fan-out; each
+-- socket keeps the last id it was sent, so one a pass reached late gets every message it lacks, in
+-- order. One that has 256 KiB queued is too slow: close it.
+local SLICE = 2000
+local fanning, again = false, false
+
+local function push(ws, last)
+  local kept = log.log
+  local newest = kept[#kept]
+  if not newest or newest.id <= last then return last end
+  local list = newest.prev == last and { newest } or log:after(last)
+  for i = 1, #list do
+    local ok = ws:send(list[i].json)
+    if ok == nil then return nil end
+    if ok == false then ws:close(1008, "too slow") return nil end
   end
+  return newest.id
+end
+
+local function pass()
+  local list, n = {}, 0
+  for ws in pairs(sockets) do n = n + 1 list[n] = ws end
+  for i = 1, n do
+    local ws = list[i]
+    local last = sockets[ws]
+    if last then sockets[ws] = push(ws, last) end
+    if i % SLICE == 0 and i < n then moonfork.sleep(1) end
+  end
+end
+
+log:listen(function()
+  if fanning then again = true return end
+  fanning = true
+  moonfork.setTimeout(0, function()
+    repeat
+      again = false
+      local ok, err = pcall(pass)
+      if not ok then moonfork.log("ws_chat: fan-out: " .. tostring(err)) end
+    until not again
+    fanning = false
+  end)
 end)
 
 moonfork.on("drain", function()

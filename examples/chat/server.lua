@@ -179,20 +179,30 @@ end
 -- Server-Sent Events: every message after Last-Event-ID (or ?since), then each new one as it comes.
 local streams = {} -- res -> the last id sent on it, for every live stream
 
+-- The bytes that bring a stream from `last` up to the newest message: one SSE event in the usual case
+-- (the same string for every stream), else the events after `last`, built once per `last` for as long
+-- as the newest message stays the same (streams a fan-out reached late all share one backlog).
+local backlog = { newest = nil } -- last id -> chunk, for the newest message in backlog.newest
+
+local function chunk_after(newest, last)
+  if newest.prev == last then return sse_of(newest) end
+  if backlog.newest ~= newest then backlog = { newest = newest } end
+  local chunk = backlog[last]
+  if not chunk then
+    local parts = {}
+    for i, m in ipairs(log:after(last)) do parts[i] = sse_of(m) end
+    chunk = concat(parts)
+    backlog[last] = chunk
+  end
+  return chunk
+end
+
 -- Sends what `res` has not seen after `last`; returns the new last id, or nil when the stream ended.
 local function stream_send(res, last)
   local kept = log.log
   local newest = kept[#kept]
   if not newest or newest.id == last or not log:is_after(newest.id, last) then return last end
-  local chunk
-  if newest.prev == last then -- the usual case: exactly one new message, the same bytes for every stream
-    chunk = sse_of(newest)
-  else
-    local parts = {}
-    for i, m in ipairs(log:after(last)) do parts[i] = sse_of(m) end
-    chunk = concat(parts)
-  end
-  local ok = res:write(chunk)
+  local ok = res:write(chunk_after(newest, last))
   if ok == false then
     -- A client this slow would make us hold its backlog: end the stream, and it reconnects
     -- with Last-Event-ID for what it missed.
@@ -305,13 +315,48 @@ else
 end
 log:attach()
 
--- One listener writes each new message to every stream (a stream whose client is too slow ends)
--- and every WebSocket.
-log:listen(function()
-  for res, last in pairs(streams) do
-    streams[res] = stream_send(res, last)
+-- The fan-out: each new message goes to every stream and every WebSocket, in slices of FANOUT_SLICE
+-- with a loop turn between them, so that while a worker writes to its thousands of streams it still
+-- reads posts and mesh messages, and the leader numbers the next post at once. The turn is
+-- moonfork.sleep(1), not sleep(0): a 0 ms wait is due at once and, with libuv 1.44, runs again in the
+-- same timer phase without polling for I/O; a 1 ms one is due only after the poll (which does not
+-- block when the slice took longer than 1 ms).
+-- One pass runs at a time; a message that comes during a pass is picked up by the streams the pass
+-- has not reached yet (each is sent everything after its own last id, in order), and a new pass
+-- follows for the ones it had. So every stream gets every message once, in order, and a stream is
+-- never sent message n+1 before n.
+local FANOUT_SLICE = math.max(1, math.floor(tonumber(os.getenv("CHAT_FANOUT_SLICE")) or 2000))
+local fanning, again = false, false
+
+local function fan_pass()
+  local list, n = {}, 0
+  for res in pairs(streams) do n = n + 1 list[n] = res end
+  for ws in pairs(sockets) do n = n + 1 list[n] = ws end
+  for i = 1, n do
+    local c = list[i]
+    local last = streams[c]
+    if last ~= nil then
+      streams[c] = stream_send(c, last)
+    elseif sockets[c] then
+      ws_push(c)
+    end
+    if i % FANOUT_SLICE == 0 and i < n then moonfork.sleep(1) end
   end
-  for ws in pairs(sockets) do ws_push(ws) end
+end
+
+local function fan_out()
+  repeat
+    again = false
+    local ok, err = pcall(fan_pass)
+    if not ok then moonfork.log("chat: fan-out: " .. tostring(err)) end
+  until not again
+  fanning = false
+end
+
+log:listen(function()
+  if fanning then again = true return end
+  fanning = true
+  moonfork.setTimeout(0, fan_out)
 end)
 
 -- This worker is being replaced or stopped: answer the long polls (empty) and end the streams now,
@@ -323,5 +368,10 @@ end)
 
 -- A comment line keeps proxies from closing quiet streams.
 moonfork.setInterval(PING_MS, function()
-  for res in pairs(streams) do res:write(": ping\n\n") end
+  local list, n = {}, 0
+  for res in pairs(streams) do n = n + 1 list[n] = res end
+  for i = 1, n do
+    if streams[list[i]] ~= nil then list[i]:write(": ping\n\n") end
+    if i % FANOUT_SLICE == 0 and i < n then moonfork.sleep(1) end
+  end
 end)
