@@ -189,6 +189,44 @@ describe("websocket channels", function()
     end)
   end)
 
+  describe("with --redis", function()
+    local redis_server = require "spec.redis_server"
+    local r
+    setup(function() r = redis_server.start() end)
+    teardown(function() redis_server.stop(r) end)
+
+    it("reaches the subscribers on every server that shares the Redis, once each", function()
+      local url = "redis://127.0.0.1:" .. r.port
+      local a = helpers.start("ws_chan_app", { "--workers", "2", "--redis", url })
+      local b = helpers.start("ws_chan_app", { "--workers", "1", "--redis", url })
+      local on_a = upgrade_on(helpers.conn_on(a, 2, "/probe"), "/sub?ch=hosts")
+      local on_b = upgrade_on(b:connect(), "/sub?ch=hosts")
+      -- each worker's Redis subscription starts at its first subscribe: publish until one gets through
+      local i = 0
+      assert.is_true(helpers.wait_for(function()
+        i = i + 1
+        get_json(a, "/publish?ch=hosts&m=probe" .. i)
+        local got = next_text(on_b, 0.2)
+        return got ~= nil
+      end, 20), "no publish reached the other server")
+      local seen = 0
+      assert.is_true(helpers.wait_for(function() -- and on_a's worker's subscription is up too
+        get_json(b, "/publish?ch=hosts&m=ready" .. seen)
+        seen = seen + 1
+        local got = next_text(on_a, 0.2)
+        while got and not got:find("^ready") do got = next_text(on_a, 0.2) end
+        return got ~= nil
+      end, 20))
+      get_json(b, "/publish?ch=hosts&m=final")
+      get_json(a, "/publish?ch=hosts&m=after")
+      for _, c in ipairs { on_a, on_b } do
+        local got = next_text(c)
+        while got ~= "final" do got = assert(next_text(c)) end
+        assert.are.equal("after", next_text(c)) -- once: no copy over the mesh as well
+      end
+    end)
+  end)
+
   describe("misuse", function()
     it("raises for an empty or too long channel, data that is not a string, an unknown kind", function()
       local srv = helpers.start("ws_chan_app", { "--workers", "1" })
