@@ -18,6 +18,7 @@
 #include "bind_http.h"
 #include "bind_obj.h"
 #include "http.h"
+#include "log.h"
 #include "luastate.h"
 #include "ws_chan.h"
 #include "ws_conn.h"
@@ -41,16 +42,16 @@ typedef struct {
 
 static struct {
   int mt_ref;            /* the userdata's metatable, compared by identity */
+  const void *mt;        /* the same, as a pointer: ud_check compares it without a registry lookup */
   int reasons_ref;       /* closed userdata (light) -> the close reason, while the userdata lives */
   int cb[CB_COUNT];      /* the Lua half's dispatchers: fn(listener, ...) */
-} bws = {LUA_NOREF, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF}};
+} bws = {LUA_NOREF, NULL, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF}};
 
 static ws_ud_t *ud_check(lua_State *L, int idx) {
   ws_ud_t *u = lua_touserdata(L, idx);
   if (u != NULL && lua_getmetatable(L, idx)) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, bws.mt_ref);
-    int ours = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
+    int ours = lua_topointer(L, -1) == bws.mt;
+    lua_pop(L, 1);
     if (ours) return u;
   }
   luaL_typerror(L, idx, "websocket");
@@ -346,13 +347,21 @@ static void dispatch(lua_State *L, int i, int ref, int nargs, const char *what) 
   luastate_pcall(L, nargs + 1, 0, what);
 }
 
+/* The hot path (every message): the dispatcher and its arguments pushed in order, and a plain pcall.
+ * The listener itself runs under xpcall with a traceback in its own coroutine (sched.spawn); this one
+ * only guards the dispatcher, which does not fail but when out of memory. */
 static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int binary) {
   lua_State *L = data;
   int ref = ws_conn_refs(c)[CB_MESSAGE];
   if (ref == LUA_NOREF || bws.cb[CB_MESSAGE] == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.cb[CB_MESSAGE]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
   lua_pushlstring(L, p, n);
   lua_pushboolean(L, binary);
-  dispatch(L, CB_MESSAGE, ref, 2, "error in websocket 'message' handler");
+  if (lua_pcall(L, 3, 0, 0) != 0) {
+    mf_log("error in websocket 'message' handler: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+  }
 }
 
 /* The ws (if the script still has it) learns the code and reason; the listeners are let go. */
@@ -407,6 +416,7 @@ void bind_ws_open(lua_State *L, uv_loop_t *loop) {
   lua_pushcfunction(L, ws_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushvalue(L, -1);
+  bws.mt = lua_topointer(L, -1);
   bws.mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   bws.reasons_ref = luaL_ref(L, LUA_REGISTRYINDEX);

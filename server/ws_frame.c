@@ -102,7 +102,11 @@ int ws_utf8_feed(ws_utf8_t *s, const uint8_t *p, size_t n) {
   size_t i = 0;
   while (i < n) {
     if (s->need == 0) {
-      while (i < n && p[i] < 0x80) i++; /* ASCII runs: the common case */
+      for (uint64_t w; i + 8 <= n; i += 8) { /* ASCII runs, the common case: 8 bytes at a time */
+        memcpy(&w, p + i, 8);
+        if (w & 0x8080808080808080ull) break;
+      }
+      while (i < n && p[i] < 0x80) i++;
       if (i == n) break;
       if (!utf8_lead(p[i++], s)) return -1;
       continue;

@@ -79,6 +79,7 @@ end
 
 -- Sends a whole message: true, false (over the high-water mark: wait for "drain"), nil, "closed".
 function WS:send(data, kind)
+  if kind == nil and type(data) == "string" then return send(self, data, OP_TEXT) end -- the hot path
   data = payload(data, "send")
   local op = OP_TEXT
   if kind == "binary" then
@@ -289,7 +290,9 @@ end
 local report_message, report_close, report_drain = reporters.message, reporters.close, reporters.drain
 
 local function on_message(l, data, binary)
-  emit(l, report_message, data, binary and "binary" or "text")
+  local kind = binary and "binary" or "text"
+  if type(l) == "function" then return spawn(l, report_message, data, kind) end
+  for i = 1, #l do spawn(l[i], report_message, data, kind) end
 end
 
 local function on_close(l, code, reason)
