@@ -180,8 +180,8 @@ function _M.publish(name, data, kind)
     if n == nil then return nil, err end
     return true
   end
+  mesh():broadcast(envelope(name, data, op)) -- first: the other workers write while this one does
   cpublish(name, data, op)
-  mesh():broadcast(envelope(name, data, op))
   return true
 end
 
