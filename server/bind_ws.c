@@ -18,7 +18,9 @@
 #include "bind_http.h"
 #include "bind_obj.h"
 #include "http.h"
+#include "log.h"
 #include "luastate.h"
+#include "ws_chan.h"
 #include "ws_conn.h"
 #include "ws_frame.h"
 #include "ws_handshake.h"
@@ -40,16 +42,16 @@ typedef struct {
 
 static struct {
   int mt_ref;            /* the userdata's metatable, compared by identity */
+  const void *mt;        /* the same, as a pointer: ud_check compares it without a registry lookup */
   int reasons_ref;       /* closed userdata (light) -> the close reason, while the userdata lives */
   int cb[CB_COUNT];      /* the Lua half's dispatchers: fn(listener, ...) */
-} bws = {LUA_NOREF, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF}};
+} bws = {LUA_NOREF, NULL, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF}};
 
 static ws_ud_t *ud_check(lua_State *L, int idx) {
   ws_ud_t *u = lua_touserdata(L, idx);
   if (u != NULL && lua_getmetatable(L, idx)) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, bws.mt_ref);
-    int ours = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
+    int ours = lua_topointer(L, -1) == bws.mt;
+    lua_pop(L, 1);
     if (ours) return u;
   }
   luaL_typerror(L, idx, "websocket");
@@ -174,6 +176,83 @@ static int ws_close(lua_State *L) {
   return 0;
 }
 
+/* The channel name at idx: a string of 1 to WS_CHANNEL_MAX bytes (the Lua half checked it). */
+static const char *channel_arg(lua_State *L, int idx, size_t *n) {
+  const char *name = luaL_checklstring(L, idx, n);
+  luaL_argcheck(L, *n >= 1 && *n <= WS_CHANNEL_MAX, idx, "a channel is 1 to 1024 bytes");
+  return name;
+}
+
+/* ws.subscribe(ws, channel) -> true (joined), false (a member already) | nil, "closed" */
+static int ws_subscribe(lua_State *L) {
+  ws_ud_t *u = ud_check(L, 1);
+  size_t n;
+  const char *name = channel_arg(L, 2, &n);
+  int r = u->c ? ws_chan_join(u->c, name, n) : UV_EPIPE;
+  if (r >= 0) {
+    lua_pushboolean(L, r);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, r == UV_ENOMEM ? "out of memory" : "closed");
+  return 2;
+}
+
+/* ws.unsubscribe(ws, channel) -> true (left), false (not a member, or closed) */
+static int ws_unsubscribe(lua_State *L) {
+  ws_ud_t *u = ud_check(L, 1);
+  size_t n;
+  const char *name = channel_arg(L, 2, &n);
+  lua_pushboolean(L, u->c ? ws_chan_leave(u->c, name, n) : 0);
+  return 1;
+}
+
+/* ws.publish(channel, data, opcode) -> how many members in this worker it was written to */
+static int ws_publish(lua_State *L) {
+  size_t n, len;
+  const char *name = channel_arg(L, 1, &n);
+  const char *p = luaL_checklstring(L, 2, &len);
+  int op = (int)luaL_checknumber(L, 3);
+  luaL_argcheck(L, op == WS_OP_TEXT || op == WS_OP_BINARY, 3, "1 (text) or 2 (binary)");
+  lua_pushnumber(L, (lua_Number)ws_chan_publish(name, n, op, p, len));
+  return 1;
+}
+
+/* ws.envelope(channel, data, opcode) -> the message for the other workers and hosts (ws_frame.h) */
+static int ws_envelope(lua_State *L) {
+  size_t n, len;
+  const char *name = channel_arg(L, 1, &n);
+  const char *p = luaL_checklstring(L, 2, &len);
+  uint8_t head[WS_ENVELOPE_HEAD];
+  ws_envelope_head(head, (int)luaL_checknumber(L, 3), n);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, (const char *)head, sizeof head);
+  luaL_addlstring(&b, name, n);
+  luaL_addlstring(&b, p, len);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* ws.deliver(envelope) -> how many members in this worker it was written to, or nil when the string
+ * is not an envelope */
+static int ws_deliver(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  ws_envelope_t e;
+  if (ws_envelope_parse(p, len, &e) != 0) return 0;
+  lua_pushnumber(L, (lua_Number)ws_chan_publish(e.name, e.nlen, e.opcode, e.data, e.dlen));
+  return 1;
+}
+
+/* ws.subscribers(channel) -> members of the channel in this worker */
+static int ws_subscribers(lua_State *L) {
+  size_t n;
+  const char *name = channel_arg(L, 1, &n);
+  lua_pushnumber(L, (lua_Number)ws_chan_count(name, n));
+  return 1;
+}
+
 /* ws.count() -> open WebSocket connections in this worker */
 static int ws_count(lua_State *L) {
   lua_pushnumber(L, (lua_Number)ws_conn_count());
@@ -268,13 +347,21 @@ static void dispatch(lua_State *L, int i, int ref, int nargs, const char *what) 
   luastate_pcall(L, nargs + 1, 0, what);
 }
 
+/* The hot path (every message): the dispatcher and its arguments pushed in order, and a plain pcall.
+ * The listener itself runs under xpcall with a traceback in its own coroutine (sched.spawn); this one
+ * only guards the dispatcher, which does not fail but when out of memory. */
 static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int binary) {
   lua_State *L = data;
   int ref = ws_conn_refs(c)[CB_MESSAGE];
   if (ref == LUA_NOREF || bws.cb[CB_MESSAGE] == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.cb[CB_MESSAGE]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
   lua_pushlstring(L, p, n);
   lua_pushboolean(L, binary);
-  dispatch(L, CB_MESSAGE, ref, 2, "error in websocket 'message' handler");
+  if (lua_pcall(L, 3, 0, 0) != 0) {
+    mf_log("error in websocket 'message' handler: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+  }
 }
 
 /* The ws (if the script still has it) learns the code and reason; the listeners are let go. */
@@ -321,12 +408,15 @@ void bind_ws_open(lua_State *L, uv_loop_t *loop) {
   static const luaL_Reg fns[] = {{"on", ws_on},         {"accept", ws_accept}, {"send", ws_send},
                                  {"close", ws_close},   {"count", ws_count},   {"listener", ws_listener},
                                  {"listen", ws_listen}, {"state", ws_state},   {"field", ws_field},
-                                 {NULL, NULL}};
+                                 {"subscribe", ws_subscribe}, {"unsubscribe", ws_unsubscribe},
+                                 {"publish", ws_publish}, {"envelope", ws_envelope}, {"deliver", ws_deliver},
+                                 {"subscribers", ws_subscribers}, {NULL, NULL}};
   ws_init(loop, &ws_callbacks, L);
   lua_newtable(L);
   lua_pushcfunction(L, ws_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushvalue(L, -1);
+  bws.mt = lua_topointer(L, -1);
   bws.mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   bws.reasons_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -6,7 +6,7 @@
  * or a fragmented or compressed message is being put together; they are freed once used. Timeouts and
  * pings come from one timer per worker that walks the list of connections, rather than a timer each (a
  * uv_timer_t is 150 bytes); writes go through mf_writeq with a bit for backpressure, not a writeq_t (56
- * bytes). An idle connection is its 328-byte struct, uv_tcp_t 248 of it. Lua never runs here. */
+ * bytes). An idle connection is its 336-byte struct, uv_tcp_t 248 of it. Lua never runs here. */
 #include "ws_conn.h"
 
 #include <stdlib.h>
@@ -16,10 +16,10 @@
 #include "log.h"
 #include "util.h"
 #include "writeq.h"
+#include "ws_chan.h"
 #include "ws_frame.h"
 
 #define WS_CLOSE_WAIT_MS 3000 /* how long a closing connection waits for the peer's close or FIN */
-#define WS_DEFLATE_MIN 32     /* smaller messages go out uncompressed (RSV1 clear): not worth it */
 #define WS_CORK_MAX (64 * 1024) /* frames gathered while a read is handled, at most (see frame_out) */
 
 enum { WS_PENDING, WS_OPEN, WS_CLOSING, WS_DONE };
@@ -37,6 +37,7 @@ struct ws_conn_s {
   ws_rx_t *rx;            /* buffers, only while one holds something (see ws_rx_t), else NULL */
   ws_deflate_t *z;        /* permessage-deflate negotiated, else NULL */
   void *ud;               /* the Lua side's (bind_ws.c) */
+  void *subs;             /* the channels it is a member of (ws_chan.c) */
   int refs[WS_NREFS];
   uint32_t max_payload;   /* (4 bytes less than a uint64_t: 4 GiB is plenty for a message held whole) */
   uint32_t idle_ms, ping_ms;
@@ -78,10 +79,7 @@ static void tick(uv_timer_t *t);
 static int cork_flush(ws_conn_t *c);
 
 /* The connection's buffers, made when first needed: NULL when out of memory. */
-static ws_rx_t *rx_of(ws_conn_t *c) {
-  if (c->rx == NULL) c->rx = calloc(1, sizeof *c->rx);
-  return c->rx;
-}
+static ws_rx_t *rx_of(ws_conn_t *c) { return c->rx ? c->rx : (c->rx = calloc(1, sizeof *c->rx)); }
 
 static void rx_free(ws_conn_t *c) {
   if (c->rx == NULL) return;
@@ -92,9 +90,7 @@ static void rx_free(ws_conn_t *c) {
 }
 
 /* Gives the buffers back once neither holds anything. */
-static void rx_trim(ws_conn_t *c) {
-  if (c->rx && c->rx->in.len == 0 && c->rx->msg.len == 0) rx_free(c);
-}
+static void rx_trim(ws_conn_t *c) { if (c->rx && c->rx->in.len == 0 && c->rx->msg.len == 0) rx_free(c); }
 
 static size_t in_len(const ws_conn_t *c) { return c->rx ? c->rx->in.len : 0; }
 static size_t msg_len(const ws_conn_t *c) { return c->rx ? c->rx->msg.len : 0; }
@@ -119,13 +115,14 @@ size_t ws_conn_count(void) { return ws.count; }
 void **ws_conn_ud(ws_conn_t *c) { return &c->ud; }
 
 int *ws_conn_refs(ws_conn_t *c) { return c->refs; }
+void **ws_conn_subs(ws_conn_t *c) { return &c->subs; }
+ws_deflate_t *ws_conn_deflate(ws_conn_t *c) { return c->z; }
 
 static void tick_start(uint32_t ms) {
-  if (ms < ws.tick_ms || !ws.ticking) {
-    if (ms < ws.tick_ms) ws.tick_ms = ms;
-    ws.ticking = 1;
-    uv_timer_start(&ws.tick, tick, ws.tick_ms, ws.tick_ms);
-  }
+  if (ms >= ws.tick_ms && ws.ticking) return;
+  if (ms < ws.tick_ms) ws.tick_ms = ms;
+  ws.ticking = 1;
+  uv_timer_start(&ws.tick, tick, ws.tick_ms, ws.tick_ms);
 }
 
 ws_conn_t *ws_conn_new(const ws_options_t *o) {
@@ -180,10 +177,8 @@ static void conn_destroy(ws_conn_t *c) {
   c->freeing = 1;
   c->state = WS_DONE;
   if (ws.corked == c) ws.cork.len = 0; /* (its frames go nowhere now) */
-  if (c->tcp_open)
-    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
-  else
-    conn_free(c);
+  if (c->tcp_open) uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+  else conn_free(c);
 }
 
 /* Tells the binding, once. The connection is done from here on (a send from the close callback finds
@@ -192,6 +187,7 @@ static void conn_tell(ws_conn_t *c, unsigned code, const char *reason, size_t n)
   if (c->told) return;
   c->told = 1;
   c->state = WS_DONE;
+  if (c->subs) ws_chan_leave_all(c);
   ws.cb->on_close(ws.data, c, code, reason, n);
 }
 
@@ -224,6 +220,8 @@ static void conn_shutdown(ws_conn_t *c) {
 
 static size_t queued(ws_conn_t *c) { return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp); }
 
+size_t ws_conn_queued(ws_conn_t *c) { return c->tcp_open ? queued(c) : 0; }
+
 /* A queued write is done (uv_close cancels the others before the close callback: c is still there). */
 static void on_write(uv_write_t *req, int status) {
   ws_conn_t *c = mf_container_of((uv_tcp_t *)req->handle, ws_conn_t, tcp);
@@ -252,11 +250,9 @@ static int bufs_out(ws_conn_t *c, const uv_buf_t *bufs, unsigned nbufs) {
     conn_destroy(c);
     return UV_EPIPE;
   }
-  if (queued(c) > WS_HIGH_WATER) {
-    c->above = 1;
-    return 0;
-  }
-  return 1;
+  if (queued(c) <= WS_HIGH_WATER) return 1;
+  c->above = 1;
+  return 0;
 }
 
 /* Writes what gathered in the cork (see frame_out). 1, 0 or UV_EPIPE as bufs_out. */
@@ -272,13 +268,10 @@ static int cork_flush(ws_conn_t *c) {
   return r;
 }
 
-/* Writes one frame. 1, 0 (over high water) or UV_EPIPE (the connection is gone: told 1006). While the
- * connection's input is being handled (ws.corked), its frames gather in one buffer written once at the
- * end: an echo of 16 pipelined messages is one send(2), not 16 (the kernel's loopback path costs more
- * than all the rest of a message). */
-static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n) {
-  uint8_t head[10];
-  size_t hlen = ws_frame_head(head, 1, rsv1, opcode, n);
+/* Writes one frame, head and payload: 1, 0 (over high water) or UV_EPIPE (gone: told 1006). While its
+ * input is handled (ws.corked), a connection's frames gather in one buffer written once at the end: an
+ * echo of 16 pipelined messages is one send(2), not 16 (loopback TCP costs more than the rest). */
+static int frame_write(ws_conn_t *c, const uint8_t *head, size_t hlen, const char *p, size_t n) {
   if (c->state == WS_PENDING) { /* the 101 is still on its way: keep it for ws_conn_open */
     ws_rx_t *x = rx_of(c);
     if (x == NULL || mf_buf_append(&x->in, head, hlen) != 0 || mf_buf_append(&x->in, p, n) != 0) return UV_ENOMEM;
@@ -295,6 +288,15 @@ static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n
   if (c == ws.corked && cork_flush(c) < 0) return UV_EPIPE; /* in order: what gathered goes first */
   uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen), uv_buf_init((char *)p, (unsigned)n)};
   return bufs_out(c, bufs, n ? 2 : 1);
+}
+
+static int frame_out(ws_conn_t *c, int opcode, int rsv1, const char *p, size_t n) {
+  uint8_t head[10];
+  return frame_write(c, head, ws_frame_head(head, 1, rsv1, opcode, n), p, n);
+}
+
+int ws_conn_send_frame(ws_conn_t *c, const uint8_t *head, size_t hlen, const char *p, size_t n) {
+  return c->state != WS_OPEN && c->state != WS_PENDING ? UV_EPIPE : frame_write(c, head, hlen, p, n);
 }
 
 int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n) {
@@ -341,7 +343,6 @@ static void conn_fail(ws_conn_t *c, unsigned code) {
   conn_tell(c, code, "", 0);
   if (!c->freeing) conn_shutdown(c);
 }
-
 
 /* ---- reading ---------------------------------------------------------------------------------- */
 
@@ -437,8 +438,7 @@ static size_t frames_in(ws_conn_t *c, uint8_t *p, size_t n) {
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  (void)h;
-  (void)suggested;
+  (void)h, (void)suggested;
   *buf = uv_buf_init((char *)ws.rbuf, sizeof ws.rbuf);
 }
 
@@ -498,8 +498,7 @@ static void on_idle(uv_idle_t *h) {
   uv_idle_stop(&ws.idle);
   for (size_t i = 0; i < ws.nlater; i++) {
     ws_conn_t *c = ws.later[i];
-    ws.later[i] = NULL;
-    if (c == NULL) continue;
+    if ((ws.later[i] = NULL, c) == NULL) continue;
     c->deferred = 0;
     if (in_len(c) > 0 && (c->state == WS_OPEN || c->state == WS_CLOSING)) bytes_in(c, (uint8_t *)"", 0);
   }

@@ -47,6 +47,14 @@ void ws_conn_open(ws_conn_t *c, int fd, const char *rest, size_t n);
 /* Sends one message (WS_OP_TEXT, WS_OP_BINARY) or a ping/pong. Returns 1, 0 when the queue is over
  * its high-water mark (on_drain follows), or UV_EPIPE when the connection is closing or closed. */
 int ws_conn_send(ws_conn_t *c, int opcode, const char *p, size_t n);
+/* Sends a frame made elsewhere (a broadcast's, ws_chan.c): head[0..hlen) then p[0..n). 1, 0 or UV_EPIPE
+ * as ws_conn_send. */
+int ws_conn_send_frame(ws_conn_t *c, const uint8_t *head, size_t hlen, const char *p, size_t n);
+/* Bytes queued for the socket, not yet taken by the kernel. */
+size_t ws_conn_queued(ws_conn_t *c);
+/* Its permessage-deflate state, or NULL when not negotiated. */
+ws_deflate_t *ws_conn_deflate(ws_conn_t *c);
+#define WS_DEFLATE_MIN 32 /* smaller messages go out uncompressed (RSV1 clear): not worth it */
 /* Starts the close handshake with code (0: none) and reason (up to 123 bytes). */
 void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n);
 /* The connection's Lua side (bind_ws.c): the slot for its userdata while that lives (NULL: none, or
@@ -55,6 +63,8 @@ void ws_conn_close(ws_conn_t *c, unsigned code, const char *reason, size_t n);
 #define WS_NREFS 3
 void **ws_conn_ud(ws_conn_t *c);
 int *ws_conn_refs(ws_conn_t *c);
+/* The slot for the channels the connection is a member of (ws_chan.c's; it leaves them on close). */
+void **ws_conn_subs(ws_conn_t *c);
 /* Open connections (those that did not hear on_close yet and those still closing). */
 size_t ws_conn_count(void);
 /* The worker drains: every connection gets close 1001; on_gone runs once none is left (at once when

@@ -220,3 +220,7 @@ int ws_deflate_message(ws_deflate_t *z, const uint8_t *in, size_t n, mf_buf_t *o
   if (z->p.server_no_context_takeover) zlib.deflateReset(s);
   return 0;
 }
+
+int ws_deflate_shared_key(const ws_deflate_t *z) {
+  return z->p.server_no_context_takeover ? z->p.server_max_window_bits : 0;
+}

@@ -33,6 +33,10 @@ void ws_deflate_free(ws_deflate_t *z);
  * Never lets out grow past max bytes. 0, or minus the close code: 1009 over max (a bomb stops
  * there), 1007 not a deflate stream, 1011 out of memory. */
 int ws_inflate(ws_deflate_t *z, const uint8_t *in, size_t n, int fin, mf_buf_t *out, size_t max);
+/* The window bits (9-15) of a compressor reset after every message (server_no_context_takeover): the
+ * same message compresses to the same bytes for every such connection with those bits, so a broadcast
+ * compresses it once for all of them. 0 when the compressor keeps its context (each needs its own). */
+int ws_deflate_shared_key(const ws_deflate_t *z);
 /* Compresses a whole message into out (emptied first), as one frame's payload (the final empty
  * block's 00 00 ff ff stripped). 0, or -1 when out of memory. */
 int ws_deflate_message(ws_deflate_t *z, const uint8_t *in, size_t n, mf_buf_t *out);

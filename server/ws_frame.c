@@ -102,7 +102,11 @@ int ws_utf8_feed(ws_utf8_t *s, const uint8_t *p, size_t n) {
   size_t i = 0;
   while (i < n) {
     if (s->need == 0) {
-      while (i < n && p[i] < 0x80) i++; /* ASCII runs: the common case */
+      for (uint64_t w; i + 8 <= n; i += 8) { /* ASCII runs, the common case: 8 bytes at a time */
+        memcpy(&w, p + i, 8);
+        if (w & 0x8080808080808080ull) break;
+      }
+      while (i < n && p[i] < 0x80) i++;
       if (i == n) break;
       if (!utf8_lead(p[i++], s)) return -1;
       continue;
@@ -131,5 +135,25 @@ int ws_close_parse(const uint8_t *p, size_t n, unsigned *code) {
   if (!ws_close_code_ok(*code)) return -WS_CLOSE_PROTOCOL;
   ws_utf8_t u = {0, 0, 0};
   if (ws_utf8_feed(&u, p + 2, n - 2) != 0 || !ws_utf8_complete(&u)) return -WS_CLOSE_BAD_DATA;
+  return 0;
+}
+
+void ws_envelope_head(uint8_t out[WS_ENVELOPE_HEAD], int opcode, size_t nlen) {
+  out[0] = 0xff;
+  out[1] = 'W';
+  out[2] = (uint8_t)opcode;
+  out[3] = (uint8_t)(nlen >> 8);
+  out[4] = (uint8_t)nlen;
+}
+
+int ws_envelope_parse(const char *p, size_t n, ws_envelope_t *e) {
+  const uint8_t *u = (const uint8_t *)p;
+  if (n < WS_ENVELOPE_HEAD || u[0] != 0xff || u[1] != 'W' || (u[2] != WS_OP_TEXT && u[2] != WS_OP_BINARY)) return -1;
+  e->opcode = u[2];
+  e->nlen = (size_t)u[3] << 8 | u[4];
+  if (e->nlen == 0 || e->nlen > WS_CHANNEL_MAX || n - WS_ENVELOPE_HEAD < e->nlen) return -1;
+  e->name = p + WS_ENVELOPE_HEAD;
+  e->data = e->name + e->nlen;
+  e->dlen = n - WS_ENVELOPE_HEAD - e->nlen;
   return 0;
 }

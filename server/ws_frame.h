@@ -78,4 +78,21 @@ int ws_close_code_ok(unsigned code);
  * the close code to fail with (1002: one byte, or a code no one may send; 1007: a reason not UTF-8). */
 int ws_close_parse(const uint8_t *p, size_t n, unsigned *code);
 
+/* A published message on its way to the other workers (mesh) or hosts (Redis), moonfork.websocket's
+ * publish: FF 'W', the opcode (1 text, 2 binary), the channel's length (16 bits, big-endian), the
+ * channel, the data. Every worker parses it and sends the data to its members of the channel. */
+#define WS_ENVELOPE_HEAD 5
+#define WS_CHANNEL_MAX 1024 /* the longest channel name, in bytes */
+typedef struct {
+  const char *name, *data;
+  size_t nlen, dlen;
+  int opcode;
+} ws_envelope_t;
+
+/* The envelope's head for a channel nlen bytes long (1..WS_CHANNEL_MAX) into out. */
+void ws_envelope_head(uint8_t out[WS_ENVELOPE_HEAD], int opcode, size_t nlen);
+/* 0 with e pointing into p[0..n), or -1 when p is not an envelope (too short, wrong mark or opcode,
+ * an empty or too long channel name). */
+int ws_envelope_parse(const char *p, size_t n, ws_envelope_t *e);
+
 #endif

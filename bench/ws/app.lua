@@ -1,17 +1,12 @@
 -- bench/ws/app.lua: the moonfork contestant of the WebSocket benches (bench/ws/run).
--- /echo sends every message back; /sub receives every message sent on /pub, by any client on any
--- worker: the worker that gets it writes it to its own subscribers and to every peer over the mesh
--- (nodes:broadcast), and each peer writes it to its subscribers.
+-- /echo sends every message back; /sub subscribes to channel "bench"; every message sent on /pub is
+-- published to it (moonfork.websocket.publish): each worker writes it to its own subscribers in C, the
+-- frame built once, and the publishing worker passes it to the others over the mesh.
 --   moonfork --port 8080 --workers 2 bench/ws/app.lua
 local moonfork = require "moonfork"
 
-local upgrade = moonfork.websocket.upgrade
-local subs = {} -- ws -> true: this worker's subscribers
-local nodes
-
-local function deliver(msg)
-  for ws in pairs(subs) do ws:send(msg) end
-end
+local websocket = moonfork.websocket
+local upgrade, publish = websocket.upgrade, websocket.publish
 
 local server = moonfork.http.createServer(function(req, res)
   local path = req.path
@@ -25,15 +20,10 @@ local server = moonfork.http.createServer(function(req, res)
       if kind == "binary" then ws:send(data, "binary") else ws:send(data) end
     end)
   elseif path == "/sub" then
-    subs[ws] = true
-    ws:on("close", function() subs[ws] = nil end)
+    ws:subscribe("bench")
   else
-    ws:on("message", function(data)
-      nodes:broadcast(data)
-      deliver(data)
-    end)
+    ws:on("message", function(data) publish("bench", data) end)
   end
 end)
 
-nodes = moonfork.listen({ port = 8080 }, server)
-nodes:on("node", function(stream) stream:on("data", deliver) end)
+moonfork.listen({ port = 8080 }, server)

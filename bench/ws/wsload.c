@@ -2,10 +2,12 @@
  *
  * Three modes, each a client of many WebSocket connections on one event loop:
  *   echo    C connections each send a message of S bytes and wait for it to come back, again and again,
- *           for D seconds (one message in flight per connection). Reports messages per second.
+ *           for D seconds (one message in flight per connection; --inflight N: N). Reports messages per second.
  *   fanout  C subscribers on --path; once every one is open, one publisher on --pub-path sends R
  *           messages a second for D seconds, each carrying its send time (CLOCK_REALTIME, ns). Every
- *           subscriber records send-to-delivery latency (the time this process read the frame).
+ *           subscriber records send-to-delivery latency: the kernel's receive timestamp of the read
+ *           that completed the frame (SO_TIMESTAMPNS, the time the bytes reached this host's socket),
+ *           minus the send time, so this process's own scheduling delay is not in the number.
  *           Reports deliveries expected and received, p50/p90/p99/max.
  *   chat    C chat clients on --path (a printf format with one %s: the last id seen, "0" at first),
  *           as the chat page does: each text frame is one message {"id":N,...}; on a close frame
@@ -39,7 +41,7 @@
 #include <unistd.h>
 
 enum { M_ECHO, M_FANOUT, M_CHAT };
-static int o_mode, o_port = 8080, o_conns = 100, o_size = 32, o_par = 200, o_want1001 = 0;
+static int o_mode, o_port = 8080, o_conns = 100, o_size = 32, o_par = 200, o_want1001 = 0, o_inflight = 1;
 static double o_dur = 5, o_rate = 20, o_timeout = 60, o_drain = 2;
 static const char *o_host = "127.0.0.1", *o_path = "/echo", *o_pub = "/pub", *o_label = "";
 static struct sockaddr_in addr;
@@ -73,6 +75,7 @@ static float *lat; static long nlat, latcap;
 static int measuring, finished;
 static long end_id = -1;
 static int stdin_eof;
+static int64_t rx_ts;     /* the kernel's receive time of the last read (fanout), CLOCK_REALTIME ns */
 
 static void grow(char **p, size_t *cap, size_t need) {
   if (need <= *cap) return;
@@ -126,6 +129,7 @@ static void conn_open(conn_t *c) {
   if (c->fd < 0) die("socket");
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (o_mode == M_FANOUT) setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
   c->state = S_CONNECTING; c->inlen = c->outlen = c->msglen = 0; c->closing = 0;
   if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
     close(c->fd); c->fd = -1; c->state = S_IDLE; c->due = MONO() + 50000000; n_errors++;
@@ -189,7 +193,7 @@ static void on_message(conn_t *c, const char *d, size_t n) {
     if (c->pub || n < 3 || memcmp(d, "t=", 2)) return;
     int64_t t = strtoll(d + 2, NULL, 10);
     n_recv++;
-    record_lat((float)((REAL() - t) / 1e6));
+    record_lat((float)((rx_ts - t) / 1e6));
   } else {
     const char *p = memmem(d, n, "\"id\":", 5);
     if (!p) return;
@@ -244,13 +248,31 @@ static int parse_frames(conn_t *c) {
 static void on_open(conn_t *c) {
   c->state = S_OPEN; n_open++;
   if (!c->opened) { c->opened = 1; n_ever_open++; }
-  if (o_mode == M_ECHO && measuring) send_echo(c);
+  if (o_mode == M_ECHO && measuring) for (int i = 0; i < o_inflight; i++) send_echo(c);
+}
+
+/* read(2), with the kernel's receive timestamp into rx_ts (the time now when there is none). */
+static ssize_t read_stamped(int fd, char *buf, size_t len) {
+  char cbuf[128];
+  struct iovec iov = { buf, len };
+  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+  ssize_t n = recvmsg(fd, &mh, 0);
+  if (n <= 0) return n;
+  rx_ts = 0;
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+      struct timespec t; memcpy(&t, CMSG_DATA(cm), sizeof t);
+      rx_ts = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+    }
+  if (!rx_ts) rx_ts = REAL();
+  return n;
 }
 
 static void on_readable(conn_t *c) {
   for (;;) {
     grow(&c->in, &c->incap, c->inlen + 65536);
-    ssize_t n = read(c->fd, c->in + c->inlen, c->incap - c->inlen);
+    ssize_t n = o_mode == M_FANOUT ? read_stamped(c->fd, c->in + c->inlen, c->incap - c->inlen)
+                                   : read(c->fd, c->in + c->inlen, c->incap - c->inlen);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) return;
     if (n <= 0) { conn_drop(c, 1006); return; }
@@ -330,14 +352,15 @@ static int run_echo(void) {
   if (wait_all_open() < 0) return 1;
   measuring = 1;
   int64_t t0 = MONO(), end = t0 + (int64_t)(o_dur * 1e9);
-  for (int i = 0; i < o_conns; i++) send_echo(&cs[i]);
+  for (int i = 0; i < o_conns; i++)
+    for (int k = 0; k < o_inflight; k++) send_echo(&cs[i]);
   while (MONO() < end) loop_once(1);
   double secs = (MONO() - t0) / 1e9;
   measuring = 0;
-  printf("echo %s: %d connections, %d-byte messages: %.0f messages/s (%ld in %.2f s), %ld errors\n",
-         o_label, o_conns, o_size, n_echo / secs, n_echo, secs, n_errors);
-  printf("RESULT {\"mode\":\"echo\",\"label\":\"%s\",\"conns\":%d,\"size\":%d,\"msgs\":%ld,\"secs\":%.3f,"
-         "\"rate\":%.0f,\"errors\":%ld}\n", o_label, o_conns, o_size, n_echo, secs, n_echo / secs, n_errors);
+  printf("echo %s: %d connections, %d in flight each, %d-byte messages: %.0f messages/s (%ld in %.2f s), %ld errors\n",
+         o_label, o_conns, o_inflight, o_size, n_echo / secs, n_echo, secs, n_errors);
+  printf("RESULT {\"mode\":\"echo\",\"label\":\"%s\",\"conns\":%d,\"inflight\":%d,\"size\":%d,\"msgs\":%ld,\"secs\":%.3f,"
+         "\"rate\":%.0f,\"errors\":%ld}\n", o_label, o_conns, o_inflight, o_size, n_echo, secs, n_echo / secs, n_errors);
   return n_echo > 0 ? 0 : 1;
 }
 
@@ -449,7 +472,7 @@ static int run_chat(void) {
 
 static void usage(void) {
   fprintf(stderr, "usage: wsload echo|fanout|chat [--host IP] [--port P] [--path P] [--pub-path P] [--conns N]\n"
-                  "       [--duration S] [--size B] [--rate R] [--timeout S] [--drain S] [--par N] [--label L] [--want-1001]\n");
+                  "       [--duration S] [--size B] [--rate R] [--timeout S] [--drain S] [--par N] [--inflight N] [--label L] [--want-1001]\n");
 }
 
 int main(int argc, char **argv) {
@@ -475,10 +498,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--timeout")) o_timeout = atof(v);
     else if (!strcmp(a, "--drain")) o_drain = atof(v);
     else if (!strcmp(a, "--par")) o_par = atoi(v);
+    else if (!strcmp(a, "--inflight")) o_inflight = atoi(v);
     else if (!strcmp(a, "--label")) o_label = v;
     else { usage(); return 2; }
   }
-  if (o_conns < 1 || o_dur <= 0 || o_rate <= 0 || o_size < 1 || o_par < 1) { usage(); return 2; }
+  if (o_conns < 1 || o_dur <= 0 || o_rate <= 0 || o_size < 1 || o_par < 1 || o_inflight < 1) { usage(); return 2; }
   struct rlimit rl;
   getrlimit(RLIMIT_NOFILE, &rl);
   if (rl.rlim_cur < (rlim_t)o_conns + 32) {

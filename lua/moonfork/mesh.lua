@@ -4,7 +4,7 @@ local sched = require "moonfork.sched"
 local cmesh = package.loaded["moonfork.core.mesh"] or {} -- absent in the master
 
 local type, pairs, ipairs, error, tostring, setmetatable = type, pairs, ipairs, error, tostring, setmetatable
-local sort = table.sort
+local sort, byte = table.sort, string.byte
 local mesh_write, mesh_close, log, spawn = cmesh.write, cmesh.close, core.log, sched.spawn
 
 local _M = {}
@@ -142,6 +142,12 @@ function nodes:subscribe(channel, fn)
   return client:subscribe(PREFIX .. channel, function(message) return fn(message, channel) end)
 end
 
+-- moonfork's own messages between workers (moonfork.websocket's publish): those that begin with byte
+-- 0xFF are offered to `internal` first, and a message it takes (it returns true) is not a "data" event.
+local internal
+
+function _M.internal(fn) internal = fn end
+
 -- The C core calls these (bind_mesh.c); it keeps the stream `peer` returns and calls back with it.
 cmesh.on {
   peer = function(ud, id, serial)
@@ -150,7 +156,10 @@ cmesh.on {
     emit(nodes, "node", s)
     return s
   end,
-  data = function(s, msg) emit(s, "data", msg) end,
+  data = function(s, msg)
+    if internal and byte(msg, 1) == 255 and internal(msg) then return end
+    emit(s, "data", msg)
+  end,
   drain = function(s) emit(s, "drain") end,
   close = function(s)
     if open[s.id] == s then open[s.id] = nil end

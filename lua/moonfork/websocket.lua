@@ -11,6 +11,8 @@ local find, lower, match, gmatch = string.find, string.lower, string.match, stri
 local accept, send, close, spawn, log = cws.accept, cws.send, cws.close, sched.spawn, core.log
 local gen_of = (package.loaded["moonfork.core.http"] or {}).gen -- the request a response is for
 local listener, listen, state, field = cws.listener, cws.listen, cws.state, cws.field
+local subscribe, unsubscribe, cpublish, envelope, deliver = cws.subscribe, cws.unsubscribe, cws.publish,
+  cws.envelope, cws.deliver
 
 local OP_TEXT, OP_BINARY, OP_PING = 1, 2, 9
 local DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
@@ -78,6 +80,7 @@ end
 
 -- Sends a whole message: true, false (over the high-water mark: wait for "drain"), nil, "closed".
 function WS:send(data, kind)
+  if kind == nil and type(data) == "string" then return send(self, data, OP_TEXT) end -- the hot path
   data = payload(data, "send")
   local op = OP_TEXT
   if kind == "binary" then
@@ -109,6 +112,83 @@ function WS:close(code, reason)
     if code == nil then code = 1000 end
   end
   close(self, code or 1000, reason)
+end
+
+---------------------------------------------------------------------------------------------------
+-- channels: ws:subscribe(name), ws:unsubscribe(name), publish(name, data[, "binary"]). The members and
+-- the sending are C's (server/ws_chan.c); here, the way to the other workers and hosts.
+
+local CHANNEL_MAX = 1024
+local REDIS_CHANNEL = "moonfork.websocket" -- nodes:publish's channel for every host's publishes
+local nodes -- this worker's mesh (moonfork.mesh), once needed
+local remote -- with --redis: this worker's subscription, started at its first ws:subscribe
+
+local function channel(name, what)
+  if type(name) == "number" then name = tostring(name) end
+  if type(name) ~= "string" or #name < 1 or #name > CHANNEL_MAX then
+    error(what .. ": the channel must be a string of 1 to " .. CHANNEL_MAX .. " bytes", 3)
+  end
+  return name
+end
+
+local function mesh()
+  if not nodes then nodes = require("moonfork.mesh").nodes end
+  return nodes
+end
+
+local report_remote = function(trace) log("websocket: the Redis subscription failed: " .. trace) end
+
+-- With --redis every publish goes through Redis (nodes:publish), which brings it back to every worker
+-- of every host that subscribed, this one too: each worker subscribes once, at its first ws:subscribe.
+local function subscribe_remote()
+  remote = true
+  spawn(function()
+    local sub, err = mesh():subscribe(REDIS_CHANNEL, function(msg) deliver(msg) end)
+    if not sub then
+      remote = nil
+      log("websocket: could not subscribe to Redis for publish(): " .. tostring(err))
+    end
+  end, report_remote)
+end
+
+-- Joins channel `name`: true, false when a member already, nil, "closed". Left when the ws closes.
+function WS:subscribe(name)
+  name = channel(name, "ws:subscribe(name)")
+  local ok, err = subscribe(self, name)
+  if ok ~= nil and not remote and core.redis_url then subscribe_remote() end
+  return ok, err
+end
+
+-- Leaves channel `name`: true, or false when not a member.
+function WS:unsubscribe(name)
+  return unsubscribe(self, channel(name, "ws:unsubscribe(name)"))
+end
+
+-- Sends data to every subscriber of `name` in every worker (and, with --redis, every host): true, or
+-- nil, err when Redis failed.
+function _M.publish(name, data, kind)
+  name = channel(name, "websocket.publish(name, data)")
+  if type(data) == "number" then data = tostring(data) end
+  if type(data) ~= "string" then error("websocket.publish(name, data): data must be a string", 2) end
+  local op = OP_TEXT
+  if kind == "binary" then
+    op = OP_BINARY
+  elseif kind ~= nil and kind ~= "text" then
+    error("websocket.publish(name, data, kind): kind must be \"text\" or \"binary\"", 2)
+  end
+  if core.redis_url then
+    local n, err = mesh():publish(REDIS_CHANNEL, envelope(name, data, op))
+    if n == nil then return nil, err end
+    return true
+  end
+  mesh():broadcast(envelope(name, data, op)) -- first: the other workers write while this one does
+  cpublish(name, data, op)
+  return true
+end
+
+-- Subscribers of `name` in this worker.
+function _M.subscribers(name)
+  return cws.subscribers(channel(name, "websocket.subscribers(name)"))
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -211,7 +291,9 @@ end
 local report_message, report_close, report_drain = reporters.message, reporters.close, reporters.drain
 
 local function on_message(l, data, binary)
-  emit(l, report_message, data, binary and "binary" or "text")
+  local kind = binary and "binary" or "text"
+  if type(l) == "function" then return spawn(l, report_message, data, kind) end
+  for i = 1, #l do spawn(l[i], report_message, data, kind) end
 end
 
 local function on_close(l, code, reason)
@@ -222,7 +304,11 @@ local function on_drain(l)
   emit(l, report_drain)
 end
 
-if cws.on then cws.on { message = on_message, close = on_close, drain = on_drain } end
+if cws.on then
+  cws.on { message = on_message, close = on_close, drain = on_drain }
+  -- publishes from the other workers come over the mesh as envelopes (deliver: nil when not one)
+  require("moonfork.mesh").internal(function(msg) return deliver(msg) ~= nil end)
+end
 
 _M.count = cws.count
 

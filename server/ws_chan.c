@@ -1,0 +1,250 @@
+/* ws_chan.c -- channels of WebSocket connections: one published message to every member in this worker.
+ *
+ * Why in C: a broadcast to 1,000 members from Lua is 1,000 calls into C, each building the same frame
+ * head and, with permessage-deflate, compressing the same message. Here the head is built once and
+ * every uncompressed member is written the same bytes (mf_writeq copies only what the kernel does not
+ * take at once). A member that negotiated server_no_context_takeover resets its compressor after every
+ * message, so the message compresses to the same bytes for all such members with the same window: it
+ * is compressed once for them (ws_deflate_shared_key). A member whose compressor keeps its context
+ * gets its own deflate: that state is its own.
+ *
+ * A slow member: one whose send queue is over WS_HIGH_WATER (256 KiB) when a message comes is closed
+ * with 1008 "subscriber too slow", not skipped and not queued without end. Skipping would lose
+ * messages on a connection that stays open, which a chat client cannot see; queueing grows the
+ * worker's memory with every message the member cannot take. Closed, the client reconnects and
+ * resumes from the last message it saw, as the chat does after a reload.
+ *
+ * Members leave when their connection closes (ws_conn.c's conn_tell calls ws_chan_leave_all), or at
+ * once when closed as too slow, and an empty channel is freed. A connection that closes during a publish (its write failed, and its "close"
+ * listener runs then and may publish or subscribe) leaves a hole in the member array, filled after. */
+#include "ws_chan.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "util.h"
+#include "ws_deflate.h"
+#include "ws_frame.h"
+
+typedef struct ws_chan_s ws_chan_t;
+typedef struct ws_member_s ws_member_t;
+
+struct ws_member_s {
+  ws_chan_t *chan;
+  ws_conn_t *conn;   /* NULL: it left during a publish (a hole, freed after it) */
+  ws_member_t *next; /* the connection's next membership */
+  size_t idx;        /* its place in chan->members */
+};
+
+struct ws_chan_s {
+  ws_chan_t *next;   /* in its hash bucket */
+  ws_member_t **members;
+  size_t n, cap;
+  unsigned busy;     /* publishes under way (a close listener may publish again) */
+  unsigned holes;
+  uint32_t hash;
+  size_t nlen;
+  char name[];
+};
+
+static struct {
+  ws_chan_t **buckets;
+  size_t nbuckets, count;
+} chans;
+
+static uint32_t name_hash(const char *p, size_t n) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
+  return h;
+}
+
+static ws_chan_t **bucket_of(uint32_t h) { return &chans.buckets[h & (chans.nbuckets - 1)]; }
+
+static ws_chan_t *chan_find(const char *name, size_t n, uint32_t h) {
+  if (chans.nbuckets == 0) return NULL;
+  for (ws_chan_t *ch = *bucket_of(h); ch; ch = ch->next)
+    if (ch->hash == h && ch->nlen == n && memcmp(ch->name, name, n) == 0) return ch;
+  return NULL;
+}
+
+/* Doubles the buckets once there are as many channels (the table starts at 64). 0 or UV_ENOMEM. */
+static int buckets_grow(void) {
+  size_t nb = chans.nbuckets ? chans.nbuckets * 2 : 64;
+  ws_chan_t **b = calloc(nb, sizeof *b);
+  if (b == NULL) return UV_ENOMEM;
+  for (size_t i = 0; i < chans.nbuckets; i++) {
+    for (ws_chan_t *ch = chans.buckets[i], *next; ch; ch = next) {
+      next = ch->next;
+      ch->next = b[ch->hash & (nb - 1)];
+      b[ch->hash & (nb - 1)] = ch;
+    }
+  }
+  free(chans.buckets);
+  chans.buckets = b;
+  chans.nbuckets = nb;
+  return 0;
+}
+
+static ws_chan_t *chan_new(const char *name, size_t n, uint32_t h) {
+  if (chans.count >= chans.nbuckets && buckets_grow() != 0) return NULL;
+  ws_chan_t *ch = calloc(1, sizeof *ch + n);
+  if (ch == NULL) return NULL;
+  memcpy(ch->name, name, n);
+  ch->nlen = n;
+  ch->hash = h;
+  ws_chan_t **b = bucket_of(h);
+  ch->next = *b;
+  *b = ch;
+  chans.count++;
+  return ch;
+}
+
+static void chan_free_if_empty(ws_chan_t *ch) {
+  if (ch->n > 0 || ch->busy) return;
+  for (ws_chan_t **pp = bucket_of(ch->hash); *pp; pp = &(*pp)->next) {
+    if (*pp == ch) {
+      *pp = ch->next;
+      break;
+    }
+  }
+  free(ch->members);
+  free(ch);
+  chans.count--;
+}
+
+/* Takes m out of its channel's array (or leaves a hole while the channel publishes) and frees it. */
+static void member_drop(ws_member_t *m) {
+  ws_chan_t *ch = m->chan;
+  if (ch->busy) {
+    m->conn = NULL;
+    ch->holes++;
+    return;
+  }
+  ch->members[m->idx] = ch->members[--ch->n];
+  ch->members[m->idx]->idx = m->idx;
+  free(m);
+  chan_free_if_empty(ch);
+}
+
+/* After the last publish under way: the holes go, the array closes up. */
+static void chan_compact(ws_chan_t *ch) {
+  size_t j = 0;
+  for (size_t i = 0; i < ch->n; i++) {
+    ws_member_t *m = ch->members[i];
+    if (m->conn == NULL) {
+      free(m);
+      continue;
+    }
+    m->idx = j;
+    ch->members[j++] = m;
+  }
+  ch->n = j;
+  ch->holes = 0;
+  chan_free_if_empty(ch);
+}
+
+int ws_chan_join(ws_conn_t *c, const char *name, size_t n) {
+  ws_member_t **subs = (ws_member_t **)ws_conn_subs(c);
+  for (ws_member_t *m = *subs; m; m = m->next)
+    if (m->chan->nlen == n && memcmp(m->chan->name, name, n) == 0) return 0;
+  uint32_t h = name_hash(name, n);
+  ws_chan_t *ch = chan_find(name, n, h);
+  if (ch == NULL && (ch = chan_new(name, n, h)) == NULL) return UV_ENOMEM;
+  ws_member_t *m = malloc(sizeof *m);
+  if (m && ch->n == ch->cap) {
+    size_t cap = ch->cap ? ch->cap * 2 : 8;
+    ws_member_t **a = realloc(ch->members, cap * sizeof *a);
+    if (a) ch->members = a, ch->cap = cap;
+    else free(m), m = NULL;
+  }
+  if (m == NULL) {
+    chan_free_if_empty(ch);
+    return UV_ENOMEM;
+  }
+  *m = (ws_member_t){ch, c, *subs, ch->n};
+  ch->members[ch->n++] = m;
+  *subs = m;
+  return 1;
+}
+
+int ws_chan_leave(ws_conn_t *c, const char *name, size_t n) {
+  for (ws_member_t **pp = (ws_member_t **)ws_conn_subs(c); *pp; pp = &(*pp)->next) {
+    ws_member_t *m = *pp;
+    if (m->chan->nlen == n && memcmp(m->chan->name, name, n) == 0) {
+      *pp = m->next;
+      member_drop(m);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+void ws_chan_leave_all(ws_conn_t *c) {
+  ws_member_t **subs = (ws_member_t **)ws_conn_subs(c);
+  while (*subs) {
+    ws_member_t *m = *subs;
+    *subs = m->next;
+    member_drop(m);
+  }
+}
+
+size_t ws_chan_count(const char *name, size_t n) {
+  ws_chan_t *ch = chan_find(name, n, name_hash(name, n));
+  return ch ? ch->n - ch->holes : 0;
+}
+
+/* One publish: the message, its plain frame head, and the compressed copies made so far, one per
+ * window size (9-15) of the members that share them. */
+typedef struct {
+  int opcode;
+  const char *p;
+  size_t len, hlen;
+  uint8_t head[10];
+  mf_buf_t z[7];
+  uint8_t zhead[7][10];
+  uint8_t zhlen[7];
+} publish_t;
+
+/* Writes the message to one member: 1 when written, 0 when not (closed, too slow). */
+static int member_send(ws_conn_t *c, publish_t *pub) {
+  if (ws_conn_queued(c) > WS_HIGH_WATER) {
+    ws_conn_close(c, WS_CLOSE_TOO_SLOW, "subscriber too slow", 19);
+    ws_chan_leave_all(c); /* at once: it gets nothing more */
+    return 0;
+  }
+  ws_deflate_t *z = pub->len >= WS_DEFLATE_MIN ? ws_conn_deflate(c) : NULL;
+  if (z == NULL) return ws_conn_send_frame(c, pub->head, pub->hlen, pub->p, pub->len) >= 0;
+  int key = ws_deflate_shared_key(z);
+  if (key < 9 || key > 15) return ws_conn_send(c, pub->opcode, pub->p, pub->len) >= 0; /* its own deflate */
+  int k = key - 9;
+  mf_buf_t *zb = &pub->z[k];
+  if (pub->zhlen[k] == 0) {
+    if (ws_deflate_message(z, (const uint8_t *)pub->p, pub->len, zb) != 0) return 0;
+    pub->zhlen[k] = (uint8_t)ws_frame_head(pub->zhead[k], 1, 1, pub->opcode, zb->len);
+  }
+  return ws_conn_send_frame(c, pub->zhead[k], pub->zhlen[k], zb->data, zb->len) >= 0;
+}
+
+size_t ws_chan_publish(const char *name, size_t n, int opcode, const char *p, size_t len) {
+  ws_chan_t *ch = chan_find(name, n, name_hash(name, n));
+  if (ch == NULL) return 0;
+  publish_t pub;
+  memset(&pub, 0, sizeof pub);
+  pub.opcode = opcode;
+  pub.p = p;
+  pub.len = len;
+  pub.hlen = ws_frame_head(pub.head, 1, 0, opcode, len);
+  size_t sent = 0, count = ch->n; /* (members who join meanwhile wait for the next message) */
+  ch->busy++;
+  for (size_t i = 0; i < count; i++) {
+    ws_conn_t *c = ch->members[i]->conn;
+    if (c) sent += (size_t)member_send(c, &pub);
+  }
+  for (int k = 0; k < 7; k++) mf_buf_free(&pub.z[k]);
+  if (--ch->busy == 0) {
+    if (ch->holes) chan_compact(ch);
+    else chan_free_if_empty(ch);
+  }
+  return sent;
+}
