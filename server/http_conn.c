@@ -79,22 +79,35 @@ static void conn_rq_release(http_conn_t *c) {
 
 static void on_write_error(writeq_t *q, int status) {
   (void)status;
-  http_conn_close(mf_container_of(q, http_conn_t, wq));
+  http_conn_close(q->stream->data);
 }
 
-/* Everything written is out: the send timeout stops, and an idle connection's keep-alive starts now. */
+/* Everything written is out: the queue goes (writeq.c touches it no more), the send timeout stops,
+ * and an idle connection's keep-alive starts now. */
 static void on_write_empty(writeq_t *q) {
-  http_conn_t *c = mf_container_of(q, http_conn_t, wq);
+  http_conn_t *c = q->stream->data;
+  free(mf_container_of(q, http_send_t, wq));
+  c->wq = NULL;
   if (c->closing) return;
   c->send_check = 0;
   if (c->state == HTTP_CONN_IDLE && c->deadline == 0) http_conn_timer(c, c->srv->cfg->keepalive_timeout_ms);
 }
 
 static void on_write_drain(writeq_t *q) {
-  http_conn_t *c = mf_container_of(q, http_conn_t, wq);
+  http_conn_t *c = q->stream->data;
   if (c->closing) return;
   if (c->state == HTTP_CONN_TAKEN) takeover_finish(c); /* the 101 is out: hand over now */
   else if (c->state == HTTP_CONN_HANDLING && c->srv->cb.on_drain) c->srv->cb.on_drain(c->srv->data, c);
+}
+
+/* Made when a write leaves bytes queued; freed by on_write_empty or with the connection. */
+static writeq_t *conn_send_make(void *arg) {
+  http_conn_t *c = arg;
+  http_send_t *snd = calloc(1, sizeof *snd);
+  if (snd == NULL) return NULL;
+  writeq_init(&snd->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
+  snd->wq.on_empty = on_write_empty;
+  return &snd->wq;
 }
 
 /* Sends bufs (see writeq.c). Returns 0, 1 when the queue is over high water, or a negative UV_E* code
@@ -102,17 +115,16 @@ static void on_write_drain(writeq_t *q) {
  * queued closes the connection (UV_ENOBUFS): its writer ignored "slow down". */
 int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   if (c->closing) return UV_EPIPE;
-  size_t queued = writeq_size(&c->wq);
+  size_t queued = http_conn_queued(c);
   if (queued > HTTP_HARD_LIMIT) {
     mf_log("response to %s: %zu bytes already queued (over %u MiB; the handler ignored write()'s false): "
            "closing the connection", http_conn_remote(c), queued, HTTP_HARD_LIMIT >> 20);
     http_conn_close(c);
     return UV_ENOBUFS;
   }
-  uint64_t before = c->wq.queued;
-  int r = writeq_write(&c->wq, bufs, n);
+  int r = writeq_write_lazy(&c->wq, (uv_stream_t *)&c->tcp, bufs, n, conn_send_make, c);
   if (r < 0) http_conn_close(c);
-  else if (c->send_check == 0 && (queued > 0 || c->wq.queued != before)) http_conn_send_watch(c); /* bytes wait */
+  else if (c->send_check == 0 && http_conn_queued(c) > 0) http_conn_send_watch(c); /* bytes wait */
   return r;
 }
 
@@ -145,7 +157,7 @@ void http_conn_end(http_conn_t *c) {
   rq->pending.len = 0;
   /* With bytes still queued the send timeout watches them; the linger starts in on_shutdown, once
    * they are out (a slow reader of a large response is not cut off). */
-  http_conn_timer(c, writeq_size(&c->wq) == 0 ? HTTP_LINGER_MS : 0);
+  http_conn_timer(c, http_conn_queued(c) == 0 ? HTTP_LINGER_MS : 0);
   http_conn_read_again(c); /* so the linger sees the client's FIN */
   if (uv_shutdown(&rq->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) http_conn_close(c);
 }
@@ -175,7 +187,7 @@ void http_conn_request_done(http_conn_t *c) {
   if (!c->keep_alive || c->upgrade) {
     /* A client that asked to close sends nothing more: with nothing unread and nothing queued, no RST
      * can hurt the response, so close now instead of lingering for its FIN. */
-    if (c->client_close && !c->upgrade && conn_pending(c) == 0 && writeq_size(&c->wq) == 0)
+    if (c->client_close && !c->upgrade && conn_pending(c) == 0 && http_conn_queued(c) == 0)
       http_conn_close(c);
     else
       http_conn_end(c);
@@ -193,7 +205,7 @@ void http_conn_next(http_conn_t *c) {
   c->state = HTTP_CONN_IDLE;
   c->head_sent = 0;
   /* keep-alive counts from when the response is out, not queued: else on_write_empty starts it */
-  http_conn_timer(c, writeq_size(&c->wq) == 0 ? c->srv->cfg->keepalive_timeout_ms : 0);
+  http_conn_timer(c, http_conn_queued(c) == 0 ? c->srv->cfg->keepalive_timeout_ms : 0);
   if (!c->in_process && (conn_pending(c) > 0 || c->read_paused)) conn_queue_resume(c);
 }
 
@@ -216,7 +228,7 @@ static void conn_dispatch(http_conn_t *c) {
   scoreboard_activity(srv->sb, req.method, strlen(req.method), req.url, req.url_len);
   c->state = HTTP_CONN_HANDLING;
   c->head_sent = 0;
-  writeq_forget_drain(&c->wq);
+  if (c->wq != NULL) writeq_forget_drain(c->wq);
   c->lua_owned = 1;
   c->gen++;
   if (!c->body_open) http_conn_timer(c, srv->cfg->request_timeout_ms); /* else the body's timer runs on */
@@ -386,10 +398,10 @@ int http_conn_takeover(http_conn_t *c, uint32_t gen, http_takeover_cb cb, void *
   uv_read_stop((uv_stream_t *)&c->tcp); /* what comes next is read by the new owner */
   http_server_count_response(c->srv);
   http_alog_response(c);
-  if (writeq_size(&c->wq) == 0)
+  if (http_conn_queued(c) == 0)
     takeover_finish(c);
   else
-    writeq_drain_when_empty(&c->wq); /* on_write_drain finishes it */
+    writeq_drain_when_empty(c->wq); /* on_write_drain finishes it */
   return 0;
 }
 
@@ -458,6 +470,7 @@ static void on_handle_closed(uv_handle_t *h) {
     http_body_release(c);
     conn_rq_put(c);
   }
+  if (c->wq != NULL) free(mf_container_of(c->wq, http_send_t, wq));
   free(c);
   http_server_conn_gone(srv);
 }
@@ -530,8 +543,6 @@ void http_conn_new(http_server_t *srv, int fd) {
     http_conn_close(c);
     return;
   }
-  writeq_init(&c->wq, (uv_stream_t *)&c->tcp, HTTP_HIGH_WATER, on_write_drain, on_write_error);
-  c->wq.on_empty = on_write_empty;
   c->state = HTTP_CONN_IDLE;
   http_conn_timer(c, srv->cfg->header_timeout_ms);
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);

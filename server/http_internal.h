@@ -58,9 +58,17 @@ struct http_rq_s {
   http_rq_t *next_free;      /* in the server's pool */
 };
 
+/* The send queue and the send timeout's progress, made only while bytes wait to go out (a waiting
+ * connection has nothing queued): 64 bytes less in every http_conn_t. */
+typedef struct {
+  writeq_t wq;
+  uint64_t sent_seen;        /* writeq_sent at the last check */
+  uint64_t sent_at;          /* loop time it was last seen to grow */
+} http_send_t;
+
 struct http_conn_s {
   uv_tcp_t tcp;
-  writeq_t wq;
+  writeq_t *wq;              /* in an http_send_t; NULL while nothing is queued */
   http_rq_t *rq;             /* NULL while the connection waits with nothing of its own */
   http_server_t *srv;
   http_conn_t *prev, *next;  /* the server's list of connections */
@@ -93,8 +101,6 @@ struct http_conn_s {
   uint64_t bytes_out;        /* body bytes of the response */
   uint64_t deadline;         /* loop time (ms) the current timeout ends, 0 = none (see http_conn_timer) */
   uint64_t send_check;       /* loop time of the next check that the client reads, 0 = nothing queued */
-  uint64_t sent_seen;        /* writeq_sent at the last check */
-  uint64_t sent_at;          /* loop time it was last seen to grow */
   uint64_t timer_due;        /* when the heap has it due (the sooner of the two above) */
   int64_t clen_left;         /* body bytes the handler's Content-Length still allows, -1 = none set */
 };
@@ -159,6 +165,10 @@ void http_conn_request_done(http_conn_t *c);
 void http_conn_next(http_conn_t *c);       /* ready for the next request on a kept-alive connection */
 void http_conn_read_again(http_conn_t *c); /* reads on after read_paused */
 http_rq_t *http_conn_rq(http_conn_t *c);   /* the connection's request state, taken if it had none (NULL: no memory) */
+/* Bytes waiting to be written. */
+static inline size_t http_conn_queued(const http_conn_t *c) {
+  return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+}
 
 /* http_timer.c */
 void http_server_heap_set(http_server_t *srv, http_conn_t *c); /* (re)places c at c->timer_due */

@@ -128,10 +128,11 @@ static uint64_t send_step(uint64_t timeout) { return timeout >= 4 ? timeout / 4 
 /* Starts the send timeout once a write left bytes queued (on_write_empty stops it). */
 void http_conn_send_watch(http_conn_t *c) {
   uint64_t timeout = c->srv->cfg->send_timeout_ms;
-  if (c->send_check != 0 || timeout == 0 || writeq_size(&c->wq) == 0) return;
+  if (c->send_check != 0 || timeout == 0 || c->wq == NULL) return;
+  http_send_t *snd = mf_container_of(c->wq, http_send_t, wq);
   uint64_t now = uv_now(c->srv->loop);
-  c->sent_seen = writeq_sent(&c->wq);
-  c->sent_at = now;
+  snd->sent_seen = writeq_sent(c->wq);
+  snd->sent_at = now;
   c->send_check = now + send_step(timeout);
   conn_arm(c);
 }
@@ -139,18 +140,24 @@ void http_conn_send_watch(http_conn_t *c) {
 /* Has the client read anything since the last check? Returns -1 when it has not for too long (the
  * connection is then closing). */
 static int conn_send_check(http_conn_t *c, uint64_t now) {
-  uint64_t timeout = c->srv->cfg->send_timeout_ms, sent = writeq_sent(&c->wq);
-  if (sent != c->sent_seen) {
-    c->sent_seen = sent;
-    c->sent_at = now;
-  } else if (now - c->sent_at >= timeout) {
+  uint64_t timeout = c->srv->cfg->send_timeout_ms;
+  if (c->wq == NULL) { /* (all went out meanwhile) */
+    c->send_check = 0;
+    return 0;
+  }
+  http_send_t *snd = mf_container_of(c->wq, http_send_t, wq);
+  uint64_t sent = writeq_sent(c->wq);
+  if (sent != snd->sent_seen) {
+    snd->sent_seen = sent;
+    snd->sent_at = now;
+  } else if (now - snd->sent_at >= timeout) {
     mf_log("client %s read nothing for %.1f s with %zu bytes to send: closing", http_conn_remote(c),
-           (double)timeout / 1000.0, writeq_size(&c->wq));
+           (double)timeout / 1000.0, http_conn_queued(c));
     http_conn_close(c);
     return -1;
   }
   c->send_check = now + send_step(timeout);
-  if (c->send_check > c->sent_at + timeout) c->send_check = c->sent_at + timeout;
+  if (c->send_check > snd->sent_at + timeout) c->send_check = snd->sent_at + timeout;
   return 0;
 }
 

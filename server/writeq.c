@@ -92,15 +92,18 @@ void mf_writeq_done(uv_write_t *req) { free(mf_container_of(req, writeq_req_t, r
 static void writeq_on_write(uv_write_t *req, int status) {
   writeq_t *q = req->data;
   mf_writeq_done(req);
+  if (q == NULL || status == UV_ECANCELED) return; /* (its owner failed to make it / is closing) */
+  q->reqs--;
   if (status < 0) {
-    if (status != UV_ECANCELED && q->on_error) q->on_error(q, status);
+    if (q->on_error) q->on_error(q, status);
     return;
   }
   if (q->above && writeq_size(q) <= q->high_water / 2) {
     q->above = 0;
     if (q->on_drain) q->on_drain(q);
   }
-  if (q->on_empty && writeq_size(q) == 0) q->on_empty(q); /* after on_drain, which may write again */
+  /* after on_drain, which may write again */
+  if (q->on_empty && q->reqs == 0 && writeq_size(q) == 0) q->on_empty(q);
 }
 
 void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_drain_cb on_drain,
@@ -111,7 +114,35 @@ void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_dra
   q->on_error = on_error;
   q->on_empty = NULL;
   q->queued = 0;
+  q->reqs = 0;
   q->above = 0;
+}
+
+/* The request w (len bytes) was queued for q. Returns as writeq_write. */
+static int writeq_took(writeq_t *q, writeq_req_t *w, size_t len) {
+  w->req.data = q;
+  q->reqs++;
+  q->queued += len;
+  if (writeq_size(q) > q->high_water) {
+    q->above = 1;
+    return 1;
+  }
+  return 0;
+}
+
+int writeq_write_lazy(writeq_t **qp, uv_stream_t *s, const uv_buf_t *bufs, unsigned n,
+                      writeq_t *(*make)(void *owner), void *owner) {
+  if (*qp != NULL) return writeq_write(*qp, bufs, n);
+  writeq_req_t *w = NULL;
+  size_t len = 0;
+  int r = writeq_queue(s, bufs, n, writeq_on_write, &w, &len);
+  if (r != 0 || w == NULL) return r;
+  writeq_t *q = *qp = make(owner);
+  if (q == NULL) {
+    w->req.data = NULL; /* its callback just frees it */
+    return UV_ENOMEM;
+  }
+  return writeq_took(q, w, len);
 }
 
 int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n) {
@@ -120,11 +151,5 @@ int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n) {
   int r = writeq_queue(q->stream, bufs, n, writeq_on_write, &w, &len);
   if (r != 0) return r;
   if (w == NULL) return 0; /* all went at once: nothing queued, so nothing over high water either */
-  w->req.data = q;
-  q->queued += len;
-  if (writeq_size(q) > q->high_water) {
-    q->above = 1;
-    return 1;
-  }
-  return 0;
+  return writeq_took(q, w, len);
 }

@@ -17,7 +17,8 @@ void mf_writeq_done(uv_write_t *req);
  * A write that leaves more than high_water bytes queued says "slow down"; on_drain then runs once,
  * when the queue has fallen to half of it. on_error runs when a queued write fails (not when it is
  * cancelled by uv_close): the owner should close the stream. on_empty (NULL unless the owner sets it
- * after writeq_init) runs each time a queued write completes and nothing is left queued. All get the
+ * after writeq_init) runs each time a queued write completes and nothing is left queued (no byte and no
+ * write callback still to come: the owner may free the queue in it). All get the
  * queue; container_of finds the owner. */
 typedef struct writeq_s writeq_t;
 typedef void (*writeq_drain_cb)(writeq_t *q);
@@ -30,6 +31,7 @@ struct writeq_s {
   writeq_error_cb on_error;
   writeq_drain_cb on_empty;
   uint64_t queued;    /* bytes ever queued (what the socket did not take at once) */
+  uint32_t reqs;      /* queued writes whose callback has not run yet */
   unsigned above : 1; /* a write said "slow down": on_drain is due */
 };
 
@@ -38,6 +40,12 @@ void writeq_init(writeq_t *q, uv_stream_t *stream, size_t high_water, writeq_dra
 /* Writes bufs (as mf_writeq). Returns 0 when the queue is under high water, 1 when it is over it
  * (on_drain will follow), or a negative UV_E* code (nothing queued; the stream should be closed). */
 int writeq_write(writeq_t *q, const uv_buf_t *bufs, unsigned n);
+/* writeq_write for an owner that keeps a queue only while bytes wait in it (an HTTP connection): *qp
+ * is NULL while none does. What the socket takes at once goes without one; when bytes must be queued,
+ * make(owner) allocates and inits the queue, stored in *qp (NULL from it: UV_ENOMEM, the stream should
+ * be closed). Returns as writeq_write. */
+int writeq_write_lazy(writeq_t **qp, uv_stream_t *s, const uv_buf_t *bufs, unsigned n,
+                      writeq_t *(*make)(void *owner), void *owner);
 /* Bytes waiting to be written. */
 static inline size_t writeq_size(const writeq_t *q) { return uv_stream_get_write_queue_size(q->stream); }
 /* Bytes of what was queued that have gone out since: it grows while the peer reads, however large
