@@ -63,7 +63,7 @@ local function pass()
     local ws = list[i]
     local last = sockets[ws]
     if last then sockets[ws] = push(ws, last) end
-    if i % SLICE == 0 and i < n then moonfork.sleep(1) end
+    if i % SLICE == 0 and i < n then moonfork.sleep(0) end
   end
 end
 

@@ -318,9 +318,7 @@ log:attach()
 -- The fan-out: each new message goes to every stream and every WebSocket, in slices of FANOUT_SLICE
 -- with a loop turn between them, so that while a worker writes to its thousands of streams it still
 -- reads posts and mesh messages, and the leader numbers the next post at once. The turn is
--- moonfork.sleep(1), not sleep(0): a 0 ms wait is due at once and, with libuv 1.44, runs again in the
--- same timer phase without polling for I/O; a 1 ms one is due only after the poll (which does not
--- block when the slice took longer than 1 ms).
+-- moonfork.sleep(0), which ends after the worker has polled for input.
 -- One pass runs at a time; a message that comes during a pass is picked up by the streams the pass
 -- has not reached yet (each is sent everything after its own last id, in order), and a new pass
 -- follows for the ones it had. So every stream gets every message once, in order, and a stream is
@@ -340,7 +338,7 @@ local function fan_pass()
     elseif sockets[c] then
       ws_push(c)
     end
-    if i % FANOUT_SLICE == 0 and i < n then moonfork.sleep(1) end
+    if i % FANOUT_SLICE == 0 and i < n then moonfork.sleep(0) end
   end
 end
 
@@ -372,6 +370,6 @@ moonfork.setInterval(PING_MS, function()
   for res in pairs(streams) do n = n + 1 list[n] = res end
   for i = 1, n do
     if streams[list[i]] ~= nil then list[i]:write(": ping\n\n") end
-    if i % FANOUT_SLICE == 0 and i < n then moonfork.sleep(1) end
+    if i % FANOUT_SLICE == 0 and i < n then moonfork.sleep(0) end
   end
 end)

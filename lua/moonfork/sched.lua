@@ -353,7 +353,9 @@ function _M.sleep(ms)
     error("moonfork.sleep(ms): ms must be a number from 0 to 2^31", 2)
   end
   local co, root = waiter("moonfork.sleep()")
-  local _, err = suspend(co, root, ms)
+  -- 0 must let the loop poll once (other requests, mesh messages): a deadline of "now" would come due
+  -- again in the timer phase that is running, before any input is read. 1 ms is due after the poll.
+  local _, err = suspend(co, root, ms > 0 and ms or 1)
   if err ~= nil and err ~= "timeout" then error(err, 2) end
 end
 
