@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "http_parse.h"
+#include "http_pass.h"
 #include "util.h"
 
 #include "bind_obj.h"
@@ -386,6 +387,7 @@ int bind_http_on_request(void *data, http_conn_t *c, uint32_t gen, const http_re
 
 /* The connection is gone: its object is invalidated; close(res) when a response was in flight. */
 void bind_http_on_conn_closed(void *data, http_conn_t *c, int in_flight) {
+  http_pass_on_conn_closed(c); /* a pass relaying for it stops */
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF) return;
   bind_obj_closed(data, ref, http_refs[CB_CLOSE], in_flight, "error in close handler");
@@ -401,6 +403,7 @@ static int core_remote(lua_State *L) {
 
 void bind_http_on_drain(void *data, http_conn_t *c) {
   lua_State *L = data;
+  if (http_pass_on_drain(c)) return; /* a pass is relaying to it */
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF || !bind_push_call(L, http_refs[CB_DRAIN], bind_obj_at(L, *ref))) return;
   luastate_pcall(L, 1, 0, "error in drain handler");
@@ -409,6 +412,7 @@ void bind_http_on_drain(void *data, http_conn_t *c) {
 /* A body still arriving has news for its handler: body(res, ended, trailers). */
 void bind_http_on_body(void *data, http_conn_t *c, int end, const char *trailers, size_t trailers_len) {
   lua_State *L = data;
+  if (http_pass_on_body(c)) return; /* a pass is relaying its body */
   int *ref = http_conn_user_ref(c);
   if (*ref == LUA_NOREF || !bind_push_call(L, http_refs[CB_BODY], bind_obj_at(L, *ref))) return;
   lua_pushboolean(L, end);

@@ -45,6 +45,7 @@
 #include "bind_http.h"
 #include "bind_mesh.h"
 #include "bind_httpc.h"
+#include "bind_pass.h"
 #include "bind_redis.h"
 #include "bind_tcp.h"
 #include "bind_pg.h"
@@ -342,6 +343,7 @@ static int worker_load(mf_config_t *cfg, char *err, size_t errlen) {
   bind_tcp_open(worker.L, worker.loop, cfg);
   bind_pg_open(worker.L, worker.loop);
   bind_httpc_open(worker.L);
+  bind_pass_open(worker.L, worker.loop);
   bind_redis_open(worker.L, worker.loop);
   bind_ws_open(worker.L, worker.loop);
   mesh_init(worker.loop, &bind_mesh_callbacks, worker.L);

@@ -48,12 +48,22 @@ describe("examples/proxy.lua", function()
       { { PROXY_UPSTREAMS = " , " }, "no upstreams" },
       { { PROXY_UPSTREAMS = "127.0.0.1:1", PROXY_SKIP_MS = "soon" }, "PROXY_SKIP_MS%) must be a number from 0 up, not soon" },
       { { PROXY_UPSTREAMS = "127.0.0.1:1", PROXY_POOL_SIZE = "0" }, "PROXY_POOL_SIZE%) must be a number from 1 up, not 0" },
+      { { PROXY_UPSTREAMS = "127.0.0.1:1", PROXY_MODE = "fast" }, 'mode must be "c" or "lua", not fast' },
     }) do
       local srv = helpers.start_env(PROXY, { "--workers", "1" }, case[1], { wait = false })
       local status = srv:exit_status()
       assert.is_truthy(status and status ~= 0, "it started with " .. next(case[1]))
       assert.is_truthy(srv:log_text():find(case[2]), srv:log_text())
     end
+  end)
+
+  it("keeps the Lua byte path with PROXY_MODE=lua (moonfork.http.request instead of moonfork.http.pass)", function()
+    local a = start_upstream()
+    local proxy = start_proxy({ a }, { PROXY_MODE = "lua" })
+    local c = proxy:connect()
+    assert.are.equal(a.pid_text, whoami(c))
+    local got = helpers.json_decode(assert(c:request("GET", "/headers", { { "X-Forwarded-For", "10.9.9.9" } })).body)
+    assert.are.equal("/headers", got.url)
   end)
 
   it("sends each request to the next upstream in turn", function()

@@ -436,6 +436,15 @@ function _M.serve(server)
     body = _M.on_conn_body }
 end
 
+-- moonfork.http.pass(req, res, upstream[, opts]): the request relayed to an upstream in C
+-- (lua/moonfork/http_pass.lua), loaded on first use.
+function _M.pass(req, res, upstream, opts)
+  local p = require "moonfork.http_pass"
+  p.closed = closed
+  _M.pass = p.pass
+  return p.pass(req, res, upstream, opts)
+end
+
 -- moonfork.http.request(url[, opts]): the HTTP client (lua/moonfork/http_client.lua), loaded on first use.
 function _M.request(url, opts)
   return require("moonfork.http_client").request(url, opts)

@@ -177,6 +177,7 @@ local function resolve(host, ms)
   if err == "timeout" then return nil, "timeout" end
   return nil, host .. " could not be resolved (" .. tostring(err or "no address") .. ")"
 end
+_M.resolve = resolve -- (moonfork.http.pass resolves its upstreams' names here)
 
 ---------------------------------------------------------------------------------------------------
 -- connect
