@@ -5,6 +5,7 @@
 -- the mesh leadership moves twice (to the other old worker, then to the first new one).
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
+local wsc = require "spec.ws_client"
 
 local CHAT = os.getenv("CHAT_SPEC_SCRIPT") or (helpers.ROOT .. "/examples/chat/server.lua")
 local decode = helpers.json_decode
@@ -46,19 +47,35 @@ end
 describe("chat reload", function()
   -- One post per reload, then none: nothing later can pull a lost message through. The post goes over
   -- an idle keep-alive connection to old worker `on` once the log shows `at` (nil: right after SIGHUP).
-  local points = { false, "retiring worker 1", "mesh leader: worker 2 %(pid %d+%), epoch", "retiring worker 2",
+  local points = { "1001", false, "retiring worker 1", "mesh leader: worker 2 %(pid %d+%), epoch", "retiring worker 2",
     "mesh leader: worker 1 %(pid %d+%), epoch", "reload done" }
   it("a post acknowledged at any point of a rolling reload reaches every new worker, alone, in order", function()
     local srv = start_chat(2)
+    -- worker 2 a respawn (it joined late and synced from a peer), as in the browser run that lost one
+    local pid2 = tonumber(srv:wait_log("worker 2 %(pid %d+%) ready"):match("worker 2 %(pid (%d+)%)"))
+    assert.is_true(helpers.kill(pid2, "KILL"))
+    srv:wait_log("worker 2 %(pid %d+%) ready", 2)
     local acked, n = {}, 0
     for round = 1, (tonumber(os.getenv("CHAT_RELOAD_ROUNDS")) or 2) * #points do
       local at, on = points[(round - 1) % #points + 1], math.floor((round - 1) / #points) % 2 + 1
       local old = {}
       for id = 1, 2 do old[id] = helpers.conn_on(srv, id, "/style.css", "HEAD") end
-      local before = at and srv:count_log(at) or 0
+      -- a page's WebSocket on the worker it posts to: the reload closes it with 1001, then it posts
+      local ws = at == "1001" and helpers.conn_on(srv, on, "/style.css", "HEAD")
+      if ws then
+        assert(ws:send(helpers.build_request("GET", "/ws?since=0", { { "Upgrade", "websocket" }, { "Connection", "Upgrade" },
+          { "Sec-WebSocket-Key", wsc.KEY }, { "Sec-WebSocket-Version", "13" } })))
+        assert.equal(101, assert(ws:receive()).status)
+      end
+      local before = at and at ~= "1001" and srv:count_log(at) or 0
       local done_before = srv:count_log("reload done")
       srv:signal("HUP")
-      if at then srv:wait_log(at, before + 1, 30) end
+      if ws then
+        repeat local f = assert(wsc.read_frame(ws)) until f.opcode == wsc.CLOSE
+        ws:close()
+      elseif at then
+        srv:wait_log(at, before + 1, 30)
+      end
       n = n + 1
       local text = "round " .. round .. " post " .. n
       local id = try_post(old[on], text)
@@ -85,6 +102,7 @@ describe("chat reload", function()
         end
       end
     end
+    if os.getenv("CHAT_RELOAD_DEBUG") then print(srv:log_text()) end
     assert.equal(0, srv:count_log("error"), srv:log_text())
   end)
 end)
