@@ -214,11 +214,24 @@ local function flush_unsent(self)
   end
 end
 
+-- Sends every peer what it lacks after the last id it reported (nil: unknown, all we keep), and says
+-- we are synced (an unsynced peer that only heard unsynced peers learns it here).
+local function push_missing(self, reported)
+  for id, s in pairs(self.peers) do
+    local after = reported[id] or 0
+    if after < self.last then send(s, { t = "msgs", msgs = wire(self:after(after)), synced = true }) end
+  end
+end
+
 local function finish_sync(self)
   if not self.syncing then return end
   self.syncing = nil
   self.synced = true
   notify(self)
+  -- a peer that answered early lacks what later answers brought (a message the previous leader sent
+  -- to some peers only, just before it went): everyone gets it now, before we number anything
+  push_missing(self, self.reported or {})
+  self.reported = nil
   local q = self.queued
   self.queued = {}
   for _, p in ipairs(q) do handle_post(self, p) end
@@ -229,10 +242,14 @@ end
 -- hold to the new leader.
 local function leader_changed(self, leader, epoch)
   if epoch <= self.epoch then return end
+  if self.leader == self.nodes.id and leader ~= self.nodes.id then
+    -- hand what we numbered to the successor first: some peers may not have it yet
+    send(self.peers[leader], { t = "msgs", msgs = wire(self:after(self.led_from or 0)) })
+  end
   self.epoch = epoch
   self.leader = leader
   if leader == self.nodes.id then
-    self.syncing = {}
+    self.syncing, self.reported, self.led_from = {}, {}, self.last
     local any = false
     for id, s in pairs(self.peers) do
       self.syncing[id] = true
@@ -257,16 +274,35 @@ local function leader_changed(self, leader, epoch)
   end
 end
 
+-- Our log grew from a worker that is not the leader (a previous leader's last messages, sent to some
+-- peers only before it went): a follower passes them to the leader, the leader to everyone else, so a
+-- message acknowledged by the previous leader is not lost for the workers that stay.
+local function relay(self, before, from)
+  local payload = encode({ t = "msgs", msgs = wire(self:after(before)) })
+  if self.leader ~= self.nodes.id then
+    local s = self.leader and self.peers[self.leader]
+    if s then s:write(payload) end
+    return
+  end
+  for id, s in pairs(self.peers) do
+    if id ~= from then s:write(payload) end
+  end
+end
+
 local function on_message(self, stream, raw)
   local ok, t = pcall(decode, raw)
   if not ok or type(t) ~= "table" then
     moonfork.log("chat: bad mesh message from worker " .. stream.id .. " ignored")
     return
   end
-  if t.t == "msg" then
-    self:merge({ t.m })
-  elseif t.t == "msgs" then
-    self:merge(t.msgs)
+  if t.t == "msg" or t.t == "msgs" then
+    local before = self.last
+    self:merge(t.msgs or { t.m })
+    if t.synced and not self.synced then
+      self.synced = true
+      notify(self)
+    end
+    if self.last > before and stream.id ~= self.leader then relay(self, before, stream.id) end
   elseif t.t == "post" then
     handle_post(self, t, stream)
   elseif t.t == "hello" then
@@ -284,9 +320,7 @@ local function on_message(self, stream, raw)
       notify(self)
     end
     if self.syncing and self.syncing[stream.id] then
-      if (tonumber(t.last) or 0) < self.last then
-        send(stream, { t = "msgs", msgs = wire(self:after(tonumber(t.last) or 0)) })
-      end
+      self.reported[stream.id] = tonumber(t.last) or 0
       self.syncing[stream.id] = nil
       if next(self.syncing) == nil then finish_sync(self) end
     end
