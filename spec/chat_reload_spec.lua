@@ -45,6 +45,8 @@ local function missing_on(srv, id, acked)
 end
 
 describe("chat reload", function()
+  after_each(function() helpers.stop_all() end)
+
   -- One post per reload, then none: nothing later can pull a lost message through. The post goes over
   -- an idle keep-alive connection to old worker `on` once the log shows `at` (nil: right after SIGHUP).
   local points = { "1001", false, "retiring worker 1", "mesh leader: worker 2 %(pid %d+%), epoch", "retiring worker 2",
