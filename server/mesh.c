@@ -9,7 +9,9 @@
  * dropped at MESH_HARD_LIMIT, so a stuck worker cannot make the others' memory grow without bound;
  * the dropping side then asks the master for a new pair (mesh_set_repair), and a stream that arrives
  * for a worker whose old stream has not ended yet waits for that end, so Lua always sees the old
- * stream's "close" before the new one's "node". */
+ * stream's "close" before the new one's "node". A worker is its id and spawn serial: a replacement
+ * (same id, new serial) is a peer of its own at once, since during a reload the worker it replaces
+ * still lives, and a stream held behind it would stay unread until that one exits. */
 #include "mesh.h"
 
 #include <stdint.h>
@@ -173,16 +175,16 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
 }
 
-/* The stream to worker id that is open or closing, if any. */
-static mesh_peer_t *peer_of(int id) {
+/* The stream to worker (id, serial) that is open or closing, if any. */
+static mesh_peer_t *peer_of(int id, long serial) {
   for (mesh_peer_t *p = mesh.peers; p; p = p->next)
-    if (p->id == id) return p;
+    if (p->id == id && p->serial == serial) return p;
   return NULL;
 }
 
 void mesh_add_peer(uv_pipe_t *pipe, int id, long serial) {
-  mesh_peer_t *old = peer_of(id);
-  if (old) { /* a stream made again, or to a respawned worker: after the old one ends (read to EOF) */
+  mesh_peer_t *old = peer_of(id, serial);
+  if (old) { /* a stream made again (repair): after the old one ends (read to EOF) */
     if (old->successor) uv_close((uv_handle_t *)old->successor, (uv_close_cb)free);
     old->successor = pipe;
     old->successor_serial = serial;
