@@ -291,6 +291,21 @@ describe("chatlog over a fake mesh", function()
         assert.are.same({ "before", "last of epoch 2", "after" }, texts)
       end)
 
+      if not held then
+        it("lets the new leader number as soon as every peer, the retiring ones too, has answered: no timer", function()
+          local w1a, w2a, w1b, w2b = reload_two(held)
+          post(w2b, "on new 2")
+          post(w1a, "on retiring 1")
+          flush() -- no time passes
+          assert.is_nil(w1b.log.syncing, "the new leader still waits for a peer")
+          assert.is_number(world.acks["on new 2"])
+          assert.is_number(world.acks["on retiring 1"])
+          assert.equal(0, #world.logs, table.concat(world.logs, "\n"))
+          exit(w1a); exit(w2a); flush()
+          assert.equal(3, #check_consistent())
+        end)
+      end
+
       it("acknowledges a post made on a retiring worker to that worker, not to the new one with its id", function()
         local w1a, w2a, w1b, w2b = reload_two(held)
         flush(); advance(2000); flush()
