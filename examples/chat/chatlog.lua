@@ -21,6 +21,13 @@
 -- sends each peer what it lacks, and only then numbers the posts that queued up meanwhile. Posters
 -- whose posts were not answered resend them to the new leader; KEY makes that exactly-once.
 --
+-- Workers are named by id AND spawn serial ("id:serial": the leader, the peers, a post key's origin).
+-- During a reload the retiring worker N and its replacement share the id N, and both live for a while:
+-- by id alone the replacement would take the leader line meant for the old N as its own (two workers
+-- numbering in one epoch), a retiring N would do the same when the new N is named, and an answer meant
+-- for one would reach the other. A retiring worker answers a new leader's hello like any peer (the mesh
+-- gives the replacement a stream of its own at once), so a take-over never waits for it to exit.
+--
 -- A worker started after the others (a respawn) is not "synced": it holds polls and streams until
 -- a synced peer has sent it the log. The first generation of workers (spawn serial <= the worker
 -- count) starts synced with an empty log. If every worker dies at once the log is lost: it lives in
@@ -53,7 +60,7 @@ function _M.new(nodes, opts)
     leader = nil,      -- the sequencer's "id:serial", once the master has named it
     epoch = 0,
     unsent = {},       -- posts that could not go to the leader yet (none known, or not connected)
-    syncing = nil,     -- while taking over: peer id -> true for each peer that has not answered
+    syncing = nil,     -- while taking over: peer "id:serial" -> true for each peer that has not answered
     queued = {},       -- posts received while syncing
     peers = {},        -- "id:serial" -> stream
     me = nodes.id .. ":" .. tostring(nodes.serial),
