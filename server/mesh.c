@@ -9,9 +9,14 @@
  * dropped at MESH_HARD_LIMIT, so a stuck worker cannot make the others' memory grow without bound;
  * the dropping side then asks the master for a new pair (mesh_set_repair), and a stream that arrives
  * for a worker whose old stream has not ended yet waits for that end, so Lua always sees the old
- * stream's "close" before the new one's "node". */
+ * stream's "close" before the new one's "node" (a respawn's too: its predecessor's stream is at EOF).
+ * But a replacement whose predecessor still lives (a reload: it drains) is a peer of its own at once,
+ * told apart by its spawn serial: held behind a live stream it would stay unread until that worker
+ * exited, and a worker waiting for its answer (the chat's new leader) would wait as long. */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include "mesh.h"
 
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,15 +178,24 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
 }
 
-/* The stream to worker id that is open or closing, if any. */
-static mesh_peer_t *peer_of(int id) {
+/* Whether the worker at the other end of p is gone (p ends at EOF, maybe after unread messages). */
+static int peer_gone(mesh_peer_t *p) {
+  uv_os_fd_t fd;
+  if (p->closing || uv_fileno((uv_handle_t *)p->pipe, &fd) != 0) return 1;
+  struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
+  return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+/* The stream a new one to worker (id, serial) must wait behind: one to the same worker (a repair), or
+ * to a worker with that id that is gone (a respawn); NULL when there is none. */
+static mesh_peer_t *peer_before(int id, long serial) {
   for (mesh_peer_t *p = mesh.peers; p; p = p->next)
-    if (p->id == id) return p;
+    if (p->id == id && (p->serial == serial || peer_gone(p))) return p;
   return NULL;
 }
 
 void mesh_add_peer(uv_pipe_t *pipe, int id, long serial) {
-  mesh_peer_t *old = peer_of(id);
+  mesh_peer_t *old = peer_before(id, serial);
   if (old) { /* a stream made again, or to a respawned worker: after the old one ends (read to EOF) */
     if (old->successor) uv_close((uv_handle_t *)old->successor, (uv_close_cb)free);
     old->successor = pipe;

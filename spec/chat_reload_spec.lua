@@ -107,4 +107,44 @@ describe("chat reload", function()
     if os.getenv("CHAT_RELOAD_DEBUG") then print(srv:log_text()) end
     assert.equal(0, srv:count_log("error"), srv:log_text())
   end)
+
+  -- The old workers outlive the reload: each has a request in flight (a POST whose body is still
+  -- coming), so they drain for as long as --grace allows. The new workers must not wait for them: a
+  -- replacement shares the old worker's id, and a mesh stream to it once waited unread behind the
+  -- stream to the old one until that one exited (the new leader's sync then gave up only after 2 s, and
+  -- the other new worker heard nothing at all).
+  it("delivers a post on one new worker to a client of the other while the old workers still drain", function()
+    local srv = helpers.start_env(CHAT, { "--workers", "2", "--grace", "120" }, { CHAT_POLL_SECONDS = "120" })
+    local old, busy = {}, {}
+    local body = cjson.encode({ user = "slow", text = "sent during the reload" })
+    for id = 1, 2 do
+      busy[id] = helpers.conn_on(srv, id, "/style.css", "HEAD")
+      old[id] = helpers.worker_of(srv, busy[id])
+      assert(busy[id]:send("POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        .. "Content-Length: " .. #body .. "\r\n\r\n" .. body:sub(1, 5)))
+    end
+    srv:signal("HUP")
+    srv:wait_log("reload done", 1, 60)
+    srv:wait_log("retiring %(replaced by a new worker%): 1 connection", 2, 30)
+    local lp = helpers.conn_on(srv, 2, "/style.css", "HEAD")
+    assert(lp:send(helpers.build_request("GET", "/poll?since=0")))
+    local c = helpers.conn_on(srv, 1, "/style.css", "HEAD")
+    local id = try_post(c, "while the old workers drain")
+    assert.is_number(id)
+    local r = assert(lp:receive(), "no answer to the long poll on new worker 2")
+    local got = decode(r.body).messages
+    assert.equal("while the old workers drain", got[#got] and got[#got].text, r.body)
+    for wid = 1, 2 do
+      assert.is_true(helpers.alive(old[wid]), "old worker " .. wid .. " had exited: the test proves nothing")
+    end
+    c:close(); lp:close()
+    for id = 1, 2 do -- the old workers' posts end, are numbered by the new leader, and they exit
+      assert(busy[id]:send(body:sub(6)))
+      local a = assert(busy[id]:receive(), "no answer to the post on old worker " .. id)
+      assert.equal(201, a.status, a.body)
+      busy[id]:close()
+    end
+    assert(helpers.wait_gone(old, 30), "the old workers did not exit")
+    assert.equal(0, srv:count_log("error"), srv:log_text())
+  end)
 end)

@@ -21,6 +21,13 @@
 -- sends each peer what it lacks, and only then numbers the posts that queued up meanwhile. Posters
 -- whose posts were not answered resend them to the new leader; KEY makes that exactly-once.
 --
+-- Workers are named by id AND spawn serial ("id:serial": the leader, the peers, a post key's origin).
+-- During a reload the retiring worker N and its replacement share the id N, and both live for a while:
+-- by id alone the replacement would take the leader line meant for the old N as its own (two workers
+-- numbering in one epoch), a retiring N would do the same when the new N is named, and an answer meant
+-- for one would reach the other. A retiring worker answers a new leader's hello like any peer (the mesh
+-- gives the replacement a stream of its own at once), so a take-over never waits for it to exit.
+--
 -- A worker started after the others (a respawn) is not "synced": it holds polls and streams until
 -- a synced peer has sent it the log. The first generation of workers (spawn serial <= the worker
 -- count) starts synced with an empty log. If every worker dies at once the log is lost: it lives in
@@ -50,12 +57,13 @@ function _M.new(nodes, opts)
     waiters = {},      -- function() -> true: called once, the next time the log grows
     listeners = {},    -- functions called every time the log grows
     synced = nodes.serial <= (opts.workers or 1),
-    leader = nil,      -- the sequencer's id, once the master has named it
+    leader = nil,      -- the sequencer's "id:serial", once the master has named it
     epoch = 0,
     unsent = {},       -- posts that could not go to the leader yet (none known, or not connected)
-    syncing = nil,     -- while taking over: peer id -> true for each peer that has not answered
+    syncing = nil,     -- while taking over: peer "id:serial" -> true for each peer that has not answered
     queued = {},       -- posts received while syncing
-    peers = {},        -- id -> stream
+    peers = {},        -- "id:serial" -> stream
+    me = nodes.id .. ":" .. tostring(nodes.serial),
   }
   return setmetatable(self, { __index = _M })
 end
@@ -125,7 +133,7 @@ function _M:merge(msgs, base)
       if done then done(m.id) end
     end
   end
-  if gap and self.leader ~= self.nodes.id then -- something is missing before these: ask for it
+  if gap and self.leader ~= self.me then -- something is missing before these: ask for it
     send(self.peers[self.leader], { t = "hello", last = self.last })
   end
   if grew and self.synced then notify(self) end
@@ -169,7 +177,7 @@ local function sequence(self, p)
   if id then -- a resend of a post already numbered: answer the poster with the message again
     for _, m in ipairs(self.log) do
       if m.id == id then
-        local origin = self.peers[tonumber(p.k:match("^(%d+):"))]
+        local origin = self.peers[p.k:match("^(%d+:%d+):")]
         if origin then send(origin, { t = "msg", m = wire({ m })[1] }) else self:merge({ m }) end
         return
       end
@@ -186,7 +194,7 @@ end
 -- otherwise the sender knows better, this worker is about to hear it, and the post waits here.
 -- Passing a post to a leader that is dying would lose it in the dead socket.
 local function handle_post(self, p, from)
-  if self.leader ~= self.nodes.id then
+  if self.leader ~= self.me then
     local s = self.leader and self.peers[self.leader]
     if s and (not from or (tonumber(p.e) or 0) < self.epoch) then
       p.e = self.epoch
@@ -242,13 +250,13 @@ end
 -- hold to the new leader.
 local function leader_changed(self, leader, epoch)
   if epoch <= self.epoch then return end
-  if self.leader == self.nodes.id and leader ~= self.nodes.id then
+  if self.leader == self.me and leader ~= self.me then
     -- hand what we numbered to the successor first: some peers may not have it yet
     send(self.peers[leader], { t = "msgs", msgs = wire(self:after(self.led_from or 0)) })
   end
   self.epoch = epoch
   self.leader = leader
-  if leader == self.nodes.id then
+  if leader == self.me then
     self.syncing, self.reported, self.led_from = {}, {}, self.last
     local any = false
     for id, s in pairs(self.peers) do
@@ -260,7 +268,9 @@ local function leader_changed(self, leader, epoch)
     -- a peer that cannot answer (stuck) must not hold the chat forever
     moonfork.setTimeout(2000, function()
       if self.syncing and self.epoch == epoch then
-        moonfork.log("chat: taking over without an answer from every peer")
+        local ids = {}
+        for k in pairs(self.syncing) do ids[#ids + 1] = k end
+        moonfork.log("chat: taking over without an answer from worker(s) " .. concat(ids, ", ") .. " (id:serial)")
         finish_sync(self)
       end
     end)
@@ -279,7 +289,7 @@ end
 -- message acknowledged by the previous leader is not lost for the workers that stay.
 local function relay(self, before, from)
   local payload = encode({ t = "msgs", msgs = wire(self:after(before)) })
-  if self.leader ~= self.nodes.id then
+  if self.leader ~= self.me then
     local s = self.leader and self.peers[self.leader]
     if s then s:write(payload) end
     return
@@ -289,12 +299,18 @@ local function relay(self, before, from)
   end
 end
 
+-- A peer's name: its worker id and spawn serial (a retiring worker and its replacement share the id).
+local function peer_key(stream)
+  return stream.id .. ":" .. tostring(stream.serial)
+end
+
 local function on_message(self, stream, raw)
   local ok, t = pcall(decode, raw)
   if not ok or type(t) ~= "table" then
     moonfork.log("chat: bad mesh message from worker " .. stream.id .. " ignored")
     return
   end
+  local from = peer_key(stream)
   if t.t == "msg" or t.t == "msgs" then
     local before = self.last
     self:merge(t.msgs or { t.m })
@@ -302,26 +318,26 @@ local function on_message(self, stream, raw)
       self.synced = true
       notify(self)
     end
-    if self.last > before and stream.id ~= self.leader then relay(self, before, stream.id) end
+    if self.last > before and from ~= self.leader then relay(self, before, from) end
   elseif t.t == "post" then
     handle_post(self, t, stream)
   elseif t.t == "hello" then
     -- from a leader taking over, newer than the one we know: stop numbering before answering
-    if t.lead and (tonumber(t.epoch) or 0) > self.epoch then leader_changed(self, stream.id, tonumber(t.epoch)) end
+    if t.lead and (tonumber(t.epoch) or 0) > self.epoch then leader_changed(self, from, tonumber(t.epoch)) end
     send(stream, { t = "state", last = self.last, synced = self.synced, msgs = wire(self:after(tonumber(t.last) or 0)) })
   elseif t.t == "state" then
     local msgs = t.msgs or {}
     -- The leader's log starts after our last: we were cut off (a mesh stream dropped at its cap) for
     -- longer than it keeps, and what lies between is gone from every log. Go on from its oldest.
-    if stream.id == self.leader and msgs[1] and msgs[1].id > self.last + 1 then skip_to(self, msgs[1].id - 1) end
+    if from == self.leader and msgs[1] and msgs[1].id > self.last + 1 then skip_to(self, msgs[1].id - 1) end
     self:merge(msgs, true)
     if not self.synced and t.synced then
       self.synced = true
       notify(self)
     end
-    if self.syncing and self.syncing[stream.id] then
-      self.reported[stream.id] = tonumber(t.last) or 0
-      self.syncing[stream.id] = nil
+    if self.syncing and self.syncing[from] then
+      self.reported[from] = tonumber(t.last) or 0
+      self.syncing[from] = nil
       if next(self.syncing) == nil then finish_sync(self) end
     end
   end
@@ -331,19 +347,23 @@ end
 function _M:attach()
   local nodes = self.nodes
   nodes:on("node", function(stream)
-    self.peers[stream.id] = stream
+    local key = peer_key(stream)
+    self.peers[key] = stream
     stream:on("data", function(raw) on_message(self, stream, raw) end)
     stream:on("close", function()
-      if self.peers[stream.id] == stream then self.peers[stream.id] = nil end
-      if self.syncing and self.syncing[stream.id] then
-        self.syncing[stream.id] = nil
+      if self.peers[key] == stream then self.peers[key] = nil end
+      if self.syncing and self.syncing[key] then
+        self.syncing[key] = nil
         if next(self.syncing) == nil then finish_sync(self) end
       end
     end)
     send(stream, { t = "hello", last = self.last, epoch = self.epoch })
-    if stream.id == self.leader then flush_unsent(self) end
+    if key == self.leader then flush_unsent(self) end
   end)
-  nodes:on("leader", function(id, epoch) leader_changed(self, id, epoch) end)
+  -- a leader is a worker id and spawn serial: during a reload an old and a new worker share an id
+  nodes:on("leader", function(id, epoch, serial)
+    leader_changed(self, id .. ":" .. tostring(serial or nodes.leader_serial), epoch)
+  end)
   if not self.synced then
     -- alone after a restart (no peer came): nothing to learn, start over
     moonfork.setTimeout(3000, function()

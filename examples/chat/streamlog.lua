@@ -201,10 +201,16 @@ end
 
 local ensure_reader
 
+-- Whether this worker is the one the master named: its id and spawn serial (during a reload a new
+-- worker hears the leader line for the old worker with its id, and must not read too).
+local function leads(self)
+  return self.leader == self.nodes.id and (self.leader_serial == nil or self.leader_serial == self.nodes.serial)
+end
+
 -- The reader: a blocking XREAD from `last`, for as long as this worker leads.
 local function read_loop(self)
   local wait_ms, failing = 100, false
-  while self.leader == self.nodes.id and not moonfork.draining do
+  while leads(self) and not moonfork.draining do
     local r, err = self.redis:xread("COUNT", BATCH, "BLOCK", BLOCK_MS, "STREAMS", self.key, self.last)
     if r ~= nil then -- entries, or null: nothing new within BLOCK_MS
       if failing then moonfork.log("chat: reading the stream again from " .. self.last) end
@@ -222,7 +228,7 @@ local function read_loop(self)
 end
 
 function ensure_reader(self)
-  if self.reading or not self.synced or self.leader ~= self.nodes.id or moonfork.draining then return end
+  if self.reading or not self.synced or not leads(self) or moonfork.draining then return end
   self.reading = true
   spawn(read_loop, function(trace)
     self.reading = false
@@ -273,8 +279,8 @@ function _M:attach()
     stream:on("data", function(raw) on_message(self, raw) end)
     if self.synced then catch_up(self) end -- a stream dropped and made again may have lost messages
   end)
-  nodes:on("leader", function(id)
-    self.leader = id
+  nodes:on("leader", function(id, _, serial)
+    self.leader, self.leader_serial = id, serial or nodes.leader_serial
     ensure_reader(self)
   end)
   moonfork.setTimeout(0, function() load(self) end) -- (never in the master: its timers do nothing)

@@ -18,15 +18,15 @@ for _, event in ipairs { "data", "close", "drain", "node", "leader" } do
   reporters[event] = function(trace) log("error in mesh '" .. event .. "' callback: " .. trace) end
 end
 
-local function call(fn, event, a, b)
-  spawn(fn, reporters[event], a, b)
+local function call(fn, event, a, b, c)
+  spawn(fn, reporters[event], a, b, c)
 end
 
-local function emit(obj, event, a, b)
+local function emit(obj, event, a, b, c)
   local list = obj._on[event]
   if not list then return end
   local report = reporters[event]
-  for i = 1, #list do spawn(list[i], report, a, b) end
+  for i = 1, #list do spawn(list[i], report, a, b, c) end
 end
 
 local function on(obj, event, fn, events)
@@ -61,7 +61,8 @@ function Stream:close()
 end
 
 local nodes = { id = core.id, serial = core.serial, epoch = 0, _on = {} }
-local open = {}    -- id -> stream, the live peers
+local open = {}    -- stream -> true, the live peers (during a reload two may share an id: a
+                   -- retiring worker and its replacement, told apart by serial)
 
 local nodes_events = { node = true, leader = true }
 
@@ -71,23 +72,23 @@ function nodes:on(event, fn)
   if event == "node" then
     for _, s in ipairs(self:peers()) do call(fn, event, s) end
   elseif event == "leader" and self._leader then
-    call(fn, event, self._leader, self.epoch)
+    call(fn, event, self._leader, self.epoch, self.leader_serial)
   end
   return self
 end
 
--- The live peer streams, by worker id.
+-- The live peer streams, by worker id (then serial).
 function nodes:peers()
   local list = {}
-  for _, s in pairs(open) do list[#list + 1] = s end
-  sort(list, function(a, b) return a.id < b.id end)
+  for s in pairs(open) do list[#list + 1] = s end
+  sort(list, function(a, b) return a.id < b.id or (a.id == b.id and a.serial < b.serial) end)
   return list
 end
 
 -- Sends msg to every live peer; returns how many it went to.
 function nodes:broadcast(msg)
   local n = 0
-  for _, s in pairs(open) do
+  for s in pairs(open) do
     if s:write(msg) ~= nil then n = n + 1 end
   end
   return n
@@ -96,7 +97,8 @@ end
 -- The id of the worker the master named leader (nil until it has: just after start). All workers
 -- hear the same name, in the same order of changes (nodes.epoch counts them): the leader is the
 -- oldest ready worker when the first workers are up, and changes only when it dies or is retired.
--- nodes:on("leader", fn(id, epoch)) runs on each change (and at once when one is known).
+-- nodes:on("leader", fn(id, epoch, serial)) runs on each change (and at once when one is known);
+-- `serial` (also nodes.leader_serial) tells the leader from a worker with its id during a reload.
 function nodes:leader()
   return self._leader
 end
@@ -152,7 +154,7 @@ function _M.internal(fn) internal = fn end
 cmesh.on {
   peer = function(ud, id, serial)
     local s = setmetatable({ id = id, serial = serial, _ud = ud, _on = {} }, Stream)
-    open[id] = s
+    open[s] = true
     emit(nodes, "node", s)
     return s
   end,
@@ -162,13 +164,13 @@ cmesh.on {
   end,
   drain = function(s) emit(s, "drain") end,
   close = function(s)
-    if open[s.id] == s then open[s.id] = nil end
+    open[s] = nil
     s.closed = true
     emit(s, "close")
   end,
   leader = function(id, serial, epoch)
     nodes._leader, nodes.leader_serial, nodes.epoch = id, serial, epoch
-    emit(nodes, "leader", id, epoch)
+    emit(nodes, "leader", id, epoch, serial)
   end,
 }
 
