@@ -187,7 +187,8 @@ end
 local function closed(res)
   if res._on then emit(res, "close") end
   if res._bs then close_waits(res._bs) end
-  if res._full then close_waits(res) end -- only res:drain() waits on a response, and only when full
+  local dw = res._full and res._dw -- only res:drain() waits on a response, and only when full
+  if dw then close_waits(dw) end
 end
 
 -- writeHead's headers when the response has some already: writeHead's values win, as in Node.
@@ -245,7 +246,12 @@ end
 function Res:drain()
   if self.finished then return nil, "closed" end
   if not self._full then return true end
-  return wait(nil, self)
+  local dw = self._dw -- what its waiters wait on (sched.wait's owner is a table; the res is a userdata)
+  if not dw then
+    dw = {}
+    self._dw = dw
+  end
+  return wait(nil, dw)
 end
 
 local json_headers = { ["Content-Type"] = "application/json" }
@@ -342,8 +348,9 @@ end
 -- The C core calls this when a response that was told to slow down may write again.
 function _M.on_conn_drain(res)
   res._full = false
+  local dw = res._dw
   if res._on then emit(res, "drain") end
-  notify(res, true)
+  if dw then notify(dw, true) end
 end
 
 -- The C core calls this when a body still arriving has news for a reader (ended: it is complete,
