@@ -80,6 +80,28 @@ describe("a crowd of connections", function()
     if server then server:stop() end
   end)
 
+  it("a res kept after its response ended keeps its fields but cannot reach the next request on its connection", function()
+    local s = assert(socket.connect("127.0.0.1", server.port))
+    s:settimeout(helpers.DEADLINE)
+    local function ask(path)
+      assert(s:send("GET " .. path .. " HTTP/1.1\r\nHost: crowd\r\n\r\n"))
+      local status, h = read_head(s)
+      return status, s:receive(tonumber(h["content-length"]))
+    end
+    local status, body = ask("/keep?tag=first")
+    assert.matches("^HTTP/1%.1 201", status)
+    assert.are.equal("kept first", body)
+    -- the next request on the same connection: the old res's write and finish do nothing, and only the
+    -- new response comes back
+    status, body = ask("/stale")
+    assert.matches("^HTTP/1%.1 200", status)
+    assert.are.equal("tag=first status=201 finished=true sent=true write=nil finish=nil", body)
+    status, body = ask("/")
+    assert.matches("^HTTP/1%.1 200", status)
+    assert.are.equal("hello\n", body)
+    s:close()
+  end)
+
   it("answers every idle keep-alive connection and SSE stream, and gives the memory back after they close", function()
     local port, worker = server.port, server.workers[1]
     -- warm up: the pools, the Lua state and the allocator's arenas are as they will stay
