@@ -75,7 +75,7 @@ static int is_token(const char *s, size_t n) {
   return 1;
 }
 
-/* What was wrong with the handler's head, for the Lua side to raise (core_send). */
+/* What was wrong with the handler's head, raised at the handler by res_out. */
 static char head_error[256];
 
 static int head_fail(const char *name, const char *what) {
