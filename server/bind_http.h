@@ -6,10 +6,11 @@
 
 #include "http.h"
 
-/* Opens package.loaded["moonfork.core.http"] (on, send, abort, remote, headers). */
+/* Opens package.loaded["moonfork.core.http"] (on, abort, remote, headers, read, gen, and the res's
+ * functions: bind_res.h). */
 void bind_http_open(lua_State *L);
-/* The HTTP connection behind the connection object at idx (NULL once closed; raises when idx is not
- * one): for bind_ws.c, which takes a connection over after an Upgrade. */
+/* The HTTP connection behind the connection object (the res) at idx (NULL once its response ended or
+ * the connection closed; raises when idx is not one): for bind_ws.c and bind_pass.c. */
 http_conn_t *bind_http_conn(lua_State *L, int idx);
 /* Has the script registered its Lua half (http.on, through moonfork.listen)? */
 int bind_http_serving(void);

@@ -165,7 +165,7 @@ static void body_read_on(http_conn_t *c) {
 }
 
 int http_conn_body_read(http_conn_t *c, uint32_t gen, int whole, const char **data, size_t *len) {
-  if (c == NULL || c->closing || !c->body_streamed || c->rq == NULL || gen != c->body_gen) return UV_EPIPE;
+  if (c == NULL || c->closing || !c->body_streamed || c->rq == NULL || gen != c->rq->body_gen) return UV_EPIPE;
   if (c->rq->body_err != 0) return c->rq->body_err; /* (its answer went out: gen and state moved on) */
   if (c->state != HTTP_CONN_HANDLING || gen != c->gen) return UV_EPIPE;
   if (c->body_mode == HTTP_BODY_UNDECIDED) body_choose(c, whole);

@@ -89,7 +89,6 @@ static void on_write_empty(writeq_t *q) {
   free(mf_container_of(q, http_send_t, wq));
   c->wq = NULL;
   if (c->closing) return;
-  c->send_check = 0;
   if (c->state == HTTP_CONN_IDLE && c->deadline == 0) http_conn_timer(c, c->srv->cfg->keepalive_timeout_ms);
 }
 
@@ -124,7 +123,7 @@ int http_conn_write(http_conn_t *c, uv_buf_t *bufs, unsigned n) {
   }
   int r = writeq_write_lazy(&c->wq, (uv_stream_t *)&c->tcp, bufs, n, conn_send_make, c);
   if (r < 0) http_conn_close(c);
-  else if (c->send_check == 0 && http_conn_queued(c) > 0) http_conn_send_watch(c); /* bytes wait */
+  else if (http_conn_send_check(c) == 0 && http_conn_queued(c) > 0) http_conn_send_watch(c); /* bytes wait */
   return r;
 }
 
@@ -283,7 +282,7 @@ static void conn_dispatch_early(http_conn_t *c) {
   conn_note(c, http_parse_keep_alive(&c->rq->parser));
   c->body_open = c->body_streamed = 1;
   c->body_mode = HTTP_BODY_UNDECIDED;
-  c->body_gen = c->gen + 1; /* (conn_dispatch counts it) */
+  c->rq->body_gen = c->gen + 1; /* (conn_dispatch counts it) */
   conn_dispatch(c);
 }
 

@@ -115,8 +115,8 @@ static void on_server_timer(uv_timer_t *t) {
  * handler, response started, keep-alive), so the timer is only re-armed when it must fire sooner than
  * it is set for; when it fires early it sleeps again until what is due. */
 static void conn_arm(http_conn_t *c) {
-  uint64_t due = c->deadline;
-  if (c->send_check != 0 && (due == 0 || c->send_check < due)) due = c->send_check;
+  uint64_t due = c->deadline, check = http_conn_send_check(c);
+  if (check != 0 && (due == 0 || check < due)) due = check;
   if (due == 0 || c->closing) return;
   if (c->heap_pos != 0 && c->timer_due <= due) return;
   c->timer_due = due;
@@ -128,12 +128,13 @@ static uint64_t send_step(uint64_t timeout) { return timeout >= 4 ? timeout / 4 
 /* Starts the send timeout once a write left bytes queued (on_write_empty stops it). */
 void http_conn_send_watch(http_conn_t *c) {
   uint64_t timeout = c->srv->cfg->send_timeout_ms;
-  if (c->send_check != 0 || timeout == 0 || c->wq == NULL) return;
+  if (timeout == 0 || c->wq == NULL) return;
   http_send_t *snd = mf_container_of(c->wq, http_send_t, wq);
+  if (snd->send_check != 0) return;
   uint64_t now = uv_now(c->srv->loop);
   snd->sent_seen = writeq_sent(c->wq);
   snd->sent_at = now;
-  c->send_check = now + send_step(timeout);
+  snd->send_check = now + send_step(timeout);
   conn_arm(c);
 }
 
@@ -141,10 +142,7 @@ void http_conn_send_watch(http_conn_t *c) {
  * connection is then closing). */
 static int conn_send_check(http_conn_t *c, uint64_t now) {
   uint64_t timeout = c->srv->cfg->send_timeout_ms;
-  if (c->wq == NULL) { /* (all went out meanwhile) */
-    c->send_check = 0;
-    return 0;
-  }
+  if (c->wq == NULL) return 0; /* (all went out meanwhile) */
   http_send_t *snd = mf_container_of(c->wq, http_send_t, wq);
   uint64_t sent = writeq_sent(c->wq);
   if (sent != snd->sent_seen) {
@@ -156,8 +154,8 @@ static int conn_send_check(http_conn_t *c, uint64_t now) {
     http_conn_close(c);
     return -1;
   }
-  c->send_check = now + send_step(timeout);
-  if (c->send_check > snd->sent_at + timeout) c->send_check = snd->sent_at + timeout;
+  snd->send_check = now + send_step(timeout);
+  if (snd->send_check > snd->sent_at + timeout) snd->send_check = snd->sent_at + timeout;
   return 0;
 }
 
@@ -210,7 +208,8 @@ static void conn_expired(http_conn_t *c) {
 
 static void conn_on_timer(http_conn_t *c) {
   uint64_t now = uv_now(c->srv->loop);
-  if (c->send_check != 0 && now >= c->send_check && conn_send_check(c, now) != 0) return;
+  uint64_t check = http_conn_send_check(c);
+  if (check != 0 && now >= check && conn_send_check(c, now) != 0) return;
   if (c->deadline != 0 && now >= c->deadline) {
     c->deadline = 0;
     conn_expired(c);

@@ -7,7 +7,7 @@ local type, tostring, tonumber, pairs, setmetatable, rawget, pcall, error =
   type, tostring, tonumber, pairs, setmetatable, rawget, pcall, error
 local find, sub, lower, gsub, char, gmatch = string.find, string.sub, string.lower, string.gsub,
   string.char, string.gmatch
-local send, abort, remote, body_read, log = chttp.send, chttp.abort, chttp.remote, chttp.read, core.log
+local abort, remote, body_read, log = chttp.abort, chttp.remote, chttp.read, core.log
 local spawn, wait, notify, close_waits = sched.spawn, sched.wait, sched.notify, sched.close
 
 local cjson -- loaded on first res:json()
@@ -127,20 +127,28 @@ end
 --
 -- Headers stay as the handler gave them: writeHead's table is kept as it is (`_user`), setHeader
 -- fills `_h` (lower-case name -> value, false once removed) and `_names` (lower-case -> the name as
--- written). Which header wins is decided in C, not here: `_h` over `_user` (bind_http.c, head_build),
+-- written). Which header wins is decided in C, not here: `_h` over `_user` (bind_res.c, head_build),
 -- and Content-Length, Transfer-Encoding and Connection against the core's framing
 -- (http_respond.c); getHeader only reads in that order. The C core also turns them into header
 -- lines and checks them for CR/LF, so a typical response costs no string building in Lua.
 
--- A response is a table of four fields from the start (`_conn`, `headersSent`, `finished`, `_user`: four
--- hash slots, the smallest size that holds them), so that neither a typical response (writeHead,
--- finish) nor an open stream (writeHead with headers, write) ever resizes it, and an open SSE stream
--- costs the least the script can keep. What most responses never set reads from here: statusCode
--- (stored only when it is not 200), _full (only once a write said "slow down"), _h, _names, _on, _bs.
--- No generation number is kept: the connection's binding object is made for one response and
--- invalidated when it ends (http_conn_request_done), which is what the number used to tell apart.
-local Res = { statusCode = 200, _full = false }
-Res.__index = Res
+-- A response is not a table: it is the connection's binding object itself, a userdata made in C for
+-- one response (server/bind_res.c), so that an open stream a script keeps costs a 64-byte object.
+-- headersSent, finished, statusCode and _full are in its payload; _conn is the res itself; writeHead's
+-- table (_user) and whatever else is set (_h, _names, _on, _bs, fields of the script's own) live in
+-- its environment table, made on first use. writeHead, write and finish are C functions; the other
+-- methods are here and read the fields through res_get/res_set. When the response ends, the res lets
+-- go of its connection (http_conn_request_done): it cannot reach a later request.
+local Res = { writeHead = chttp.writeHead, write = chttp.write, finish = chttp.finish }
+Res["end"] = Res.finish
+local res_get = chttp.res_get
+local ResMT = chttp.res_mt or {}
+ResMT.__index = function(res, key)
+  local m = Res[key]
+  if m ~= nil then return m end
+  return res_get(res, key)
+end
+ResMT.__newindex = chttp.res_set
 
 local lower_of = setmetatable({}, { __mode = "k", __index = function(t, name)
   local l = lower(name)
@@ -179,7 +187,13 @@ end
 local function closed(res)
   if res._on then emit(res, "close") end
   if res._bs then close_waits(res._bs) end
-  if res._full then close_waits(res) end -- only res:drain() waits on a response, and only when full
+  local dw = res._full and res._dw -- only res:drain() waits on a response, and only when full
+  if dw then close_waits(dw) end
+end
+
+-- writeHead's headers when the response has some already: writeHead's values win, as in Node.
+local function merge(res, headers)
+  for k, v in pairs(headers) do res:setHeader(k, v) end
 end
 
 local function check_name(name, fname)
@@ -227,84 +241,18 @@ function Res:removeHeader(name)
   self._h[key] = false -- hides writeHead's entry too, without touching the caller's table
 end
 
-function Res:writeHead(status, headers)
-  if self.headersSent then error("res:writeHead(): the headers were already sent", 2) end
-  if type(status) ~= "number" or not (status >= 200 and status <= 599) or status % 1 ~= 0 then
-    status = tonumber(status)
-    if not status or not (status >= 200 and status <= 599) or status % 1 ~= 0 then
-      error("res:writeHead(): status must be a final status, a whole number from 200 to 599", 2)
-    end
-  end
-  if status ~= 200 or rawget(self, "statusCode") ~= nil then self.statusCode = status end
-  if headers ~= nil then
-    if type(headers) ~= "table" then error("res:writeHead(): headers must be a table", 2) end
-    if self._user or self._h then -- merge: writeHead's values win, as in Node
-      for k, v in pairs(headers) do self:setHeader(k, v) end
-    else
-      self._user = headers
-    end
-  end
-  return self
-end
-
--- The C core checks the status and the headers as it builds the head. When they cannot be sent (a
--- control character in a value, a bad name or Content-Length, a statusCode that is not a final
--- status), it answers 500 at once and returns the reason: the response is over, and the error is
--- raised in the handler (level 3: out <- write/finish <- the handler), which logs it.
-local function out(self, chunk, final)
-  if self.headersSent then
-    return send(self._conn, nil, nil, nil, nil, nil, chunk, final)
-  end
-  self.headersSent = true
-  local r, err, bad = send(self._conn, nil, self.statusCode, self._user or nil, self._h, self._names, chunk, final)
-  if bad then
-    self.finished = true
-    closed(self)
-    error(err, 3)
-  end
-  return r
-end
-
-local function body_string(chunk, fname)
-  if chunk == nil then return "" end
-  local t = type(chunk)
-  if t == "string" then return chunk end
-  if t == "number" then return tostring(chunk) end
-  error("res:" .. fname .. "(): the body must be a string", 3)
-end
-
--- Sends a piece of the body. Returns true, false when the client is slow (queue over its high-water
--- mark; wait for "drain", or call res:drain()), or nil when the client is gone.
-function Res:write(chunk)
-  if self.finished then return nil end
-  chunk = body_string(chunk, "write")
-  local r = out(self, chunk, false)
-  if r == nil then
-    self.finished = true
-    closed(self)
-  elseif r == false then
-    self._full = true
-  end
-  return r
-end
-
 -- Waits (in the calling coroutine) until the send queue is below half its high-water mark: true at
 -- once when it is not full, nil, "closed" when the response is over or the client leaves meanwhile.
 function Res:drain()
   if self.finished then return nil, "closed" end
   if not self._full then return true end
-  return wait(nil, self)
+  local dw = self._dw -- what its waiters wait on (sched.wait's owner is a table; the res is a userdata)
+  if not dw then
+    dw = {}
+    self._dw = dw
+  end
+  return wait(nil, dw)
 end
-
-function Res:finish(chunk)
-  if self.finished then return nil end
-  chunk = body_string(chunk, "finish")
-  self.finished = true
-  local r = out(self, chunk, true)
-  closed(self)
-  return r ~= nil
-end
-Res["end"] = Res.finish
 
 local json_headers = { ["Content-Type"] = "application/json" }
 
@@ -380,31 +328,29 @@ local function handler_error(trace, req, res)
   end
 end
 
--- Builds the function the C core calls for each request; it returns the response, which the core
--- keeps and hands to on_conn_drain and on_conn_closed.
+-- Builds the function the C core calls for each request with its res (made in C), which the core
+-- hands to on_conn_drain, on_conn_body and on_conn_closed.
 function _M.dispatcher(server)
-  return function(conn, gen, method, url, version, head, body, trailers)
+  return function(res, gen, method, url, version, head, body, trailers)
     local req = setmetatable({
-      method = method, url = url, httpVersion = version, _head = head, body = body, _conn = conn,
+      method = method, url = url, httpVersion = version, _head = head, body = body, _conn = res,
       _trailers = trailers,
     }, Req)
-    -- the fields a response sets are there from the start: adding keys later would resize the table
-    local res = setmetatable({ _conn = conn, headersSent = false, finished = false, _user = false }, Res)
     if body == false then -- still arriving: req.body and req:read() get it (http_body.c)
       req.body = nil
-      local bs = { conn = conn, gen = gen, req = req }
+      local bs = { conn = res, gen = gen, req = req }
       req._bs, res._bs = bs, bs
     end
     spawn(server.handler, handler_error, req, res)
-    return res
   end
 end
 
 -- The C core calls this when a response that was told to slow down may write again.
 function _M.on_conn_drain(res)
   res._full = false
+  local dw = res._dw
   if res._on then emit(res, "drain") end
-  notify(res, true)
+  if dw then notify(dw, true) end
 end
 
 -- The C core calls this when a body still arriving has news for a reader (ended: it is complete,
@@ -429,6 +375,8 @@ function _M.on_conn_closed(res)
     closed(res)
   end
 end
+
+if chttp.res_on then chttp.res_on { closed = closed, merge = merge } end
 
 -- Registers the Lua half with the C core (moonfork.listen; once).
 function _M.serve(server)

@@ -128,7 +128,7 @@ local function address_of(u, s)
 end
 
 function _M.pass(req, res, upstream, opts)
-  if type(req) ~= "table" or type(res) ~= "table" or not res._conn then
+  if type(req) ~= "table" or type(res) ~= "userdata" or not res._conn then
     error("moonfork.http.pass(req, res, upstream[, opts]): req and res of a request handler", 2)
   end
   if res.headersSent or res.finished then error("moonfork.http.pass(): the response has already begun", 2) end
