@@ -47,10 +47,11 @@ static struct {
   const void *mt;        /* the same, as a pointer: ud_check compares it without a registry lookup */
   int reasons_ref;       /* closed userdata (light) -> the close reason, while the userdata lives */
   int cb[CB_COUNT];      /* the Lua half's dispatchers: fn(listener, ...) */
-  /* the message fast path (see on_message): sched.runner, its DONE, the 'message' error reporter,
-   * the strings "text" and "binary", and the idle coroutines with their registry refs */
-  int runner_ref, done_ref, report_ref, kind_ref[2];
-  const void *done;
+  /* the message fast path (see message_fast): makes a runner, what one yields when its listener
+   * returned (RAN), reports a runner's error; the strings "text" and "binary"; the idle runners with
+   * their registry refs */
+  int runner_ref, ran_ref, failed_ref, kind_ref[2];
+  const void *ran;
   lua_State *idle[RUNNERS_MAX];
   int idle_ref[RUNNERS_MAX];
   int nidle;
@@ -76,8 +77,8 @@ static void field_ref(lua_State *L, const char *k, int *ref) {
 }
 
 /* ws.on{ message = fn(listener, data, binary), close = fn(listener, code, reason), drain = fn(listener),
- *        runner = sched.runner, done = sched.DONE, message_error = fn(trace, data, kind) }
- * The last three (optional) turn on the fast path for a listener that is a function (on_message). */
+ *        runner = fn() -> a new runner, ran = sched.RAN, failed = sched.runner_failed }
+ * The last three (optional) turn on the fast path for a listener that is a function (message_fast). */
 static int ws_on(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   for (int i = 0; i < CB_COUNT; i++) {
@@ -87,10 +88,11 @@ static int ws_on(lua_State *L) {
     bws.cb[i] = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   field_ref(L, "runner", &bws.runner_ref);
-  field_ref(L, "message_error", &bws.report_ref);
-  lua_getfield(L, 1, "done");
-  bws.done = lua_topointer(L, -1);
-  field_ref(L, "done", &bws.done_ref); /* (held: the pointer stays that table's) */
+  field_ref(L, "failed", &bws.failed_ref);
+  lua_getfield(L, 1, "ran");
+  bws.ran = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  field_ref(L, "ran", &bws.ran_ref); /* (held: the pointer stays that table's) */
   static const char *const kinds[2] = {"text", "binary"};
   for (int i = 0; i < 2; i++)
     if (bws.kind_ref[i] == LUA_NOREF) {
@@ -377,8 +379,8 @@ static void dispatch(lua_State *L, int i, int ref, int nargs, const char *what) 
   luastate_pcall(L, nargs + 1, 0, what);
 }
 
-/* An idle message coroutine (sched.runner's), or NULL when none could be made; *ref is its registry
- * ref, the caller's until it goes back (runner_put) or to the scheduler (luaL_unref). */
+/* An idle runner (sched.runner), or NULL when none could be made; *ref is its registry ref, the
+ * caller's until it goes back (runner_put) or away (luaL_unref). */
 static lua_State *runner_get(lua_State *L, int *ref) {
   if (bws.nidle > 0) {
     bws.nidle--;
@@ -396,23 +398,32 @@ static lua_State *runner_get(lua_State *L, int *ref) {
   return co;
 }
 
-/* Keeps an idle coroutine for the next message (there is room: one was taken before). */
+/* Keeps an idle runner for the next message (there is room: one was taken before). */
 static void runner_put(lua_State *co, int ref) {
   bws.idle[bws.nidle] = co;
   bws.idle_ref[bws.nidle++] = ref;
 }
 
-/* The fast path of a message whose listener is one function: it runs in a pooled coroutine (as
- * sched.spawn would run it: under xpcall, errors to the reporter, free to wait) resumed from here, with
- * no Lua dispatcher, spawn or pcall between. The coroutine comes back with DONE when the listener
- * returned (kept for the next message); one that waits is the scheduler's from then on. 0, or -1 when
+/* The runner co_ref (co) ended with an error: sched.runner_failed reports it with its traceback. */
+static void runner_failed(lua_State *L, lua_State *co, int co_ref) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.failed_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, co_ref);
+  lua_xmove(co, L, 1); /* the error */
+  luastate_pcall(L, 2, 0, "websocket: reporting a 'message' listener's error");
+}
+
+/* The fast path of a message whose listener is one function. It runs in a runner (sched.runner: a
+ * pooled coroutine whose loop calls it unprotected, so LuaJIT can compile the listener into that loop)
+ * resumed from here, with no Lua dispatcher, spawn or pcall between. The runner yields RAN when the
+ * listener returned and is kept for the next message; one that waits is the scheduler's from then on;
+ * one that fails is dead, its error reported with its traceback (as sched.spawn would). 0, or -1 when
  * the fast path is off or the listener is a table (nothing was run). */
 static int message_fast(lua_State *L, int ref, const char *p, size_t n, int binary) {
-  if (bws.runner_ref == LUA_NOREF || bws.report_ref == LUA_NOREF) return -1;
+  if (bws.runner_ref == LUA_NOREF || bws.failed_ref == LUA_NOREF) return -1;
   int co_ref;
   lua_State *co = runner_get(L, &co_ref);
   if (co == NULL) return -1;
-  lua_rawgeti(co, LUA_REGISTRYINDEX, ref); /* (a new one has body below: resumed, it starts there) */
+  lua_rawgeti(co, LUA_REGISTRYINDEX, ref); /* (a new one has its loop below: resumed, it starts there) */
   if (!lua_isfunction(co, -1)) { /* a table of listeners: the dispatcher's */
     lua_pop(co, 1);
     runner_put(co, co_ref);
@@ -420,15 +431,13 @@ static int message_fast(lua_State *L, int ref, const char *p, size_t n, int bina
   }
   lua_pushlstring(co, p, n);
   lua_rawgeti(co, LUA_REGISTRYINDEX, bws.kind_ref[binary != 0]);
-  lua_pushnil(co);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, bws.report_ref);
-  int st = lua_resume(co, 5);
-  if (st == LUA_YIELD && lua_gettop(co) == 1 && lua_topointer(co, 1) == bws.done && bws.nidle < RUNNERS_MAX) {
+  int st = lua_resume(co, 3);
+  if (st == LUA_YIELD && lua_gettop(co) == 1 && lua_topointer(co, 1) == bws.ran && bws.nidle < RUNNERS_MAX) {
     lua_settop(co, 0);
     runner_put(co, co_ref);
     return 0;
   }
-  if (st != LUA_YIELD) mf_log("websocket: internal error in a message coroutine: %s", lua_isstring(co, -1) ? lua_tostring(co, -1) : "?");
+  if (st != LUA_YIELD) runner_failed(L, co, co_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, co_ref); /* waiting: the scheduler holds it (or nobody, as for spawn) */
   return 0;
 }
