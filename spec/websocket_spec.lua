@@ -195,6 +195,12 @@ describe("websocket", function()
       srv:wait_log("error in websocket 'message' callback: .*boom after a send")
     end)
 
+    it("runs two message listeners on each message, in the order they were added", function()
+      local c = open("/two")
+      c:send(frame(TEXT, "a") .. frame(TEXT, "b"))
+      assert.are.equal("1:a,2:a,1:b,2:b", replies(c, 4))
+    end)
+
     it("logs a listener that raises after it waited, and the next messages are heard as before", function()
       local c = open("/burst")
       c:send(frame(TEXT, "wait+boom") .. frame(TEXT, "p"))
