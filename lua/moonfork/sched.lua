@@ -85,12 +85,52 @@ local function body(fn, a, b, c, on_error)
   end
 end
 
+-- Runners: coroutines for a caller in C that resumes them itself, one function after another
+-- (bind_ws.c: a WebSocket's messages). fn(a, b) runs unprotected: an xpcall frame under the listener
+-- keeps LuaJIT from compiling it with its caller ("NYI: return to lower frame"). So an error ends the
+-- runner, and whoever resumed it reports it with runner_failed: C when it came back there, park() when
+-- it had waited. A runner yields RAN when fn has returned (C keeps it for the next); one that waited
+-- yields RAN to the scheduler, which drops it (it is not pooled for spawn).
+local RAN = {}
+local runner_report = setmetatable({}, weak) -- a runner -> its on_error(trace)
+
+local function run_loop(fn, a, b)
+  local me = running()
+  while true do
+    fn(a, b)
+    if adopted[me] then release(me) end
+    fn, a, b = yield(RAN)
+  end
+end
+
+-- A new runner whose failures go to on_error(trace).
+function _M.runner(on_error)
+  local co = create(run_loop)
+  ours[co] = true
+  runner_report[co] = on_error
+  return co
+end
+_M.RAN = RAN
+
+-- Runner co ended with err: on_error gets it with the traceback; what its function adopted is closed.
+local function runner_failed(co, err)
+  local report = runner_report[co]
+  runner_report[co] = nil
+  local trace = traceback(co, message(err))
+  if adopted[co] then release(co) end
+  local ok, err2 = xpcall(report or log, handler, trace)
+  if not ok then log("error in an error handler: " .. tostring(err2)) end
+end
+_M.runner_failed = runner_failed
+
 local function park(co, ok, r)
   if ok then
     if r == DONE and npool < POOL_MAX then
       npool = npool + 1
       pool[npool] = co
     end
+  elseif runner_report[co] then
+    runner_failed(co, r)
   else
     log("internal error in a coroutine: " .. tostring(r))
   end

@@ -305,7 +305,11 @@ local function on_drain(l)
 end
 
 if cws.on then
-  cws.on { message = on_message, close = on_close, drain = on_drain }
+  -- runner, ran and failed: a listener that is a function runs in a runner (sched.runner) that C
+  -- resumes itself (server/bind_ws.c, message_fast), without on_message and spawn
+  local runner, failed = sched.runner, sched.runner_failed
+  cws.on { message = on_message, close = on_close, drain = on_drain,
+           runner = function() return runner(report_message) end, ran = sched.RAN, failed = failed }
   -- publishes from the other workers come over the mesh as envelopes (deliver: nil when not one)
   require("moonfork.mesh").internal(function(msg) return deliver(msg) ~= nil end)
 end
