@@ -40,12 +40,22 @@ typedef struct {
   char str[];         /* the protocol, then the origin */
 } ws_ud_t;
 
+#define RUNNERS_MAX 8 /* idle coroutines kept for messages (one is enough unless listeners nest) */
+
 static struct {
   int mt_ref;            /* the userdata's metatable, compared by identity */
   const void *mt;        /* the same, as a pointer: ud_check compares it without a registry lookup */
   int reasons_ref;       /* closed userdata (light) -> the close reason, while the userdata lives */
   int cb[CB_COUNT];      /* the Lua half's dispatchers: fn(listener, ...) */
-} bws = {LUA_NOREF, NULL, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF}};
+  /* the message fast path (see on_message): sched.runner, its DONE, the 'message' error reporter,
+   * the strings "text" and "binary", and the idle coroutines with their registry refs */
+  int runner_ref, done_ref, report_ref, kind_ref[2];
+  const void *done;
+  lua_State *idle[RUNNERS_MAX];
+  int idle_ref[RUNNERS_MAX];
+  int nidle;
+} bws = {LUA_NOREF, NULL, LUA_NOREF, {LUA_NOREF, LUA_NOREF, LUA_NOREF},
+         LUA_NOREF, LUA_NOREF, LUA_NOREF, {LUA_NOREF, LUA_NOREF}, NULL, {NULL}, {0}, 0};
 
 static ws_ud_t *ud_check(lua_State *L, int idx) {
   ws_ud_t *u = lua_touserdata(L, idx);
@@ -58,7 +68,16 @@ static ws_ud_t *ud_check(lua_State *L, int idx) {
   return NULL;
 }
 
-/* ws.on{ message = fn(listener, data, binary), close = fn(listener, code, reason), drain = fn(listener) } */
+/* Replaces *ref with a ref to the value of field k of the table at 1 (nil: LUA_NOREF). */
+static void field_ref(lua_State *L, const char *k, int *ref) {
+  lua_getfield(L, 1, k);
+  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF) : luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* ws.on{ message = fn(listener, data, binary), close = fn(listener, code, reason), drain = fn(listener),
+ *        runner = sched.runner, done = sched.DONE, message_error = fn(trace, data, kind) }
+ * The last three (optional) turn on the fast path for a listener that is a function (on_message). */
 static int ws_on(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   for (int i = 0; i < CB_COUNT; i++) {
@@ -67,6 +86,17 @@ static int ws_on(lua_State *L) {
     luaL_unref(L, LUA_REGISTRYINDEX, bws.cb[i]);
     bws.cb[i] = luaL_ref(L, LUA_REGISTRYINDEX);
   }
+  field_ref(L, "runner", &bws.runner_ref);
+  field_ref(L, "message_error", &bws.report_ref);
+  lua_getfield(L, 1, "done");
+  bws.done = lua_topointer(L, -1);
+  field_ref(L, "done", &bws.done_ref); /* (held: the pointer stays that table's) */
+  static const char *const kinds[2] = {"text", "binary"};
+  for (int i = 0; i < 2; i++)
+    if (bws.kind_ref[i] == LUA_NOREF) {
+      lua_pushstring(L, kinds[i]);
+      bws.kind_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
   return 0;
 }
 
@@ -347,13 +377,70 @@ static void dispatch(lua_State *L, int i, int ref, int nargs, const char *what) 
   luastate_pcall(L, nargs + 1, 0, what);
 }
 
-/* The hot path (every message): the dispatcher and its arguments pushed in order, and a plain pcall.
- * The listener itself runs under xpcall with a traceback in its own coroutine (sched.spawn); this one
- * only guards the dispatcher, which does not fail but when out of memory. */
+/* An idle message coroutine (sched.runner's), or NULL when none could be made; *ref is its registry
+ * ref, the caller's until it goes back (runner_put) or to the scheduler (luaL_unref). */
+static lua_State *runner_get(lua_State *L, int *ref) {
+  if (bws.nidle > 0) {
+    bws.nidle--;
+    *ref = bws.idle_ref[bws.nidle];
+    return bws.idle[bws.nidle];
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, bws.runner_ref);
+  if (lua_pcall(L, 0, 1, 0) != 0 || !lua_isthread(L, -1)) {
+    mf_log("websocket: no coroutine for a message: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+    return NULL;
+  }
+  lua_State *co = lua_tothread(L, -1);
+  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return co;
+}
+
+/* Keeps an idle coroutine for the next message (there is room: one was taken before). */
+static void runner_put(lua_State *co, int ref) {
+  bws.idle[bws.nidle] = co;
+  bws.idle_ref[bws.nidle++] = ref;
+}
+
+/* The fast path of a message whose listener is one function: it runs in a pooled coroutine (as
+ * sched.spawn would run it: under xpcall, errors to the reporter, free to wait) resumed from here, with
+ * no Lua dispatcher, spawn or pcall between. The coroutine comes back with DONE when the listener
+ * returned (kept for the next message); one that waits is the scheduler's from then on. 0, or -1 when
+ * the fast path is off or the listener is a table (nothing was run). */
+static int message_fast(lua_State *L, int ref, const char *p, size_t n, int binary) {
+  if (bws.runner_ref == LUA_NOREF || bws.report_ref == LUA_NOREF) return -1;
+  int co_ref;
+  lua_State *co = runner_get(L, &co_ref);
+  if (co == NULL) return -1;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, ref); /* (a new one has body below: resumed, it starts there) */
+  if (!lua_isfunction(co, -1)) { /* a table of listeners: the dispatcher's */
+    lua_pop(co, 1);
+    runner_put(co, co_ref);
+    return -1;
+  }
+  lua_pushlstring(co, p, n);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, bws.kind_ref[binary != 0]);
+  lua_pushnil(co);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, bws.report_ref);
+  int st = lua_resume(co, 5);
+  if (st == LUA_YIELD && lua_gettop(co) == 1 && lua_topointer(co, 1) == bws.done && bws.nidle < RUNNERS_MAX) {
+    lua_settop(co, 0);
+    runner_put(co, co_ref);
+    return 0;
+  }
+  if (st != LUA_YIELD) mf_log("websocket: internal error in a message coroutine: %s", lua_isstring(co, -1) ? lua_tostring(co, -1) : "?");
+  luaL_unref(L, LUA_REGISTRYINDEX, co_ref); /* waiting: the scheduler holds it (or nobody, as for spawn) */
+  return 0;
+}
+
+/* The hot path (every message). A listener that is a function runs by message_fast; a table of them
+ * goes through the Lua half's dispatcher, under a plain pcall that only guards the dispatcher (each
+ * listener runs under xpcall in its own coroutine: sched.spawn). */
 static void on_message(void *data, ws_conn_t *c, const char *p, size_t n, int binary) {
   lua_State *L = data;
   int ref = ws_conn_refs(c)[CB_MESSAGE];
   if (ref == LUA_NOREF || bws.cb[CB_MESSAGE] == LUA_NOREF) return;
+  if (message_fast(L, ref, p, n, binary) == 0) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, bws.cb[CB_MESSAGE]);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
   lua_pushlstring(L, p, n);

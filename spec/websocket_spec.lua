@@ -158,6 +158,55 @@ describe("websocket", function()
     end)
   end)
 
+  describe("listeners", function()
+    local function replies(c, n)
+      local got = {}
+      for i = 1, n do got[i] = assert(read_frame(c)).payload end
+      return table.concat(got, ",")
+    end
+
+    it("hears a pipelined burst in order while some listeners wait, and each of them answers", function()
+      local c = open("/burst")
+      c:send(frame(TEXT, "wait:40") .. frame(TEXT, "a") .. frame(TEXT, "wait:10") .. frame(TEXT, "b") .. frame(TEXT, "c"))
+      -- the listeners that do not wait answer at once, those that wait when they wake, shortest first
+      assert.are.equal("a,b,c,waited:10,waited:40", replies(c, 5))
+      assert.are.equal("wait:40,a,wait:10,b,c", events().burst)
+      c:send(frame(TEXT, "after"))
+      assert.are.equal("after", assert(read_frame(c)).payload)
+    end)
+
+    it("logs a listener that raises, answers the messages around it, and keeps the connection open", function()
+      local other = open("/burst")
+      local c = open("/burst")
+      c:send(frame(TEXT, "a") .. frame(TEXT, "boom") .. frame(TEXT, "b"))
+      assert.are.equal("a,b", replies(c, 2))
+      srv:wait_log("error in websocket 'message' callback: .*boom in a listener")
+      c:send(frame(TEXT, "still open"))
+      assert.are.equal("still open", assert(read_frame(c)).payload)
+      other:send(frame(TEXT, "other"))
+      assert.are.equal("other", assert(read_frame(other)).payload)
+      assert.are.equal(2, events().open)
+    end)
+
+    it("sends what a listener sent before it raised, with the answers gathered from the same read", function()
+      local c = open("/burst")
+      c:send(frame(TEXT, "x") .. frame(TEXT, "send+boom") .. frame(TEXT, "y"))
+      assert.are.equal("x,sent,y", replies(c, 3))
+      srv:wait_log("error in websocket 'message' callback: .*boom after a send")
+    end)
+
+    it("logs a listener that raises after it waited, and the next messages are heard as before", function()
+      local c = open("/burst")
+      c:send(frame(TEXT, "wait+boom") .. frame(TEXT, "p"))
+      assert.are.equal("p", assert(read_frame(c)).payload)
+      srv:wait_log("error in websocket 'message' callback: .*boom after a wait")
+      for i = 1, 20 do c:send(frame(TEXT, "q" .. i)) end
+      local want = {}
+      for i = 1, 20 do want[i] = "q" .. i end
+      assert.are.equal(table.concat(want, ","), replies(c, 20))
+    end)
+  end)
+
   describe("backpressure and misuse", function()
     it("returns false from ws:send over the high-water mark, then emits drain once the client reads", function()
       local c = open("/flood")

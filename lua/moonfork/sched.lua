@@ -112,6 +112,16 @@ function _M.spawn(fn, on_error, a, b, c)
   return co
 end
 
+-- For a caller in C that resumes pooled coroutines itself (bind_ws.c, a WebSocket's messages): a new
+-- one, resumed with (fn, a, b, c, on_error) as spawn does; it yields DONE once fn has returned (ready
+-- for the next), or waits like any other (the scheduler then owns it, and pools it when it is done).
+function _M.runner()
+  local co = create(body)
+  ours[co] = true
+  return co
+end
+_M.DONE = DONE
+
 ---------------------------------------------------------------------------------------------------
 -- deadlines: one C timer for every timed wait and every after() of the worker
 --

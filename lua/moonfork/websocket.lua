@@ -305,7 +305,10 @@ local function on_drain(l)
 end
 
 if cws.on then
-  cws.on { message = on_message, close = on_close, drain = on_drain }
+  -- runner, done and message_error: a listener that is a function runs in a pooled coroutine that C
+  -- resumes itself (server/bind_ws.c, message_fast), as spawn would run it, without on_message
+  cws.on { message = on_message, close = on_close, drain = on_drain,
+           runner = sched.runner, done = sched.DONE, message_error = report_message }
   -- publishes from the other workers come over the mesh as envelopes (deliver: nil when not one)
   require("moonfork.mesh").internal(function(msg) return deliver(msg) ~= nil end)
 end
