@@ -27,7 +27,7 @@ for (const r of rows) {
   if (r.fds_per_worker) console.log(`${r.label}: open files per worker ${r.fds_per_worker}; POST round trip p50 ` +
     `${r.post_p50_ms} p99 ${r.post_p99_ms} ms; load average ${r.loadavg_before} -> ${r.loadavg_after}`);
 }
-const mf = by.moonfork || by['moonfork-ws'], verdict = (ok) => (ok ? 'met' : 'NOT met');
+const mf = by.moonfork || by['moonfork-ws'] || by['moonfork-wschan'], verdict = (ok) => (ok ? 'met' : 'NOT met');
 const ok = (r) => r && !r.error;
 const clean = (r) => r && !r.error && !r.lost && !r.repeats && !r.skipped && r.connected === r.clients;
 if (mf) {
