@@ -21,8 +21,10 @@
  * resumes from the last message it saw, as the chat does after a reload.
  *
  * Members leave when their connection closes (ws_conn.c's conn_tell calls ws_chan_leave_all), or at
- * once when closed as too slow, and an empty channel is freed. A connection that closes during a publish (its write failed, and its "close"
- * listener runs then and may publish or subscribe) leaves a hole in the member array, filled after. */
+ * once when closed as too slow, and an empty channel is freed. A connection that closes during a
+ * publish (its write failed, and its "close" listener runs then and may publish or subscribe) leaves a
+ * hole in the member array, filled after; what that listener publishes to the same channel is written
+ * after the message under way (chan_later), so every member gets a channel's messages in one order. */
 #include "ws_chan.h"
 
 #include <stdlib.h>
@@ -35,6 +37,7 @@
 
 typedef struct ws_chan_s ws_chan_t;
 typedef struct ws_member_s ws_member_t;
+typedef struct ws_later_s ws_later_t;
 
 struct ws_member_s {
   ws_chan_t *chan;
@@ -43,11 +46,21 @@ struct ws_member_s {
   size_t idx;        /* its place in chan->members */
 };
 
+/* A message published to a channel while it was being published to (by a close listener): a copy,
+ * written to the members once the publish under way is done. */
+struct ws_later_s {
+  ws_later_t *next;
+  int opcode;
+  size_t len;
+  char data[];
+};
+
 struct ws_chan_s {
   ws_chan_t *next;   /* in its hash bucket */
   ws_member_t **members;
   size_t n, cap;
-  unsigned busy;     /* publishes under way (a close listener may publish again) */
+  unsigned busy;     /* a publish is under way (a close listener may publish again: see later) */
+  ws_later_t *later, **later_tail; /* what was published meanwhile, in order */
   unsigned holes;
   uint32_t rot;      /* where the next publish starts writing: moves on by the golden ratio each time */
   uint32_t hash;
@@ -100,6 +113,7 @@ static ws_chan_t *chan_new(const char *name, size_t n, uint32_t h) {
   memcpy(ch->name, name, n);
   ch->nlen = n;
   ch->hash = h;
+  ch->later_tail = &ch->later;
   ws_chan_t **b = bucket_of(h);
   ch->next = *b;
   *b = ch;
@@ -261,24 +275,50 @@ static void publish_done(publish_t *pub, const char *stack) {
  * written last (a fan-out to 500 sockets takes milliseconds: the last would always wait the longest),
  * and over any few messages every member's turn falls early as often as late. Each member still gets
  * each message once: the publish visits every index below count exactly once. */
-size_t ws_chan_publish(const char *name, size_t n, int opcode, const char *p, size_t len) {
-  ws_chan_t *ch = chan_find(name, n, name_hash(name, n));
-  if (ch == NULL) return 0;
+static size_t chan_write(ws_chan_t *ch, int opcode, const char *p, size_t len) {
   publish_t pub;
   char stack[WS_CHAN_FRAME_STACK];
   if (publish_init(&pub, opcode, p, len, stack) != 0) return 0;
   size_t sent = 0, count = ch->n; /* (members who join meanwhile wait for the next message) */
   size_t start = count ? (size_t)(((uint64_t)ch->rot * count) >> 32) : 0;
   ch->rot += 0x9E3779B9u;
-  ch->busy++;
   for (size_t j = 0, i = start; j < count; j++, i = i + 1 == count ? 0 : i + 1) {
     ws_conn_t *c = ch->members[i]->conn;
     if (c) sent += (size_t)member_send(c, &pub);
   }
   publish_done(&pub, stack);
-  if (--ch->busy == 0) {
-    if (ch->holes) chan_compact(ch);
-    else chan_free_if_empty(ch);
+  return sent;
+}
+
+/* A publish to a channel that is being published to: a member's write failed and its close listener
+ * published again. Written at once, it would reach the members not written yet before the message
+ * under way: it is kept and written after it. Returns the members it is for. */
+static size_t chan_later(ws_chan_t *ch, int opcode, const char *p, size_t len) {
+  ws_later_t *l = malloc(sizeof *l + len);
+  if (l == NULL) return 0;
+  l->next = NULL;
+  l->opcode = opcode;
+  l->len = len;
+  if (len) memcpy(l->data, p, len);
+  *ch->later_tail = l;
+  ch->later_tail = &l->next;
+  return ch->n - ch->holes;
+}
+
+size_t ws_chan_publish(const char *name, size_t n, int opcode, const char *p, size_t len) {
+  ws_chan_t *ch = chan_find(name, n, name_hash(name, n));
+  if (ch == NULL) return 0;
+  if (ch->busy) return chan_later(ch, opcode, p, len);
+  ch->busy = 1;
+  size_t sent = chan_write(ch, opcode, p, len);
+  while (ch->later) {
+    ws_later_t *l = ch->later;
+    if ((ch->later = l->next) == NULL) ch->later_tail = &ch->later;
+    chan_write(ch, l->opcode, l->data, l->len);
+    free(l);
   }
+  ch->busy = 0;
+  if (ch->holes) chan_compact(ch);
+  else chan_free_if_empty(ch);
   return sent;
 }

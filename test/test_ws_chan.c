@@ -10,8 +10,11 @@
 #include "../server/ws_frame.h"
 #include "test.h"
 
+#define S(x) x, sizeof x - 1
+
 static int closes;
 static ws_conn_t *closed[64]; /* in the order they were told */
+static int publish_on_close;  /* test_nested: a close listener that publishes "B" to "nest" */
 
 static void on_message(void *d, ws_conn_t *c, const char *p, size_t n, int b) { (void)d, (void)c, (void)p, (void)n, (void)b; }
 static void on_close(void *d, ws_conn_t *c, unsigned code, const char *r, size_t n) {
@@ -19,6 +22,7 @@ static void on_close(void *d, ws_conn_t *c, unsigned code, const char *r, size_t
   CHECK(code == WS_CLOSE_ABNORMAL);
   if (closes < 64) closed[closes] = c;
   closes++;
+  if (publish_on_close) ws_chan_publish(S("nest"), WS_OP_TEXT, S("B"));
 }
 static void on_drain(void *d, ws_conn_t *c) { (void)d, (void)c; }
 static const ws_callbacks_t cbs = {on_message, on_close, on_drain};
@@ -30,7 +34,6 @@ static ws_conn_t *conn(void) {
   return c;
 }
 
-#define S(x) x, sizeof x - 1
 
 static void test_join_leave(void) {
   ws_conn_t *a = conn(), *b = conn(), *c = conn();
@@ -130,6 +133,39 @@ static void test_rotation(void) {
   CHECK(ws_chan_count(S("rot")) == 0);
 }
 
+/* A connection on a live socket: *peer is the other end, to read what it was sent. */
+static ws_conn_t *live_conn(int *peer) {
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  *peer = sv[1];
+  ws_conn_t *c = conn();
+  ws_conn_open(c, sv[0], "", 0);
+  return c;
+}
+
+/* A close listener that publishes to the channel being published to (a chat's "X left"): its message
+ * comes after the one being written, for every member, also those not written yet when it closed. */
+static void test_nested(void) {
+  int p1, p2;
+  ws_conn_t *a = live_conn(&p1), *dead = dead_conn(), *b = live_conn(&p2);
+  CHECK(ws_chan_join(a, S("nest")) == 1 && ws_chan_join(dead, S("nest")) == 1 && ws_chan_join(b, S("nest")) == 1);
+  closes = 0;
+  publish_on_close = 1;
+  ws_chan_publish(S("nest"), WS_OP_TEXT, S("A")); /* a new channel starts at its first member: a, dead, b */
+  publish_on_close = 0;
+  CHECK(closes == 1);
+  char buf[16];
+  CHECK(read(p1, buf, sizeof buf) == 6 && buf[2] == 'A' && buf[5] == 'B');
+  CHECK(read(p2, buf, sizeof buf) == 6 && buf[2] == 'A' && buf[5] == 'B');
+  close(p1); /* a and b read the end and close */
+  close(p2);
+  for (int i = 0; i < 100 && closes < 3; i++) uv_run(uv_default_loop(), UV_RUN_NOWAIT);
+  CHECK(closes == 3);
+  CHECK(ws_chan_count(S("nest")) == 0);
+  uv_run(uv_default_loop(), UV_RUN_NOWAIT);
+  (void)a, (void)b;
+}
+
 static void test_envelope(void) {
   uint8_t head[WS_ENVELOPE_HEAD];
   char msg[64];
@@ -159,6 +195,7 @@ int main(void) {
   test_join_leave();
   test_many();
   test_rotation();
+  test_nested();
   test_envelope();
   TEST_DONE();
 }
