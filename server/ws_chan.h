@@ -15,8 +15,10 @@ int ws_chan_leave(ws_conn_t *c, const char *name, size_t n);
 /* c leaves every channel (it closes: ws_conn.c calls this before telling the binding). */
 void ws_chan_leave_all(ws_conn_t *c);
 /* Sends one message (WS_OP_TEXT or WS_OP_BINARY) to every member of the channel in this worker, the
- * frame made once (see ws_chan.c). A member whose send queue is over WS_HIGH_WATER is closed with 1008
- * instead. Returns how many members it was written to. */
+ * frame made once, in an order that rotates from one message to the next (see ws_chan.c). A member
+ * whose send queue is over WS_HIGH_WATER is closed with 1008 instead. Returns how many members it was
+ * written to. Called during a publish to the same channel (from a close listener), it copies the
+ * message and writes it after the one under way; it returns the members it is for. */
 size_t ws_chan_publish(const char *name, size_t n, int opcode, const char *p, size_t len);
 /* Members of the channel in this worker. */
 size_t ws_chan_count(const char *name, size_t n);

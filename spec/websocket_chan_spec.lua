@@ -123,6 +123,36 @@ describe("websocket channels", function()
       assert.are.equal(s[1], s[2])
       assert.are.equal(o1.payload, s[1]) -- the first message: no context yet either way
     end)
+    it("gives every member, in both workers, every message once and in order while the write order rotates", function()
+      local srv = helpers.start("ws_chan_app", { "--workers", "2" })
+      local subs = {}
+      for i = 1, 12 do subs[i] = upgrade_on(helpers.conn_on(srv, i % 2 + 1, "/probe"), "/sub?ch=order") end
+      local pub1 = upgrade_on(helpers.conn_on(srv, 1, "/probe"), "/sub?ch=none")
+      local pub2 = upgrade_on(helpers.conn_on(srv, 2, "/probe"), "/sub?ch=none")
+      assert.are.equal(6, subscribers(srv, "order")) -- on the worker that answers; 6 on each
+      -- 40 messages from a WebSocket on worker 1, then 40 from one on worker 2, then 40 over HTTP
+      for k = 1, 40 do assert(pub1:send(frame(TEXT, "pub:order:" .. k))) end
+      for k = 41, 80 do assert(pub2:send(frame(TEXT, "pub:order:" .. k))) end
+      -- (each publisher's messages come in its order; wait for the first two series to arrive)
+      for i, c in ipairs(subs) do
+        local got1, got2 = {}, {}
+        while #got1 + #got2 < 80 do
+          local k = tonumber((assert(next_text(c))))
+          local t = k <= 40 and got1 or got2
+          t[#t + 1] = k
+        end
+        for j = 1, 40 do
+          assert.are.equal(j, got1[j], "subscriber " .. i)
+          assert.are.equal(40 + j, got2[j], "subscriber " .. i)
+        end
+      end
+      for k = 81, 120 do get_json(srv, "/publish?ch=order&m=" .. k) end
+      for i, c in ipairs(subs) do
+        for k = 81, 120 do assert.are.equal(tostring(k), next_text(c), "subscriber " .. i) end
+      end
+      get_json(srv, "/publish?ch=order&m=end") -- nothing extra came before it
+      for _, c in ipairs(subs) do assert.are.equal("end", next_text(c)) end
+    end)
   end)
 
   describe("membership", function()

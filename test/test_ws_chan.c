@@ -3,18 +3,26 @@
  * publish counts the members it wrote to; a closed connection leaves every channel; many channels
  * grow the table. And the envelope a publish crosses the mesh in (ws_frame.c). */
 #include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "../server/ws_chan.h"
 #include "../server/ws_frame.h"
 #include "test.h"
 
+#define S(x) x, sizeof x - 1
+
 static int closes;
+static ws_conn_t *closed[64]; /* in the order they were told */
+static int publish_on_close;  /* test_nested: a close listener that publishes "B" to "nest" */
 
 static void on_message(void *d, ws_conn_t *c, const char *p, size_t n, int b) { (void)d, (void)c, (void)p, (void)n, (void)b; }
 static void on_close(void *d, ws_conn_t *c, unsigned code, const char *r, size_t n) {
   (void)d, (void)c, (void)r, (void)n;
   CHECK(code == WS_CLOSE_ABNORMAL);
+  if (closes < 64) closed[closes] = c;
   closes++;
+  if (publish_on_close) ws_chan_publish(S("nest"), WS_OP_TEXT, S("B"));
 }
 static void on_drain(void *d, ws_conn_t *c) { (void)d, (void)c; }
 static const ws_callbacks_t cbs = {on_message, on_close, on_drain};
@@ -26,7 +34,6 @@ static ws_conn_t *conn(void) {
   return c;
 }
 
-#define S(x) x, sizeof x - 1
 
 static void test_join_leave(void) {
   ws_conn_t *a = conn(), *b = conn(), *c = conn();
@@ -78,6 +85,87 @@ static void test_many(void) {
   CHECK(ws_chan_count(S("ch-500")) == 0);
 }
 
+/* A connection on a socket whose other end is closed: its first write fails and it is told 1006 at
+ * once, in the middle of the publish, so the order of the close callbacks is the order of the writes. */
+static ws_conn_t *dead_conn(void) {
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  close(sv[1]);
+  ws_conn_t *c = conn();
+  ws_conn_open(c, sv[0], "", 0);
+  return c;
+}
+
+/* The write order rotates from one publish to the next, and a publish still writes every member once.
+ * A member with no socket yet (what it is sent is kept for it) holds the channel open between rounds;
+ * each round adds N members whose writes fail, and their close callbacks give the order. */
+static void test_rotation(void) {
+  enum { N = 8 };
+  ws_conn_t *keep = conn();
+  CHECK(ws_chan_join(keep, S("rot")) == 1);
+  size_t firsts[3];
+  for (int round = 0; round < 3; round++) {
+    ws_conn_t *m[N];
+    for (int i = 0; i < N; i++) {
+      m[i] = dead_conn();
+      CHECK(ws_chan_join(m[i], S("rot")) == 1);
+    }
+    closes = 0;
+    CHECK(ws_chan_publish(S("rot"), WS_OP_TEXT, S("x")) == 1); /* only keep's write succeeds */
+    CHECK(closes == N);
+    CHECK(ws_chan_count(S("rot")) == 1);
+    /* every dead member told once, in join order from some member on, wrapping round */
+    size_t first = N;
+    for (size_t i = 0; i < N; i++)
+      if (m[i] == closed[0]) first = i;
+    CHECK(first < N);
+    int cyclic = 1;
+    for (size_t k = 0; k < N; k++) cyclic &= closed[k] == m[(first + k) % N];
+    CHECK(cyclic);
+    firsts[round] = first;
+    uv_run(uv_default_loop(), UV_RUN_NOWAIT); /* their close callbacks free them */
+  }
+  /* keep joined first and was written first in round 0 (its place 0, then the members in order);
+   * later rounds started further on */
+  CHECK(firsts[0] == 0);
+  CHECK(firsts[1] != 0 || firsts[2] != 0);
+  ws_conn_open(keep, -1, "", 0);
+  CHECK(ws_chan_count(S("rot")) == 0);
+}
+
+/* A connection on a live socket: *peer is the other end, to read what it was sent. */
+static ws_conn_t *live_conn(int *peer) {
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  *peer = sv[1];
+  ws_conn_t *c = conn();
+  ws_conn_open(c, sv[0], "", 0);
+  return c;
+}
+
+/* A close listener that publishes to the channel being published to (a chat's "X left"): its message
+ * comes after the one being written, for every member, also those not written yet when it closed. */
+static void test_nested(void) {
+  int p1, p2;
+  ws_conn_t *a = live_conn(&p1), *dead = dead_conn(), *b = live_conn(&p2);
+  CHECK(ws_chan_join(a, S("nest")) == 1 && ws_chan_join(dead, S("nest")) == 1 && ws_chan_join(b, S("nest")) == 1);
+  closes = 0;
+  publish_on_close = 1;
+  ws_chan_publish(S("nest"), WS_OP_TEXT, S("A")); /* a new channel starts at its first member: a, dead, b */
+  publish_on_close = 0;
+  CHECK(closes == 1);
+  char buf[16];
+  CHECK(read(p1, buf, sizeof buf) == 6 && buf[2] == 'A' && buf[5] == 'B');
+  CHECK(read(p2, buf, sizeof buf) == 6 && buf[2] == 'A' && buf[5] == 'B');
+  close(p1); /* a and b read the end and close */
+  close(p2);
+  for (int i = 0; i < 100 && closes < 3; i++) uv_run(uv_default_loop(), UV_RUN_NOWAIT);
+  CHECK(closes == 3);
+  CHECK(ws_chan_count(S("nest")) == 0);
+  uv_run(uv_default_loop(), UV_RUN_NOWAIT);
+  (void)a, (void)b;
+}
+
 static void test_envelope(void) {
   uint8_t head[WS_ENVELOPE_HEAD];
   char msg[64];
@@ -106,6 +194,8 @@ int main(void) {
   ws_init(uv_default_loop(), &cbs, NULL);
   test_join_leave();
   test_many();
+  test_rotation();
+  test_nested();
   test_envelope();
   TEST_DONE();
 }

@@ -96,6 +96,8 @@ start_server() { # start_server NAME PORT LOG: starts it, waits until it takes c
                  "${more[@]}" examples/chat/server.lua) >"$log" 2>&1 & ;;
     moonfork-ws) (cd "$repo" && exec "$MOONFORK_BIN" --port "$port" --workers "$workers" --max-connections 19500 \
                  "${more[@]}" bench/crowd/ws_chat.lua) >"$log" 2>&1 & ;;
+    moonfork-wschan) (cd "$repo" && CROWD_WS_FANOUT=chan exec "$MOONFORK_BIN" --port "$port" --workers "$workers" \
+                 --max-connections 19500 "${more[@]}" bench/crowd/ws_chat.lua) >"$log" 2>&1 & ;;
     nchan) "$repo/bench/crowd/nchan-conf" "$out/nchan" "$port" "$workers" "$reuseport" || return 1
            (exec nginx -p "$out/nchan" -c "$out/nchan/nginx.conf") >"$log" 2>&1 & ;;
     node) (PORT=$port WORKERS=$workers exec node "$repo/bench/node-chat/server.js") >"$log" 2>&1 & ;;
@@ -169,7 +171,8 @@ wait_holders() { # until every client process has exited (all messages in), at m
 run_one() { # run_one CONTESTANT: one server, the crowd, the posts; one line in $results
   local t=$1 port p n left mark sl0 sl1 alive rss0 rss1 rss2 sk0 sk1 sk2 ss1 c0 c1 fds load post json lats=()
   case "$t" in moonfork) port=$port_base ;; nchan) port=$((port_base + 1)) ;; node) port=$((port_base + 2)) ;;
-    moonfork-noslice) port=$((port_base + 3)) ;; moonfork-ws) port=$((port_base + 4)) ;; esac
+    moonfork-noslice) port=$((port_base + 3)) ;; moonfork-ws) port=$((port_base + 4)) ;;
+    moonfork-wschan) port=$((port_base + 5)) ;; esac
   load=$(cut -d' ' -f1 /proc/loadavg)
   start_server "$t" "$port" "$out/$t.log" || {
     echo "{\"label\":\"$t\",\"error\":\"did not start\"}" >>"$results"; return 1; }

@@ -27,17 +27,18 @@ for (const r of rows) {
   if (r.fds_per_worker) console.log(`${r.label}: open files per worker ${r.fds_per_worker}; POST round trip p50 ` +
     `${r.post_p50_ms} p99 ${r.post_p99_ms} ms; load average ${r.loadavg_before} -> ${r.loadavg_after}`);
 }
-const mf = by.moonfork || by['moonfork-ws'], verdict = (ok) => (ok ? 'met' : 'NOT met');
+const verdict = (ok) => (ok ? 'met' : 'NOT met');
 const ok = (r) => r && !r.error;
 const clean = (r) => r && !r.error && !r.lost && !r.repeats && !r.skipped && r.connected === r.clients;
-if (mf) {
+// the goals, for each moonfork contestant of the run
+for (const mf of ['moonfork', 'moonfork-ws', 'moonfork-wschan'].map((l) => by[l]).filter(Boolean)) {
   console.log('');
   console.log(`${mf.label}: every client got every message once, in order: ${verdict(clean(mf))}`);
   if (ok(by.nchan)) {
-    console.log(`memory per connection <= nchan's: ${mf.user_kb_per_conn} vs ${by.nchan.user_kb_per_conn} KB  ` +
+    console.log(`${mf.label}: memory per connection <= nchan's: ${mf.user_kb_per_conn} vs ${by.nchan.user_kb_per_conn} KB  ` +
       verdict(mf.user_kb_per_conn <= by.nchan.user_kb_per_conn));
-    console.log(`p99 <= nchan's: ${mf.p99_ms} vs ${by.nchan.p99_ms} ms  ${verdict(mf.p99_ms <= by.nchan.p99_ms)}`);
+    console.log(`${mf.label}: p99 <= nchan's: ${mf.p99_ms} vs ${by.nchan.p99_ms} ms  ${verdict(mf.p99_ms <= by.nchan.p99_ms)}`);
   }
-  if (ok(by.node)) console.log(`memory per connection <= 1/5 of Node's: ${mf.user_kb_per_conn} vs ${by.node.user_kb_per_conn} KB ` +
+  if (ok(by.node)) console.log(`${mf.label}: memory per connection <= 1/5 of Node's: ${mf.user_kb_per_conn} vs ${by.node.user_kb_per_conn} KB ` +
     `(${(mf.user_kb_per_conn / by.node.user_kb_per_conn).toFixed(2)}x)  ${verdict(mf.user_kb_per_conn * 5 <= by.node.user_kb_per_conn)}`);
 }

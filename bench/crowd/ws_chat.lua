@@ -3,6 +3,10 @@
 -- one global order over the workers' mesh); POST /messages {user,text} answers 201 {id} once the
 -- message is numbered; GET /events upgrades to a WebSocket that gets every later message as one text
 -- message, the JSON the SSE stream would carry. Nothing else: no history, presence or static files.
+-- CROWD_WS_FANOUT=chan (bench/crowd/run's moonfork-wschan): each socket joins channel "chat"
+-- (ws:subscribe) and the leader, which numbers every message, publishes each one once, in id order
+-- (websocket.publish): every worker writes it to its own members in C, in one loop turn, in an order
+-- that rotates per message. Otherwise the fan-out is the Lua loop below, in slices.
 local moonfork = require "moonfork"
 local cjson = require "cjson"
 
@@ -10,6 +14,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 package.path = here .. "/../../examples/chat/?.lua;" .. package.path
 local chatlog = require "chatlog"
 
+local CHAN = os.getenv("CROWD_WS_FANOUT") == "chan"
 local log
 local sockets = {} -- ws -> the last id it was sent, for every open one in this worker
 
@@ -28,6 +33,10 @@ local server = moonfork.http.createServer(function(req, res)
   if req.path ~= "/events" then return res:json({ error = "not found" }, 404) end
   local ws = moonfork.websocket.upgrade(req, res)
   if not ws then return end
+  if CHAN then
+    ws:subscribe("chat")
+    return
+  end
   sockets[ws] = log.last -- from the next message on
   ws:on("close", function() sockets[ws] = nil end)
 end)
@@ -67,7 +76,17 @@ local function pass()
   end
 end
 
+local published = 0 -- CHAN: the last id this worker has seen (published, when it leads)
+local function publish_new()
+  if log.leader == moonfork.id and log.last > published then
+    local list = log:after(published)
+    for i = 1, #list do moonfork.websocket.publish("chat", list[i].json) end
+  end
+  published = log.last
+end
+
 log:listen(function()
+  if CHAN then return publish_new() end
   if fanning then again = true return end
   fanning = true
   moonfork.setTimeout(0, function()

@@ -43,7 +43,8 @@
 enum { M_ECHO, M_FANOUT, M_CHAT };
 static int o_mode, o_port = 8080, o_conns = 100, o_size = 32, o_par = 200, o_want1001 = 0, o_inflight = 1;
 static double o_dur = 5, o_rate = 20, o_timeout = 60, o_drain = 2;
-static const char *o_host = "127.0.0.1", *o_path = "/echo", *o_pub = "/pub", *o_label = "";
+static const char *o_host = "127.0.0.1", *o_path = "/echo", *o_pub = "/pub", *o_label = "", *o_trace = NULL;
+static FILE *trace_f;     /* fanout --trace: one line per delivery, "message subscriber ms" */
 static struct sockaddr_in addr;
 static int ep;
 
@@ -191,9 +192,12 @@ static void on_message(conn_t *c, const char *d, size_t n) {
     send_echo(c);
   } else if (o_mode == M_FANOUT) {
     if (c->pub || n < 3 || memcmp(d, "t=", 2)) return;
-    int64_t t = strtoll(d + 2, NULL, 10);
+    char *e;
+    int64_t t = strtoll(d + 2, &e, 10);
     n_recv++;
     record_lat((float)((rx_ts - t) / 1e6));
+    if (trace_f) fprintf(trace_f, "%ld %ld %.3f\n", strncmp(e, " k=", 3) ? -1L : strtol(e + 3, NULL, 10),
+                         (long)(c - cs), (rx_ts - t) / 1e6);
   } else {
     const char *p = memmem(d, n, "\"id\":", 5);
     if (!p) return;
@@ -472,7 +476,8 @@ static int run_chat(void) {
 
 static void usage(void) {
   fprintf(stderr, "usage: wsload echo|fanout|chat [--host IP] [--port P] [--path P] [--pub-path P] [--conns N]\n"
-                  "       [--duration S] [--size B] [--rate R] [--timeout S] [--drain S] [--par N] [--inflight N] [--label L] [--want-1001]\n");
+                  "       [--duration S] [--size B] [--rate R] [--timeout S] [--drain S] [--par N] [--inflight N] [--label L] [--want-1001]\n"
+                  "       [--trace FILE]  (fanout: one line per delivery, \"message subscriber ms\", subscribers 0..C-1)\n");
 }
 
 int main(int argc, char **argv) {
@@ -500,6 +505,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--par")) o_par = atoi(v);
     else if (!strcmp(a, "--inflight")) o_inflight = atoi(v);
     else if (!strcmp(a, "--label")) o_label = v;
+    else if (!strcmp(a, "--trace")) o_trace = v;
     else { usage(); return 2; }
   }
   if (o_conns < 1 || o_dur <= 0 || o_rate <= 0 || o_size < 1 || o_par < 1 || o_inflight < 1) { usage(); return 2; }
@@ -526,6 +532,11 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
   }
   if (o_mode == M_ECHO) return run_echo();
-  if (o_mode == M_FANOUT) return run_fanout();
+  if (o_mode == M_FANOUT && o_trace && !(trace_f = fopen(o_trace, "w"))) die(o_trace);
+  if (o_mode == M_FANOUT) {
+    int r = run_fanout();
+    if (trace_f) fclose(trace_f);
+    return r;
+  }
   return run_chat();
 }
