@@ -67,6 +67,7 @@ typedef struct {
   long last, got, gaps, dups, closes1001, reconnects;
   int64_t due;                        /* S_IDLE: reconnect at this MONO() time */
   int opened;
+  int want_out;                       /* EPOLLOUT is in the epoll interest */
 } conn_t;
 
 static conn_t *cs;       /* o_conns clients, then the publisher (fanout) */
@@ -94,20 +95,26 @@ static void ep_mod(conn_t *c, int op, uint32_t ev) {
 
 static void conn_drop(conn_t *c, int code);
 
-/* Writes what is queued; keeps the rest and asks for EPOLLOUT. */
+/* Writes what is queued; keeps the rest and asks for EPOLLOUT. The epoll interest changes only when
+ * EPOLLOUT must be added or taken out, so a load generator costs no epoll_ctl per message. */
 static void conn_flush(conn_t *c) {
   while (c->outlen) {
     ssize_t n = write(c->fd, c->out, c->outlen);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) { ep_mod(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT | EPOLLRDHUP); return; }
+    if (n < 0 && errno == EAGAIN) {
+      if (!c->want_out) { ep_mod(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT | EPOLLRDHUP); c->want_out = 1; }
+      return;
+    }
     if (n < 0) { conn_drop(c, 1006); return; }
     memmove(c->out, c->out + n, c->outlen - (size_t)n);
     c->outlen -= (size_t)n;
   }
-  ep_mod(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLRDHUP);
+  if (c->want_out) { ep_mod(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLRDHUP); c->want_out = 0; }
 }
 
-/* Queues one masked frame (a client must mask, RFC 6455 5.3) and writes it. */
+/* Queues one masked frame (a client must mask, RFC 6455 5.3). It goes out at the next conn_flush: for
+ * a connection being read, once everything read has been parsed (one write for all its replies), as a
+ * server's writes would; elsewhere the caller flushes. */
 static void ws_send(conn_t *c, int op, const char *data, size_t len) {
   uint8_t h[14]; size_t hl = 2;
   h[0] = (uint8_t)(0x80 | op);
@@ -122,7 +129,6 @@ static void ws_send(conn_t *c, int op, const char *data, size_t len) {
   uint8_t *p = (uint8_t *)c->out + c->outlen + hl;
   for (size_t i = 0; i < len; i++) p[i] = (uint8_t)data[i] ^ mask[i & 3];
   c->outlen += hl + len;
-  conn_flush(c);
 }
 
 static void conn_open(conn_t *c) {
@@ -137,6 +143,7 @@ static void conn_open(conn_t *c) {
     return;
   }
   ep_mod(c, EPOLL_CTL_ADD, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+  c->want_out = 1;
 }
 
 static void send_request(conn_t *c) {
@@ -230,7 +237,7 @@ static int parse_frames(conn_t *c) {
     if (op == 9) ws_send(c, 10, d, len);
     else if (op == 8) {
       int code = len >= 2 ? ((uint8_t)d[0] << 8 | (uint8_t)d[1]) : 1005;
-      if (!c->closing) ws_send(c, 8, d, len >= 2 ? 2 : 0);
+      if (!c->closing) { ws_send(c, 8, d, len >= 2 ? 2 : 0); conn_flush(c); }
       conn_drop(c, code);
       return -1;
     } else if (op == 1 || op == 2 || op == 0) {
@@ -275,8 +282,9 @@ static ssize_t read_stamped(int fd, char *buf, size_t len) {
 static void on_readable(conn_t *c) {
   for (;;) {
     grow(&c->in, &c->incap, c->inlen + 65536);
-    ssize_t n = o_mode == M_FANOUT ? read_stamped(c->fd, c->in + c->inlen, c->incap - c->inlen)
-                                   : read(c->fd, c->in + c->inlen, c->incap - c->inlen);
+    size_t room = c->incap - c->inlen;
+    ssize_t n = o_mode == M_FANOUT ? read_stamped(c->fd, c->in + c->inlen, room)
+                                   : read(c->fd, c->in + c->inlen, room);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) return;
     if (n <= 0) { conn_drop(c, 1006); return; }
@@ -293,6 +301,9 @@ static void on_readable(conn_t *c) {
       on_open(c);
     }
     if (c->state == S_OPEN && parse_frames(c) < 0) return;
+    /* a read that did not fill the room took all there was: the next read would only say EAGAIN
+     * (epoll is level-triggered, so anything that comes later wakes us again) */
+    if ((size_t)n < room) return;
   }
 }
 
@@ -306,6 +317,7 @@ static void on_event(conn_t *c, uint32_t ev) {
   }
   if (ev & EPOLLOUT) conn_flush(c);
   if (c->fd >= 0 && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) on_readable(c);
+  if (c->fd >= 0 && c->outlen) conn_flush(c);
 }
 
 /* ---------------- the run ---------------- */
@@ -356,8 +368,10 @@ static int run_echo(void) {
   if (wait_all_open() < 0) return 1;
   measuring = 1;
   int64_t t0 = MONO(), end = t0 + (int64_t)(o_dur * 1e9);
-  for (int i = 0; i < o_conns; i++)
+  for (int i = 0; i < o_conns; i++) {
     for (int k = 0; k < o_inflight; k++) send_echo(&cs[i]);
+    conn_flush(&cs[i]);
+  }
   while (MONO() < end) loop_once(1);
   double secs = (MONO() - t0) / 1e9;
   measuring = 0;
@@ -387,6 +401,7 @@ static int run_fanout(void) {
       int n = snprintf(buf, sizeof buf, "t=%lld k=%ld ", (long long)REAL(), n_sent);
       if (n < o_size) { memset(buf + n, 'x', (size_t)(o_size - n)); n = o_size; }
       ws_send(p, 1, buf, (size_t)n);
+      conn_flush(p);
       n_sent++;
       continue;
     }
