@@ -27,11 +27,10 @@ local moonfork = require "moonfork"
 
 local type, tostring, tonumber, pairs, error, pcall, setmetatable, rawget =
   type, tostring, tonumber, pairs, error, pcall, setmetatable, rawget
-local lower, find, gmatch, match, byte = string.lower, string.find, string.gmatch, string.match, string.byte
+local lower, find, gmatch, match = string.lower, string.find, string.gmatch, string.match
 local now, request, pass = moonfork.now, moonfork.http.request, moonfork.http.pass
 
 local DEFAULT_UPSTREAMS = { "127.0.0.1:8081", "127.0.0.1:8082" }
-local SLASH = byte("/")
 
 local _M = {}
 
@@ -191,13 +190,7 @@ end
 
 -- The request target to send on: origin-form ("/path?query") as it came, or the path of an
 -- absolute-form one ("http://host/path"); nil for anything else ("*", authority-form).
-local function target_of(url)
-  if byte(url, 1) == SLASH then return url end
-  local path = match(url, "^[hH][tT][tT][pP][sS]?://[^/?#]*(.*)$")
-  if not path then return nil end
-  if path == "" or byte(path, 1) ~= SLASH then path = "/" .. path end
-  return path
-end
+local target_of = require("moonfork.http_pass").target_of
 
 -- A client whose body failed is not the upstream's fault: it gets the answer that fits, if it is
 -- still there to read it.

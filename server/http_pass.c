@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "httpc_parse.h"
+#include "net_connect.h"
 #include "writeq.h"
 
 #define PASS_HIGH_WATER (256 * 1024) /* upstream send queue: over it, the client's body waits */
@@ -29,12 +30,7 @@
 typedef struct pass_pool_s pass_pool_t;
 
 typedef struct pass_up_s {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } h;
+  net_connect_stream_t h;
   uv_connect_t creq;
   writeq_t q;
   pass_pool_t *pool;
@@ -80,7 +76,6 @@ static struct {
   http_pass_done_cb done;
   pass_pool_t *pools;
   http_pass_t *active, *spare;
-  char buf[65536];
 } pass;
 
 static void pass_end(http_pass_t *x, const char *err, int reusable);
@@ -171,21 +166,14 @@ static pass_pool_t *pass_pool(const http_pass_upstream_t *up) {
   return pool;
 }
 
-static void pass_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  (void)h;
-  (void)suggested;
-  *buf = uv_buf_init(pass.buf, sizeof pass.buf);
-}
-
 static void pass_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   pass_up_t *u = s->data;
-  (void)buf;
   if (n == 0) return;
   if (u->x == NULL) { /* pooled: the peer closed, or said something nobody asked for */
     pass_up_close(u, 1);
     return;
   }
-  pass_data(u->x, pass.buf, n);
+  pass_data(u->x, buf->base, n);
 }
 
 static void pass_up_drained(writeq_t *q) {
@@ -209,8 +197,8 @@ static void pass_connected(uv_connect_t *req, int status) {
     pass_data(u->x, NULL, status);
     return;
   }
-  if (u->h.handle.type == UV_TCP) uv_tcp_nodelay(&u->h.tcp, 1);
-  int r = uv_read_start(&u->h.stream, pass_alloc, pass_read);
+  net_connect_ready(&u->h);
+  int r = net_connect_read(&u->h, pass_read);
   if (r != 0) {
     pass_data(u->x, NULL, r);
     return;
@@ -222,19 +210,16 @@ static void pass_connected(uv_connect_t *req, int status) {
 static int pass_connect(http_pass_t *x) {
   pass_up_t *u = calloc(1, sizeof *u);
   if (u == NULL) return UV_ENOMEM;
-  int r = x->is_unix ? uv_pipe_init(pass.loop, &u->h.pipe, 0) : uv_tcp_init(pass.loop, &u->h.tcp);
+  int r = net_connect_init(pass.loop, &u->h, x->is_unix, u);
   if (r != 0) {
     free(u);
     return r;
   }
-  u->h.handle.data = u;
-  u->creq.data = u;
   u->pool = x->pool;
   u->x = x;
   writeq_init(&u->q, &u->h.stream, PASS_HIGH_WATER, pass_up_drained, pass_up_failed);
-  if (x->is_unix)
-    uv_pipe_connect(&u->creq, &u->h.pipe, x->path, pass_connected);
-  else if ((r = uv_tcp_connect(&u->creq, &u->h.tcp, (struct sockaddr *)&x->addr, pass_connected)) != 0) {
+  const struct sockaddr *addr = x->is_unix ? NULL : (struct sockaddr *)&x->addr;
+  if ((r = net_connect_start(&u->h, &u->creq, addr, x->path, pass_connected, u)) != 0) {
     u->x = NULL;
     uv_close(&u->h.handle, pass_up_freed);
     return r;
@@ -553,7 +538,7 @@ int http_pass_on_drain(http_conn_t *c) {
   if (x == NULL || !x->client_full) return x != NULL;
   x->client_full = 0;
   pass_timer(x, x->read_ms);
-  if (uv_read_start(&x->up->h.stream, pass_alloc, pass_read) != 0) pass_end(x, "closed", 0);
+  if (net_connect_read(&x->up->h, pass_read) != 0) pass_end(x, "closed", 0);
   return 1;
 }
 

@@ -17,15 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_connect.h"
 #include "util.h"
 
 struct net_redis_s {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } h;
+  net_connect_stream_t h;
   uv_prepare_t flush;
   uv_connect_t connect_req;
   uv_write_t write_req;
@@ -39,12 +35,9 @@ struct net_redis_s {
   unsigned closed : 1;
 };
 
-#define NET_REDIS_READ_BUF 65536
-
 static struct {
   uv_loop_t *loop;
   const net_redis_callbacks_t *cb;
-  char buf[NET_REDIS_READ_BUF];
 } net_redis;
 
 void net_redis_init(uv_loop_t *loop, const net_redis_callbacks_t *cb) {
@@ -57,10 +50,8 @@ net_redis_t *net_redis_new(int is_unix) {
   if (c == NULL) return NULL;
   c->reader = redis_resp_new();
   if (c->reader == NULL) goto fail_reader;
-  int r = is_unix ? uv_pipe_init(net_redis.loop, &c->h.pipe, 0) : uv_tcp_init(net_redis.loop, &c->h.tcp);
-  if (r != 0) goto fail_stream;
+  if (net_connect_init(net_redis.loop, &c->h, is_unix, c) != 0) goto fail_stream;
   uv_prepare_init(net_redis.loop, &c->flush);
-  c->h.handle.data = c;
   c->flush.data = c;
   c->handles = 2;
   c->user_ref = MF_NO_REF;
@@ -72,19 +63,12 @@ fail_reader:
   return NULL;
 }
 
-static void net_redis_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
-  (void)handle;
-  (void)suggested;
-  *buf = uv_buf_init(net_redis.buf, sizeof net_redis.buf);
-}
-
 static void net_redis_on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
   net_redis_t *c = stream->data;
-  (void)buf;
   if (n == 0 || c->closed) return;
   if (n < 0) {
     uv_read_stop(stream); /* the owner closes; no more reads meanwhile */
-  } else if (redis_resp_feed(c->reader, net_redis.buf, (size_t)n) != 0) {
+  } else if (redis_resp_feed(c->reader, buf->base, (size_t)n) != 0) {
     uv_read_stop(stream);
     n = UV_EMSGSIZE; /* a reply past the bound, or no memory for it */
   }
@@ -97,8 +81,8 @@ static void net_redis_connected(uv_connect_t *req, int status) {
   net_redis_t *c = req->data;
   if (c->closed) return;
   if (status == 0) {
-    if (c->h.handle.type == UV_TCP) uv_tcp_nodelay(&c->h.tcp, 1);
-    status = uv_read_start(&c->h.stream, net_redis_alloc, net_redis_on_read);
+    net_connect_ready(&c->h);
+    status = net_connect_read(&c->h, net_redis_on_read);
   }
   if (status == 0) {
     c->connected = 1;
@@ -108,14 +92,11 @@ static void net_redis_connected(uv_connect_t *req, int status) {
 }
 
 int net_redis_connect(net_redis_t *c, const struct sockaddr *addr) {
-  c->connect_req.data = c;
-  return uv_tcp_connect(&c->connect_req, &c->h.tcp, addr, net_redis_connected);
+  return net_connect_start(&c->h, &c->connect_req, addr, NULL, net_redis_connected, c);
 }
 
 int net_redis_connect_unix(net_redis_t *c, const char *path) {
-  c->connect_req.data = c;
-  uv_pipe_connect(&c->connect_req, &c->h.pipe, path, net_redis_connected);
-  return 0;
+  return net_connect_start(&c->h, &c->connect_req, NULL, path, net_redis_connected, c);
 }
 
 static void net_redis_flush(net_redis_t *c);

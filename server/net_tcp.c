@@ -5,7 +5,8 @@
  * (bind_tcp.c) decides everything else: timeouts, retries on the next address, pooling. C never closes
  * a socket on its own; it reports, and the owner closes. After net_tcp_close no callback runs, even the
  * ones libuv still calls with UV_ECANCELED (a pending connect, queued writes): `closed` tells them. Reads
- * land in one buffer per worker, because the owner copies each piece out before the next can arrive. */
+ * land in the worker's one read buffer (net_connect.c), because the owner copies each piece out before
+ * the next can arrive. */
 #include "net_tcp.h"
 
 #include <errno.h>
@@ -13,17 +14,13 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "net_connect.h"
 #include "net_tls.h"
 #include "util.h"
 #include "writeq.h"
 
 struct net_tcp_s {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } h;
+  net_connect_stream_t h;
   uv_connect_t connect_req;
   writeq_t q;
   net_tls_t *tls; /* after net_tcp_tls: what is read and written goes through it */
@@ -31,12 +28,9 @@ struct net_tcp_s {
   unsigned closed : 1;
 };
 
-#define NET_TCP_READ_BUF 65536
-
 static struct {
   uv_loop_t *loop;
   const net_tcp_callbacks_t *cb;
-  char buf[NET_TCP_READ_BUF];
 } net_tcp;
 
 void net_tcp_init(uv_loop_t *loop, const net_tcp_callbacks_t *cb) {
@@ -57,12 +51,10 @@ static void net_tcp_write_failed(writeq_t *q, int status) {
 net_tcp_t *net_tcp_new(int is_unix) {
   net_tcp_t *s = calloc(1, sizeof *s);
   if (s == NULL) return NULL;
-  int r = is_unix ? uv_pipe_init(net_tcp.loop, &s->h.pipe, 0) : uv_tcp_init(net_tcp.loop, &s->h.tcp);
-  if (r != 0) {
+  if (net_connect_init(net_tcp.loop, &s->h, is_unix, s) != 0) {
     free(s);
     return NULL;
   }
-  s->h.handle.data = s;
   s->user_ref = MF_NO_REF;
   writeq_init(&s->q, &s->h.stream, 0, net_tcp_drained, net_tcp_write_failed);
   return s;
@@ -71,42 +63,31 @@ net_tcp_t *net_tcp_new(int is_unix) {
 static void net_tcp_connected(uv_connect_t *req, int status) {
   net_tcp_t *s = req->data;
   if (s->closed) return;
-  if (status == 0 && s->h.handle.type == UV_TCP) uv_tcp_nodelay(&s->h.tcp, 1);
+  if (status == 0) net_connect_ready(&s->h);
   net_tcp.cb->on_connect(s, status);
 }
 
 int net_tcp_connect(net_tcp_t *s, const struct sockaddr *addr) {
-  s->connect_req.data = s;
-  return uv_tcp_connect(&s->connect_req, &s->h.tcp, addr, net_tcp_connected);
+  return net_connect_start(&s->h, &s->connect_req, addr, NULL, net_tcp_connected, s);
 }
 
 int net_tcp_connect_unix(net_tcp_t *s, const char *path) {
-  s->connect_req.data = s;
-  uv_pipe_connect(&s->connect_req, &s->h.pipe, path, net_tcp_connected);
-  return 0;
-}
-
-static void net_tcp_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
-  (void)handle;
-  (void)suggested;
-  *buf = uv_buf_init(net_tcp.buf, sizeof net_tcp.buf);
+  return net_connect_start(&s->h, &s->connect_req, NULL, path, net_tcp_connected, s);
 }
 
 static void net_tcp_on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
   net_tcp_t *s = stream->data;
-  (void)buf;
   if (n == 0 || s->closed) return;
   if (n < 0) uv_read_stop(stream); /* the owner closes; no more reads meanwhile */
   if (s->tls && n > 0)
-    net_tls_feed(s->tls, net_tcp.buf, (size_t)n);
+    net_tls_feed(s->tls, buf->base, (size_t)n);
   else
-    net_tcp.cb->on_read(s, net_tcp.buf, n);
+    net_tcp.cb->on_read(s, buf->base, n);
 }
 
 int net_tcp_read(net_tcp_t *s, int on) {
   if (!on) return uv_read_stop(&s->h.stream);
-  int r = uv_read_start(&s->h.stream, net_tcp_alloc, net_tcp_on_read);
-  return r == UV_EALREADY ? 0 : r;
+  return net_connect_read(&s->h, net_tcp_on_read);
 }
 
 int net_tcp_write(net_tcp_t *s, const uv_buf_t *bufs, unsigned n) {

@@ -799,6 +799,47 @@ function M.query_string(params)
   return #out > 0 and ("?" .. table.concat(out, "&")) or ""
 end
 
+---------------------------------------------------------------------------------------------------
+-- JSON answers, test upstreams, status (the http_client, socket, pg, redis, reload, shared_dict specs)
+
+-- GET path on srv (a Server: over a new connection) or on a Conn; the answer must be a 200: its body,
+-- decoded.
+function M.get_json(srv_or_conn, path)
+  local resp, err = srv_or_conn:request("GET", path)
+  if not resp then error("GET " .. path .. ": " .. tostring(err), 2) end
+  if resp.status ~= 200 then error("GET " .. path .. ": status " .. resp.status .. ": " .. resp.body, 2) end
+  return M.json_decode(resp.body)
+end
+
+-- Starts a luasocket upstream of spec/fixtures (http_upstream, tcp_upstream: upstream_base.lua) and
+-- waits for its ports: { proc, port, full (a port whose accept queue is full), path (its Unix
+-- socket), dir }. stop_upstream(up) kills it and removes dir.
+function M.start_upstream(name)
+  local dir = M.mktempdir()
+  local info, path = dir .. "/info", dir .. "/up.sock"
+  local p = M.bg_start({ "lua", M.FIXTURES .. "/" .. name .. ".lua", info, path })
+  local line = M.wait_for(function() return M.read_file(info) end, 10)
+  assert(line, "the upstream never wrote its ports")
+  local port, full = line:match("(%d+) (%d+)")
+  return { proc = p, port = tonumber(port), full = tonumber(full), path = path, dir = dir }
+end
+
+function M.stop_upstream(up)
+  M.bg_stop(up.proc, "KILL")
+  sh("rm -rf " .. M.shell_quote(up.dir))
+end
+
+-- The pids of the workers `moonfork status --json` (decoded) lists as ready, sorted.
+function M.ready_pids(status)
+  local out = {}
+  for _, w in ipairs(status.workers) do
+    if w.state == "ready" then out[#out + 1] = w.pid end
+  end
+  table.sort(out)
+  return out
+end
+
+---------------------------------------------------------------------------------------------------
 -- spec/fixtures/mesh_app.lua's commands (mesh_spec, mesh_cap_spec) run on the worker named by ?on=K,
 -- relayed over the mesh when another worker took the connection.
 -- Runs command `name` on worker `on` (nil: whichever accepts) over a new connection.

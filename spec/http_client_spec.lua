@@ -7,16 +7,6 @@ local socket = require "socket"
 
 local free_port, fd_count = helpers.free_port, helpers.fd_count
 
-local function start_upstream()
-  local dir = helpers.mktempdir()
-  local info, path = dir .. "/info", dir .. "/up.sock"
-  local p = helpers.bg_start({ "lua", helpers.FIXTURES .. "/http_upstream.lua", info, path })
-  local line = helpers.wait_for(function() return helpers.read_file(info) end, 10)
-  assert(line, "the upstream never wrote its ports")
-  local port, full = line:match("(%d+) (%d+)")
-  return { proc = p, port = tonumber(port), full = tonumber(full), path = path, dir = dir }
-end
-
 local function escape(s)
   return (s:gsub("[^%w%-_.]", function(c) return string.format("%%%02X", c:byte()) end))
 end
@@ -25,14 +15,13 @@ describe("moonfork.http.request()", function()
   local up, srv
 
   before_each(function()
-    up = start_upstream()
+    up = helpers.start_upstream("http_upstream")
     srv = helpers.start("http_client_app", { "--workers", "1" })
   end)
 
   after_each(function()
     helpers.stop_all()
-    helpers.bg_stop(up.proc, "KILL")
-    helpers.sh("rm -rf " .. helpers.shell_quote(up.dir))
+    helpers.stop_upstream(up)
   end)
 
   -- the app's route, with the upstream's port; `args` are more query arguments
@@ -42,9 +31,7 @@ describe("moonfork.http.request()", function()
     for k, v in pairs(args) do
       if k ~= "port" then q = q .. "&" .. k .. "=" .. escape(tostring(v)) end
     end
-    local resp = assert(srv:get(route .. "?" .. q))
-    assert.are.equal(200, resp.status, resp.body)
-    return helpers.json_decode(resp.body)
+    return helpers.get_json(srv, route .. "?" .. q)
   end
 
   local function get(url, args)

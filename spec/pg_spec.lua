@@ -38,9 +38,7 @@ describe("moonfork.pg", function()
   end
 
   local function call(route, params)
-    local resp = assert(srv:get(path_of(route, params)))
-    assert.are.equal(200, resp.status, resp.body)
-    return helpers.json_decode(resp.body)
+    return helpers.get_json(srv, path_of(route, params))
   end
 
   local function query(sql, params)

@@ -18,11 +18,7 @@ local function start(r, workers, liar_port)
     { REDIS_PORT = r.port, REDIS_PATH = r.path, REDIS_PASSWORD = r.opts.password, LIAR_PORT = liar_port })
 end
 
-local function get_json(conn_or_srv, path)
-  local resp = assert(conn_or_srv:request("GET", path))
-  assert.are.equal(200, resp.status, resp.body)
-  return helpers.json_decode(resp.body)
-end
+local get_json = helpers.get_json
 
 -- requests sent on their own connections, answered later (Conn:receive)
 local function send_all(srv, path, n)
@@ -115,14 +111,9 @@ describe("moonfork.redis", function()
     end)
 
     it("gives up connecting after connectTimeout, to a server whose accept queue is full", function()
-      local dir = helpers.mktempdir()
-      local up = helpers.bg_start({ "lua", helpers.FIXTURES .. "/tcp_upstream.lua", dir .. "/info", dir .. "/up.sock" })
-      finally(function()
-        helpers.bg_stop(up, "KILL")
-        helpers.sh("rm -rf " .. helpers.shell_quote(dir))
-      end)
-      local line = helpers.wait_for(function() return helpers.read_file(dir .. "/info") end, 10)
-      local full = assert(line and line:match("%d+ (%d+)"), "the upstream never wrote its ports")
+      local up = helpers.start_upstream("tcp_upstream")
+      finally(function() helpers.stop_upstream(up) end)
+      local full = up.full
       local got = get_json(srv, "/connect-timeout?port=" .. full)
       assert.are.same({ false, "redis: connect timeout (127.0.0.1:" .. full .. ")" }, got.first)
       assert.is_false(got.second[1])

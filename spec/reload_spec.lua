@@ -49,14 +49,7 @@ local function status_json(path)
   return decode(out)
 end
 
-local function ready_pids(path)
-  local out = {}
-  for _, w in ipairs(status_json(path).workers) do
-    if w.state == "ready" then out[#out + 1] = w.pid end
-  end
-  table.sort(out)
-  return out
-end
+local function ready_pids(path) return helpers.ready_pids(status_json(path)) end
 
 -- Waits until each of the pids logged that it is retiring: from then on it accepts nothing, so
 -- every new connection reaches a new worker.

@@ -47,14 +47,7 @@ local function dict_status(path, name)
   end
 end
 
-local function ready_pids(path)
-  local out = {}
-  for _, w in ipairs(status_json(path).workers) do
-    if w.state == "ready" then out[#out + 1] = w.pid end
-  end
-  table.sort(out)
-  return out
-end
+local function ready_pids(path) return helpers.ready_pids(status_json(path)) end
 
 describe("shared dicts", function()
   local srv, ctl

@@ -4,16 +4,6 @@
 local helpers = require "spec.helpers"
 local socket = require "socket"
 
-local function start_upstream()
-  local dir = helpers.mktempdir()
-  local info, path = dir .. "/info", dir .. "/up.sock"
-  local p = helpers.bg_start({ "lua", helpers.FIXTURES .. "/tcp_upstream.lua", info, path })
-  local line = helpers.wait_for(function() return helpers.read_file(info) end, 10)
-  assert(line, "the upstream never wrote its ports")
-  local port, full = line:match("(%d+) (%d+)")
-  return { proc = p, port = tonumber(port), full = tonumber(full), path = path, dir = dir }
-end
-
 -- asks the upstream itself (a connection of its own, counted too)
 local function upstream_says(up, cmd)
   local c = assert(socket.connect("127.0.0.1", up.port))
@@ -30,21 +20,18 @@ describe("moonfork.socket.tcp()", function()
   local up, srv
 
   before_each(function()
-    up = start_upstream()
+    up = helpers.start_upstream("tcp_upstream")
     srv = helpers.start("socket_app", { "--workers", "1" })
   end)
 
   after_each(function()
     helpers.stop_all()
-    helpers.bg_stop(up.proc, "KILL")
-    helpers.sh("rm -rf " .. helpers.shell_quote(up.dir))
+    helpers.stop_upstream(up)
   end)
 
   local function call(path, query)
     local sep = path:find("?", 1, true) and "&" or "?"
-    local resp = assert(srv:get(path .. sep .. (query or ("port=" .. up.port))))
-    assert.are.equal(200, resp.status, resp.body)
-    return helpers.json_decode(resp.body)
+    return helpers.get_json(srv, path .. sep .. (query or ("port=" .. up.port)))
   end
 
   describe("receive", function()
@@ -122,8 +109,8 @@ describe("moonfork.socket.tcp()", function()
       assert.are.same({ reused = { 0 }, pooled = 1 }, call("/pool", "idle=50&port=" .. up.port))
       assert.are.same({ pooled = 0, reused = 0 }, call("/pool-empty"))
       assert.are.same({ reused = { 0 }, pooled = 1 }, call("/pool"))
-      helpers.bg_stop(up.proc, "KILL") -- the peer goes: the pooled connection sees it close
-      up = start_upstream()
+      helpers.stop_upstream(up) -- the peer goes: the pooled connection sees it close
+      up = helpers.start_upstream("tcp_upstream")
       assert.are.same({ pooled = 0, reused = 0 }, call("/pool-empty"))
     end)
 

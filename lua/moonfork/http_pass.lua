@@ -97,7 +97,9 @@ local function settings_of(opts)
   return s
 end
 
--- The request target to send on: origin-form as it came, or the path of an absolute-form one.
+-- The request target to send on: origin-form ("/path?query") as it came, or the path of an
+-- absolute-form one ("http://host/path"); nil for anything else ("*", authority-form). Exported for
+-- proxies that relay in Lua (examples/proxy.lua).
 local function target_of(url)
   if byte(url, 1) == SLASH then return url end
   local path = match(url, "^[hH][tT][tT][pP][sS]?://[^/?#]*(.*)$")
@@ -105,6 +107,7 @@ local function target_of(url)
   if path == "" or byte(path, 1) ~= SLASH then path = "/" .. path end
   return path
 end
+_M.target_of = target_of
 
 local CLIENT_STATUS = { ["client body: too large"] = 413, ["client body: timeout"] = 408,
   ["client body: closed"] = 400 }
