@@ -78,7 +78,7 @@ end
 
 local published = 0 -- CHAN: the last id this worker has seen (published, when it leads)
 local function publish_new()
-  if log.leader == moonfork.id and log.last > published then
+  if log.leader == log.me and log.last > published then -- both "id:serial" (chatlog.lua)
     local list = log:after(published)
     for i = 1, #list do moonfork.websocket.publish("chat", list[i].json) end
   end
