@@ -220,6 +220,7 @@ end
 -- (fan_pass), for the bench to compare. pub_last: the newest message the channel's members have.
 local SSE_IN_C = os.getenv("CHAT_SSE_FANOUT") ~= "lua"
 local pub_last
+local solo = {} -- (C fan-out) the rare stream that could not join: res -> true, written by fan_pass
 
 function publish_new()
   local kept = log.log
@@ -249,7 +250,9 @@ local function events(req, res)
     if SSE_IN_C then
       publish_new() -- the members so far are brought to where this stream is, then it joins them
       if pub_last == nil or moonfork.http.subscribers("chat") == 0 then pub_last = last end
-      res:subscribe("chat")
+      if last == pub_last then return res:subscribe("chat") end
+      solo[res] = true -- its ?since is past this worker's newest message: it stays on the Lua loop
+      res:on("close", function() solo[res] = nil end)
     end
   end)
 end
@@ -350,9 +353,7 @@ local fanning, again = false, false
 
 local function fan_pass()
   local list, n = {}, 0
-  if not SSE_IN_C then
-    for res in pairs(streams) do n = n + 1 list[n] = res end
-  end
+  for res in pairs(SSE_IN_C and solo or streams) do n = n + 1 list[n] = res end
   for ws in pairs(sockets) do n = n + 1 list[n] = ws end
   for i = 1, n do
     local c = list[i]
@@ -378,7 +379,7 @@ end
 log:listen(function()
   if SSE_IN_C then
     publish_new()
-    if next(sockets) == nil then return end
+    if next(sockets) == nil and next(solo) == nil then return end
   end
   if fanning then again = true return end
   fanning = true
@@ -394,7 +395,11 @@ end)
 
 -- A comment line keeps proxies from closing quiet streams.
 moonfork.setInterval(PING_MS, function()
-  if SSE_IN_C then return moonfork.http.publish("chat", ": ping\n\n") end
+  if SSE_IN_C then
+    moonfork.http.publish("chat", ": ping\n\n")
+    for res in pairs(solo) do res:write(": ping\n\n") end
+    return
+  end
   local list, n = {}, 0
   for res in pairs(streams) do n = n + 1 list[n] = res end
   for i = 1, n do
