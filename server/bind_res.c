@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http_chan.h"
 #include "luastate.h"
 #include "util.h"
 
@@ -469,6 +470,58 @@ static int res_finish(lua_State *L) {
   return 1;
 }
 
+/* The channel name argument (at 2) of res:subscribe / res:unsubscribe / http.publish. */
+static const char *chan_arg(lua_State *L, int i, size_t *n, const char *fname) {
+  if (lua_type(L, i) != LUA_TSTRING) luaL_error(L, "%s: the channel name must be a string", fname);
+  const char *name = lua_tolstring(L, i, n);
+  if (*n == 0) luaL_error(L, "%s: the channel name must not be empty", fname);
+  return name;
+}
+
+/* res:subscribe(name) -> true (false when a member already); raises when the response cannot be one. */
+static int res_subscribe(lua_State *L) {
+  bind_res_t *r = res_check(L);
+  size_t n;
+  const char *name = chan_arg(L, 2, &n, "res:subscribe(name)");
+  if (r->flags & RES_DONE || r->conn == NULL)
+    return luaL_error(L, "res:subscribe(): the response has ended");
+  int rc = http_chan_join(r->conn, http_conn_gen(r->conn), name, n);
+  if (rc == UV_EINVAL)
+    return luaL_error(L, "res:subscribe(): the response must be an open stream whose head was sent (write "
+                         "something first; no Content-Length, no HEAD, 204 or 304)");
+  if (rc == UV_EPIPE) return luaL_error(L, "res:subscribe(): the response has ended");
+  if (rc < 0) return luaL_error(L, "res:subscribe(): out of memory");
+  lua_pushboolean(L, rc);
+  return 1;
+}
+
+/* res:unsubscribe(name) -> true, or false when it was not a member */
+static int res_unsubscribe(lua_State *L) {
+  bind_res_t *r = res_check(L);
+  size_t n;
+  const char *name = chan_arg(L, 2, &n, "res:unsubscribe(name)");
+  lua_pushboolean(L, r->conn ? http_chan_leave(r->conn, name, n) : 0);
+  return 1;
+}
+
+/* http.publish(name, data) -> the members of this worker it was written to */
+static int res_publish(lua_State *L) {
+  size_t n, len;
+  const char *name = chan_arg(L, 1, &n, "http.publish(name, data)");
+  if (lua_type(L, 2) != LUA_TSTRING) return luaL_error(L, "http.publish(name, data): data must be a string");
+  const char *p = lua_tolstring(L, 2, &len);
+  lua_pushnumber(L, (lua_Number)http_chan_publish(name, n, p, len));
+  return 1;
+}
+
+/* http.subscribers(name) -> the members of the channel in this worker */
+static int res_subscribers(lua_State *L) {
+  size_t n;
+  const char *name = chan_arg(L, 1, &n, "http.subscribers(name)");
+  lua_pushnumber(L, (lua_Number)http_chan_count(name, n));
+  return 1;
+}
+
 /* http.res_on{ closed = fn(res), merge = fn(res, headers) }: http.lua's half of the res. */
 static int res_on(lua_State *L) {
   bind_callbacks_set(L, 1, res_names, res_refs, RCB_COUNT);
@@ -483,7 +536,8 @@ void bind_res_open(lua_State *L, bind_type_t *type) {
   res_type = type;
   static const luaL_Reg fns[] = {{"res_get", res_get},     {"res_set", res_set},   {"res_on", res_on},
                                  {"writeHead", res_write_head}, {"write", res_write}, {"finish", res_finish},
-                                 {NULL, NULL}};
+                                 {"subscribe", res_subscribe}, {"unsubscribe", res_unsubscribe},
+                                 {"publish", res_publish}, {"subscribers", res_subscribers}, {NULL, NULL}};
   luaL_register(L, NULL, fns);
   lua_rawgeti(L, LUA_REGISTRYINDEX, type->mt_ref);
   lua_setfield(L, -2, "res_mt"); /* http.lua fills it: __index, __newindex */

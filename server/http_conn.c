@@ -18,6 +18,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "http_chan.h"
 #include "http_internal.h"
 #include "log.h"
 #include "scoreboard.h"
@@ -177,6 +178,7 @@ static void conn_queue_resume(http_conn_t *c) {
 void http_conn_request_done(http_conn_t *c) {
   http_server_t *srv = c->srv;
   c->lua_owned = 0;
+  if (c->in_chan) http_chan_leave_all(c); /* the response is over: it leaves its channels */
   /* Lua keeps nothing for a connection between requests: its binding object (and through it the
    * finished response) goes now; the next request makes a new one. */
   if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, 0);
@@ -463,6 +465,7 @@ static const http_parse_callbacks_t conn_parse_callbacks = {on_message_begin, on
 static void on_handle_closed(uv_handle_t *h) {
   http_conn_t *c = h->data;
   http_server_t *srv = c->srv;
+  if (c->in_chan) http_chan_leave_all(c);
   if (c->user_ref != MF_NO_REF && srv->cb.on_conn_closed) srv->cb.on_conn_closed(srv->data, c, c->lua_owned);
   http_server_conn_removed(srv, c);
   if (c->rq != NULL) {

@@ -95,6 +95,7 @@ struct http_conn_s {
   unsigned body_end : 1;     /* ...and it has all arrived (what is unread waits in `body`) */
   unsigned body_waiting : 1; /* the handler waits for more of it: tell it (on_body) */
   unsigned body_mode : 2;    /* enum http_body_mode */
+  unsigned in_chan : 1;      /* its response is a member of a channel (http_chan.c) */
   uint32_t gen;
   int user_ref;
   /* one word: 1 + index in the server's timer heap (0 = not in it; --max-connections is at most 10^6,

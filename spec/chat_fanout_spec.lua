@@ -12,9 +12,11 @@ local cjson = require "cjson"
 
 local CHAT = os.getenv("CHAT_SPEC_SCRIPT") or (helpers.ROOT .. "/examples/chat/server.lua")
 
-local function start_chat(workers, slice)
+-- fanout: "lua" for the loop over streams in slices (CHAT_SSE_FANOUT=lua), nil for the chat's default,
+-- the streams in a C channel (res:subscribe) written in one loop turn.
+local function start_chat(workers, slice, fanout)
   return helpers.start_env(CHAT, { "--workers", tostring(workers), "--keepalive-timeout", "120" },
-    { CHAT_FANOUT_SLICE = tostring(slice) })
+    { CHAT_FANOUT_SLICE = tostring(slice), CHAT_SSE_FANOUT = fanout or "c" })
 end
 
 local open = {} -- every reader's socket, closed after each test
@@ -88,7 +90,7 @@ describe("chat fan-out in slices", function()
 
   it("answers a post while the previous message is still being fanned out", function()
     raise_nofile(READERS + 200)
-    local srv = start_chat(1, 1)
+    local srv = start_chat(1, 1, "lua") -- (in C the streams are written in one loop turn: no slices)
     local p, q = srv:connect(), srv:connect() -- before the readers: select() takes fds under 1024
     local readers = {}
     for i = 1, READERS do readers[i] = open_reader(srv.port) end
@@ -110,8 +112,9 @@ describe("chat fan-out in slices", function()
     for i, r in ipairs(readers) do assert.are.same({ 1, 2 }, ids(r), "reader " .. i) end
   end)
 
-  it("sends every stream every message once, in order, when posts come during a pass", function()
-    local srv = start_chat(2, 3)
+  for _, fanout in ipairs { "lua", "c" } do
+  it("sends every stream every message once, in order, when posts come during a pass (" .. fanout .. ")", function()
+    local srv = start_chat(2, 3, fanout)
     local readers = {}
     for i = 1, 300 do readers[i] = open_reader(srv.port) end
     pump(readers, function(r) return r.text:find("retry: 2000", 1, true) ~= nil end, "the stream's start")
@@ -133,4 +136,5 @@ describe("chat fan-out in slices", function()
     pump(readers, function(r) return #ids(r) >= n end, "all " .. n .. " messages")
     for i, r in ipairs(readers) do assert.are.same(want, ids(r), "reader " .. i) end
   end)
+  end
 end)

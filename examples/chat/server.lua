@@ -177,7 +177,8 @@ local function sse_of(m)
 end
 
 -- Server-Sent Events: every message after Last-Event-ID (or ?since), then each new one as it comes.
-local streams = {} -- res -> the last id sent on it, for every live stream
+local streams = {} -- res -> the last id sent on it, for every live stream (C fan-out: where it began)
+local publish_new
 
 -- The bytes that bring a stream from `last` up to the newest message: one SSE event in the usual case
 -- (the same string for every stream), else the events after `last`, built once per `last` for as long
@@ -212,6 +213,23 @@ local function stream_send(res, last)
   return newest.id
 end
 
+-- The SSE fan-out in C (server/http_chan.c): each stream, once caught up from the log, is a member of
+-- this worker's channel "chat", and each new message is formatted once and published to it from the
+-- log's listener, in the callback that grew the log: a stream that catches up and then subscribes can
+-- neither miss nor repeat a message. CHAT_SSE_FANOUT=lua keeps the loop over streams in Lua below
+-- (fan_pass), for the bench to compare. pub_last: the newest message the channel's members have.
+local SSE_IN_C = os.getenv("CHAT_SSE_FANOUT") ~= "lua"
+local pub_last
+local solo = {} -- (C fan-out) the rare stream that could not join: res -> true, written by fan_pass
+
+function publish_new()
+  local kept = log.log
+  local newest = kept[#kept]
+  if pub_last == nil or not newest or newest.id == pub_last or not log:is_after(newest.id, pub_last) then return end
+  if moonfork.http.subscribers("chat") > 0 then moonfork.http.publish("chat", chunk_after(newest, pub_last)) end
+  pub_last = newest.id
+end
+
 local function events(req, res)
   local h = req.headers["last-event-id"]
   local last = h and log:cursor(h) or since_of(req)
@@ -229,6 +247,13 @@ local function events(req, res)
     if last == nil then return end
     if moonfork.draining then return res:finish() end -- reconnect to a worker that stays
     streams[res] = last
+    if SSE_IN_C then
+      publish_new() -- the members so far are brought to where this stream is, then it joins them
+      if pub_last == nil or moonfork.http.subscribers("chat") == 0 then pub_last = last end
+      if last == pub_last then return res:subscribe("chat") end
+      solo[res] = true -- its ?since is past this worker's newest message: it stays on the Lua loop
+      res:on("close", function() solo[res] = nil end)
+    end
   end)
 end
 
@@ -328,7 +353,7 @@ local fanning, again = false, false
 
 local function fan_pass()
   local list, n = {}, 0
-  for res in pairs(streams) do n = n + 1 list[n] = res end
+  for res in pairs(SSE_IN_C and solo or streams) do n = n + 1 list[n] = res end
   for ws in pairs(sockets) do n = n + 1 list[n] = ws end
   for i = 1, n do
     local c = list[i]
@@ -352,6 +377,10 @@ local function fan_out()
 end
 
 log:listen(function()
+  if SSE_IN_C then
+    publish_new()
+    if next(sockets) == nil and next(solo) == nil then return end
+  end
   if fanning then again = true return end
   fanning = true
   moonfork.setTimeout(0, fan_out)
@@ -366,6 +395,11 @@ end)
 
 -- A comment line keeps proxies from closing quiet streams.
 moonfork.setInterval(PING_MS, function()
+  if SSE_IN_C then
+    moonfork.http.publish("chat", ": ping\n\n")
+    for res in pairs(solo) do res:write(": ping\n\n") end
+    return
+  end
   local list, n = {}, 0
   for res in pairs(streams) do n = n + 1 list[n] = res end
   for i = 1, n do

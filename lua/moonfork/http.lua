@@ -139,7 +139,8 @@ end
 -- its environment table, made on first use. writeHead, write and finish are C functions; the other
 -- methods are here and read the fields through res_get/res_set. When the response ends, the res lets
 -- go of its connection (http_conn_request_done): it cannot reach a later request.
-local Res = { writeHead = chttp.writeHead, write = chttp.write, finish = chttp.finish }
+local Res = { writeHead = chttp.writeHead, write = chttp.write, finish = chttp.finish,
+              subscribe = chttp.subscribe, unsubscribe = chttp.unsubscribe } -- (server/http_chan.c)
 Res["end"] = Res.finish
 local res_get = chttp.res_get
 local ResMT = chttp.res_mt or {}
@@ -392,6 +393,13 @@ function _M.pass(req, res, upstream, opts)
   _M.pass = p.pass
   return p.pass(req, res, upstream, opts)
 end
+
+-- moonfork.http.publish(name, data): data as body bytes to every response subscribed (res:subscribe)
+-- to channel `name` in THIS worker; returns how many. Worker-local on purpose: a script that keeps a
+-- log updates it and publishes in the same callback, so a stream that catches up from the log and then
+-- subscribes neither misses nor repeats a message. Other workers: the script's (nodes:broadcast).
+_M.publish = chttp.publish
+_M.subscribers = chttp.subscribers -- (name): members in this worker
 
 -- moonfork.http.request(url[, opts]): the HTTP client (lua/moonfork/http_client.lua), loaded on first use.
 function _M.request(url, opts)
