@@ -24,196 +24,29 @@
  * once when closed as too slow, and an empty channel is freed. A connection that closes during a
  * publish (its write failed, and its "close" listener runs then and may publish or subscribe) leaves a
  * hole in the member array, filled after; what that listener publishes to the same channel is written
- * after the message under way (chan_later), so every member gets a channel's messages in one order. */
+ * after the message under way (chanset_later_add), so every member gets a channel's messages in one order. */
 #include "ws_chan.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "chanset.h"
 #include "util.h"
 #include "ws_deflate.h"
 #include "ws_frame.h"
 
-typedef struct ws_chan_s ws_chan_t;
-typedef struct ws_member_s ws_member_t;
-typedef struct ws_later_s ws_later_t;
+static chanset_t ws_chans; /* this worker's WebSocket channels */
 
-struct ws_member_s {
-  ws_chan_t *chan;
-  ws_conn_t *conn;   /* NULL: it left during a publish (a hole, freed after it) */
-  ws_member_t *next; /* the connection's next membership */
-  size_t idx;        /* its place in chan->members */
-};
+static chanset_member_t **subs_of(ws_conn_t *c) { return (chanset_member_t **)ws_conn_subs(c); }
 
-/* A message published to a channel while it was being published to (by a close listener): a copy,
- * written to the members once the publish under way is done. */
-struct ws_later_s {
-  ws_later_t *next;
-  int opcode;
-  size_t len;
-  char data[];
-};
+int ws_chan_join(ws_conn_t *c, const char *name, size_t n) { return chanset_join(&ws_chans, subs_of(c), c, 0, name, n); }
 
-struct ws_chan_s {
-  ws_chan_t *next;   /* in its hash bucket */
-  ws_member_t **members;
-  size_t n, cap;
-  unsigned busy;     /* a publish is under way (a close listener may publish again: see later) */
-  ws_later_t *later, **later_tail; /* what was published meanwhile, in order */
-  unsigned holes;
-  uint32_t rot;      /* where the next publish starts writing: moves on by the golden ratio each time */
-  uint32_t hash;
-  size_t nlen;
-  char name[];
-};
+int ws_chan_leave(ws_conn_t *c, const char *name, size_t n) { return chanset_leave(&ws_chans, subs_of(c), name, n); }
 
-static struct {
-  ws_chan_t **buckets;
-  size_t nbuckets, count;
-} chans;
+void ws_chan_leave_all(ws_conn_t *c) { chanset_leave_all(&ws_chans, subs_of(c)); }
 
-static uint32_t name_hash(const char *p, size_t n) {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
-  return h;
-}
-
-static ws_chan_t **bucket_of(uint32_t h) { return &chans.buckets[h & (chans.nbuckets - 1)]; }
-
-static ws_chan_t *chan_find(const char *name, size_t n, uint32_t h) {
-  if (chans.nbuckets == 0) return NULL;
-  for (ws_chan_t *ch = *bucket_of(h); ch; ch = ch->next)
-    if (ch->hash == h && ch->nlen == n && memcmp(ch->name, name, n) == 0) return ch;
-  return NULL;
-}
-
-/* Doubles the buckets once there are as many channels (the table starts at 64). 0 or UV_ENOMEM. */
-static int buckets_grow(void) {
-  size_t nb = chans.nbuckets ? chans.nbuckets * 2 : 64;
-  ws_chan_t **b = calloc(nb, sizeof *b);
-  if (b == NULL) return UV_ENOMEM;
-  for (size_t i = 0; i < chans.nbuckets; i++) {
-    for (ws_chan_t *ch = chans.buckets[i], *next; ch; ch = next) {
-      next = ch->next;
-      ch->next = b[ch->hash & (nb - 1)];
-      b[ch->hash & (nb - 1)] = ch;
-    }
-  }
-  free(chans.buckets);
-  chans.buckets = b;
-  chans.nbuckets = nb;
-  return 0;
-}
-
-static ws_chan_t *chan_new(const char *name, size_t n, uint32_t h) {
-  if (chans.count >= chans.nbuckets && buckets_grow() != 0) return NULL;
-  ws_chan_t *ch = calloc(1, sizeof *ch + n);
-  if (ch == NULL) return NULL;
-  memcpy(ch->name, name, n);
-  ch->nlen = n;
-  ch->hash = h;
-  ch->later_tail = &ch->later;
-  ws_chan_t **b = bucket_of(h);
-  ch->next = *b;
-  *b = ch;
-  chans.count++;
-  return ch;
-}
-
-static void chan_free_if_empty(ws_chan_t *ch) {
-  if (ch->n > 0 || ch->busy) return;
-  for (ws_chan_t **pp = bucket_of(ch->hash); *pp; pp = &(*pp)->next) {
-    if (*pp == ch) {
-      *pp = ch->next;
-      break;
-    }
-  }
-  free(ch->members);
-  free(ch);
-  chans.count--;
-}
-
-/* Takes m out of its channel's array (or leaves a hole while the channel publishes) and frees it. */
-static void member_drop(ws_member_t *m) {
-  ws_chan_t *ch = m->chan;
-  if (ch->busy) {
-    m->conn = NULL;
-    ch->holes++;
-    return;
-  }
-  ch->members[m->idx] = ch->members[--ch->n];
-  ch->members[m->idx]->idx = m->idx;
-  free(m);
-  chan_free_if_empty(ch);
-}
-
-/* After the last publish under way: the holes go, the array closes up. */
-static void chan_compact(ws_chan_t *ch) {
-  size_t j = 0;
-  for (size_t i = 0; i < ch->n; i++) {
-    ws_member_t *m = ch->members[i];
-    if (m->conn == NULL) {
-      free(m);
-      continue;
-    }
-    m->idx = j;
-    ch->members[j++] = m;
-  }
-  ch->n = j;
-  ch->holes = 0;
-  chan_free_if_empty(ch);
-}
-
-int ws_chan_join(ws_conn_t *c, const char *name, size_t n) {
-  ws_member_t **subs = (ws_member_t **)ws_conn_subs(c);
-  for (ws_member_t *m = *subs; m; m = m->next)
-    if (m->chan->nlen == n && memcmp(m->chan->name, name, n) == 0) return 0;
-  uint32_t h = name_hash(name, n);
-  ws_chan_t *ch = chan_find(name, n, h);
-  if (ch == NULL && (ch = chan_new(name, n, h)) == NULL) return UV_ENOMEM;
-  ws_member_t *m = malloc(sizeof *m);
-  if (m && ch->n == ch->cap) {
-    size_t cap = ch->cap ? ch->cap * 2 : 8;
-    ws_member_t **a = realloc(ch->members, cap * sizeof *a);
-    if (a) ch->members = a, ch->cap = cap;
-    else free(m), m = NULL;
-  }
-  if (m == NULL) {
-    chan_free_if_empty(ch);
-    return UV_ENOMEM;
-  }
-  *m = (ws_member_t){ch, c, *subs, ch->n};
-  ch->members[ch->n++] = m;
-  *subs = m;
-  return 1;
-}
-
-int ws_chan_leave(ws_conn_t *c, const char *name, size_t n) {
-  for (ws_member_t **pp = (ws_member_t **)ws_conn_subs(c); *pp; pp = &(*pp)->next) {
-    ws_member_t *m = *pp;
-    if (m->chan->nlen == n && memcmp(m->chan->name, name, n) == 0) {
-      *pp = m->next;
-      member_drop(m);
-      return 1;
-    }
-  }
-  return 0;
-}
-
-void ws_chan_leave_all(ws_conn_t *c) {
-  ws_member_t **subs = (ws_member_t **)ws_conn_subs(c);
-  while (*subs) {
-    ws_member_t *m = *subs;
-    *subs = m->next;
-    member_drop(m);
-  }
-}
-
-size_t ws_chan_count(const char *name, size_t n) {
-  ws_chan_t *ch = chan_find(name, n, name_hash(name, n));
-  return ch ? ch->n - ch->holes : 0;
-}
+size_t ws_chan_count(const char *name, size_t n) { return chanset_count(&ws_chans, name, n); }
 
 /* One publish: the message, its plain frame head, and the compressed copies made so far, one per
  * window size (9-15) of the members that share them. */
@@ -270,55 +103,31 @@ static void publish_done(publish_t *pub, const char *stack) {
   if (pub->frame != stack) free((void *)pub->frame);
 }
 
-/* The members are written in array order, from a start that moves on with every publish by the golden
- * ratio of the member count (rot is a fraction of 2^32): the order rotates so that no member is always
- * written last (a fan-out to 500 sockets takes milliseconds: the last would always wait the longest),
- * and over any few messages every member's turn falls early as often as late. Each member still gets
- * each message once: the publish visits every index below count exactly once. */
-static size_t chan_write(ws_chan_t *ch, int opcode, const char *p, size_t len) {
+/* The members are written from a start that rotates from one publish to the next (chanset_walk_init):
+ * no member is always written last (a fan-out to 500 sockets takes milliseconds: the last would always
+ * wait the longest). Each member still gets each message once. */
+static size_t chan_write(chanset_chan_t *ch, int opcode, const char *p, size_t len) {
   publish_t pub;
   char stack[WS_CHAN_FRAME_STACK];
   if (publish_init(&pub, opcode, p, len, stack) != 0) return 0;
-  size_t sent = 0, count = ch->n; /* (members who join meanwhile wait for the next message) */
-  size_t start = count ? (size_t)(((uint64_t)ch->rot * count) >> 32) : 0;
-  ch->rot += 0x9E3779B9u;
-  for (size_t j = 0, i = start; j < count; j++, i = i + 1 == count ? 0 : i + 1) {
-    ws_conn_t *c = ch->members[i]->conn;
-    if (c) sent += (size_t)member_send(c, &pub);
-  }
+  size_t sent = 0;
+  chanset_walk_t w;
+  chanset_walk_init(&w, ch); /* (members who join meanwhile wait for the next message) */
+  for (chanset_member_t *m; (m = chanset_walk_next(&w)) != NULL;) sent += (size_t)member_send(m->owner, &pub);
   publish_done(&pub, stack);
   return sent;
 }
 
 /* A publish to a channel that is being published to: a member's write failed and its close listener
  * published again. Written at once, it would reach the members not written yet before the message
- * under way: it is kept and written after it. Returns the members it is for. */
-static size_t chan_later(ws_chan_t *ch, int opcode, const char *p, size_t len) {
-  ws_later_t *l = malloc(sizeof *l + len);
-  if (l == NULL) return 0;
-  l->next = NULL;
-  l->opcode = opcode;
-  l->len = len;
-  if (len) memcpy(l->data, p, len);
-  *ch->later_tail = l;
-  ch->later_tail = &l->next;
-  return ch->n - ch->holes;
-}
-
+ * under way: it is kept and written after it (chanset_later_add). Returns the members it is for. */
 size_t ws_chan_publish(const char *name, size_t n, int opcode, const char *p, size_t len) {
-  ws_chan_t *ch = chan_find(name, n, name_hash(name, n));
+  chanset_chan_t *ch = chanset_find(&ws_chans, name, n);
   if (ch == NULL) return 0;
-  if (ch->busy) return chan_later(ch, opcode, p, len);
-  ch->busy = 1;
+  if (ch->busy) return chanset_later_add(ch, opcode, p, len) == 0 ? chanset_chan_count(ch) : 0;
+  chanset_begin(ch);
   size_t sent = chan_write(ch, opcode, p, len);
-  while (ch->later) {
-    ws_later_t *l = ch->later;
-    if ((ch->later = l->next) == NULL) ch->later_tail = &ch->later;
-    chan_write(ch, l->opcode, l->data, l->len);
-    free(l);
-  }
-  ch->busy = 0;
-  if (ch->holes) chan_compact(ch);
-  else chan_free_if_empty(ch);
+  for (chanset_later_t *l; (l = chanset_later_take(ch)) != NULL; free(l)) chan_write(ch, l->kind, l->data, l->len);
+  chanset_end(&ws_chans, ch);
   return sent;
 }
