@@ -75,6 +75,7 @@ void http_server_set_draining(http_server_t *srv);
 /* Appends a combined-format line per response to fd (-1: none, after writing out what is buffered).
  * The fd is the caller's. */
 void http_server_set_access_log(http_server_t *srv, int fd);
+/* Open connections: HTTP's and the WebSockets taken over from them (what --max-connections bounds). */
 size_t http_server_conn_count(const http_server_t *srv);
 uint64_t http_server_requests(const http_server_t *srv);
 /* Calls on_limit when the response count reaches n (0: never). */

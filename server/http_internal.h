@@ -126,8 +126,8 @@ struct http_server_s {
   void *data;
   http_conn_t *conns;
   http_conn_t *resume_head;
-  size_t nconns;
-  size_t nconns_peak;        /* the most open at once since http_server_take_conn_peak */
+  size_t nconns;             /* HTTP connections in `conns` (with the WebSockets: server_count) */
+  size_t nconns_peak;        /* the most open at once (WebSockets too) since http_server_take_conn_peak */
   size_t crowd_mark;         /* the most open at once since memory was last trimmed (server_trim) */
   uint64_t requests;
   uint64_t request_limit;    /* on_limit fires when requests reaches it (0 = never) */

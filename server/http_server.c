@@ -3,7 +3,9 @@
  * Every worker polls the one listening socket (or its own, with --reuseport) and accepts a few
  * connections per wake-up, stepping back when the scoreboard shows a less loaded worker (see
  * on_listener). Connections themselves live in http_conn.c; this file keeps their list and count, so
- * it knows when a drain is over and when it may accept again after --max-connections. */
+ * it knows when a drain is over and when it may accept again after --max-connections. A WebSocket
+ * (ws_conn.c) was one of our connections before its upgrade and counts as one until it closes, as
+ * nginx's worker_connections counts every connection: see server_count. */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include "http_internal.h"
 #include "log.h"
 #include "scoreboard.h"
+#include "ws_conn.h"
 
 #define HTTP_ACCEPTS_PER_WAKE 4 /* connections taken per wake-up of the listener: see on_listener */
 
@@ -31,6 +34,18 @@ static void server_accept(http_server_t *srv) {
   uv_poll_start(&srv->listener, UV_READABLE, on_listener);
 }
 
+/* The connections that count against --max-connections, in the accept balance and in the status:
+ * HTTP's and the WebSockets taken over from them. (An upgrade counts twice from ws_conn_new until its
+ * HTTP side has closed, a turn of the loop or two: an instant early, never late.) */
+static size_t server_count(const http_server_t *srv) { return srv->nconns + ws_conn_count(); }
+
+/* The counts in this worker's scoreboard entry, kept current for the master and the other workers. */
+static void server_board(http_server_t *srv) {
+  if (srv->sb == NULL) return;
+  srv->sb->connections = server_count(srv);
+  srv->sb->websockets = ws_conn_count();
+}
+
 static void server_drained(http_server_t *srv) {
   if (srv->draining && srv->nconns == 0 && !srv->drained_fired) {
     srv->drained_fired = 1;
@@ -42,9 +57,11 @@ void http_server_conn_added(http_server_t *srv, http_conn_t *c) {
   c->next = srv->conns;
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
-  if (++srv->nconns > srv->nconns_peak) srv->nconns_peak = srv->nconns;
-  if (srv->nconns > srv->crowd_mark) srv->crowd_mark = srv->nconns;
-  if (srv->sb) srv->sb->connections = srv->nconns;
+  srv->nconns++;
+  size_t n = server_count(srv);
+  if (n > srv->nconns_peak) srv->nconns_peak = n;
+  if (n > srv->crowd_mark) srv->crowd_mark = n;
+  server_board(srv);
 }
 
 void http_server_conn_removed(http_server_t *srv, http_conn_t *c) {
@@ -57,7 +74,7 @@ void http_server_conn_removed(http_server_t *srv, http_conn_t *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
-  if (srv->sb) srv->sb->connections = srv->nconns;
+  server_board(srv);
 }
 
 /* A crowd has left (the connections are down to a quarter of the most since the last time, and on
@@ -67,20 +84,30 @@ void http_server_conn_removed(http_server_t *srv, http_conn_t *c) {
 #define HTTP_CROWD 1024
 
 static void server_trim(http_server_t *srv) {
+  size_t n = server_count(srv);
   if (srv->crowd_mark >= HTTP_CROWD) srv->crowd_left = 1;
-  if (!srv->crowd_left || srv->nconns > srv->crowd_mark / 4) return;
-  srv->crowd_mark = srv->nconns;
-  if (srv->nconns == 0) srv->crowd_left = 0;
+  if (!srv->crowd_left || n > srv->crowd_mark / 4) return;
+  srv->crowd_mark = n;
+  if (n == 0) srv->crowd_left = 0;
   malloc_trim(0);
 }
 
+/* After an HTTP connection or a WebSocket closed. (Draining ends with HTTP's: the worker waits for
+ * the WebSockets itself, ws_drain.) */
 void http_server_conn_gone(http_server_t *srv) {
   server_trim(srv);
-  if (srv->accept_paused && !srv->draining && !uv_is_active((uv_handle_t *)&srv->accept_retry)) {
+  if (srv->accept_paused && !srv->draining && !uv_is_active((uv_handle_t *)&srv->accept_retry) &&
+      server_count(srv) < (size_t)srv->cfg->max_connections) {
     srv->accept_paused = 0;
     server_accept(srv); /* under the limit again: take connections */
   }
   server_drained(srv);
+}
+
+static void on_ws_gone(void *arg) {
+  http_server_t *srv = arg;
+  server_board(srv);
+  http_server_conn_gone(srv);
 }
 
 /* ---- request states ------------------------------------------------------------------------- */
@@ -141,11 +168,12 @@ static void on_listener(uv_poll_t *p, int status, int events) {
   }
   for (int i = 0; i < HTTP_ACCEPTS_PER_WAKE; i++) {
     /* (With --reuseport the socket is ours alone: what waits there waits for us.) */
-    if (!srv->cfg->reuseport && srv->board && scoreboard_fewer_elsewhere(srv->board, srv->sb_index, srv->nconns)) {
+    size_t n = server_count(srv);
+    if (!srv->cfg->reuseport && srv->board && scoreboard_fewer_elsewhere(srv->board, srv->sb_index, n)) {
       server_pause(srv, 2);
       return;
     }
-    if (srv->nconns >= (size_t)srv->cfg->max_connections) {
+    if (n >= (size_t)srv->cfg->max_connections) {
       mf_log("connection limit (%ld) reached: not accepting until one closes", srv->cfg->max_connections);
       server_pause(srv, 0);
       return;
@@ -193,6 +221,7 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
   uv_unref((uv_handle_t *)&srv->accept_retry);
   srv->listener.data = srv;
   srv->listen_fd = fd;
+  ws_conn_on_gone(on_ws_gone, srv);
   return srv;
 
 fail_listener:
@@ -239,13 +268,13 @@ void http_server_set_scoreboard(http_server_t *srv, scoreboard_board_t *board, i
 
 void http_server_set_draining(http_server_t *srv) { srv->draining = 1; }
 
-size_t http_server_conn_count(const http_server_t *srv) { return srv->nconns; }
+size_t http_server_conn_count(const http_server_t *srv) { return server_count(srv); }
 uint64_t http_server_requests(const http_server_t *srv) { return srv->requests; }
 
 void http_server_set_request_limit(http_server_t *srv, uint64_t n) { srv->request_limit = n; }
 
 size_t http_server_take_conn_peak(http_server_t *srv) {
   size_t peak = srv->nconns_peak;
-  srv->nconns_peak = srv->nconns;
+  srv->nconns_peak = server_count(srv);
   return peak;
 }

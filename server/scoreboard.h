@@ -13,7 +13,8 @@
 typedef struct {
   volatile uint64_t beat_ms;     /* CLOCK_MONOTONIC ms of the last turn of the worker's heartbeat timer */
   volatile uint64_t requests;    /* responses finished */
-  volatile uint64_t connections; /* open connections, kept current (the accept balance reads it) */
+  volatile uint64_t connections; /* open connections, WebSockets too, kept current (the accept balance reads it) */
+  volatile uint64_t websockets;  /* how many of them are WebSockets */
   volatile uint64_t yields;      /* CPU handed on after a --sched-slice of work without a pause */
   volatile uint32_t state;       /* MF_SB_* */
   char activity[196];            /* "GET /path" of the request the worker last ran Lua for */

@@ -116,6 +116,7 @@ static void child_status(const child_t *c, uint64_t now, status_worker_t *w) {
   w->uptime = (double)(now - c->started_ms) / 1000.0;
   w->requests = sb ? (long long)sb->requests : 0;
   w->connections = sb ? (long long)sb->connections : 0;
+  w->websockets = sb ? (long long)sb->websockets : 0;
   w->rss_kb = (long long)watchdog_rss_kb(c->pid);
   w->yields = sb ? (long long)sb->yields : 0;
 }

@@ -20,6 +20,7 @@
   X(uptime, SECONDS, "uptime", 9)  \
   X(requests, INT, "requests", 10) \
   X(connections, INT, "conns", 7)  \
+  X(websockets, INT, NULL, 0)      \
   X(rss_kb, KB, "rss", 9)          \
   X(yields, INT, NULL, 0)
 

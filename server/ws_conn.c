@@ -63,9 +63,9 @@ static struct {
   ws_conn_t *head;
   size_t count;
   uv_timer_t tick;
-  uint32_t tick_ms;
-  int ticking;
+  uint32_t tick_ms, ticking;
   void (*on_gone)(void);
+  void (*on_each_gone)(void *arg), *each_gone_arg; /* ws_conn_on_gone's: told of every connection gone */
   ws_conn_t *corked;      /* the connection whose input is being handled: its frames gather in cork */
   mf_buf_t cork;
   uv_idle_t idle;         /* runs ws.later */
@@ -111,6 +111,7 @@ void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data) {
 static uint32_t now32(void) { return (uint32_t)uv_now(ws.loop); }
 
 size_t ws_conn_count(void) { return ws.count; }
+void ws_conn_on_gone(void (*fn)(void *arg), void *arg) { ws.on_each_gone = fn, ws.each_gone_arg = arg; }
 
 void **ws_conn_ud(ws_conn_t *c) { return &c->ud; }
 
@@ -158,6 +159,7 @@ static void conn_free(ws_conn_t *c) {
   ws_deflate_free(c->z);
   free(c);
   ws.count--;
+  if (ws.on_each_gone) ws.on_each_gone(ws.each_gone_arg);
   if (ws.count == 0) {
     uv_timer_stop(&ws.tick);
     ws.ticking = 0;

@@ -36,7 +36,8 @@ static void test_json_and_table(void) {
     c[i].started_ms = uv_now(loop) - 3000;
     c[i].data = &sb[i];
     sb[i].requests = 100 * (uint64_t)(i + 1);
-    sb[i].connections = (uint64_t)i;
+    sb[i].connections = (uint64_t)(3 * i);
+    sb[i].websockets = (uint64_t)(2 * i);
     sb[i].yields = 7;
   }
   c[1].next = &c[0]; /* newest first */
@@ -50,9 +51,9 @@ static void test_json_and_table(void) {
             "{\"ok\":true,\"master\":{\"pid\":42,\"uptime\":5.0,\"url\":\"http://127.0.0.1:8080\",\"workers\":2,"
             "\"restarts\":1,\"reloading\":false},\"workers\":["
             "{\"id\":1,\"pid\":0,\"serial\":10,\"state\":\"ready\",\"uptime\":3.0,\"requests\":100,"
-            "\"connections\":0,\"rss_kb\":0,\"yields\":7},"
+            "\"connections\":0,\"websockets\":0,\"rss_kb\":0,\"yields\":7},"
             "{\"id\":2,\"pid\":0,\"serial\":11,\"state\":\"starting\",\"uptime\":3.0,\"requests\":200,"
-            "\"connections\":1,\"rss_kb\":0,\"yields\":7}]}");
+            "\"connections\":3,\"websockets\":2,\"rss_kb\":0,\"yields\":7}]}");
   char *text = NULL;
   size_t len = 0;
   FILE *out = open_memstream(&text, &len);
@@ -61,7 +62,7 @@ static void test_json_and_table(void) {
   CHECK_STR(text,
             "  id      pid  serial state        uptime   requests   conns       rss\n"
             "   1        0      10 ready            3s        100       0     0.0MB\n"
-            "   2        0      11 starting         3s        200       1     0.0MB\n");
+            "   2        0      11 starting         3s        200       3     0.0MB\n");
   free(text);
   mf_buf_free(&b);
 }
