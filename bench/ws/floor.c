@@ -1,11 +1,16 @@
-/* bench/ws/floor.c -- the floor of the WebSocket echo bench: the least a server can do per message.
+/* bench/ws/floor.c -- the floor of the WebSocket benches: the least a server can do per message.
  *
  * Not a contestant and not a server anyone should use: W forked processes share one listening socket,
  * each with an epoll loop that answers the upgrade (any request on the connection's first read gets
- * the 101), and then, per readable socket, one read(2), every whole masked frame unmasked into one
- * reply buffer, one write(2). No Lua, no event library, no limits, no close handshake, no UTF-8 check,
- * no timers. What it reaches on this machine is what the kernel's loopback TCP allows any server with
- * one read and one send per round trip; a contestant's distance from it is its own cost.
+ * the 101). Then, per readable socket, one read(2) and:
+ *   - GET /sub...: the connection is a subscriber of this process;
+ *   - GET /pub...: every whole message is passed to the other processes (one datagram each on a Unix
+ *     socket made before the fork) and written to this process's subscribers, the frame built once,
+ *     one write(2) each, in the order they came;
+ *   - any other path: every whole masked frame unmasked into one reply buffer, one write(2).
+ * No Lua, no event library, no limits, no close handshake, no UTF-8 check, no timers. What it reaches
+ * on this machine is what the kernel's loopback TCP allows any server with one read and one send per
+ * message; a contestant's distance from it is its own cost.
  *
  *   cc -O2 -o floor floor.c -lcrypto ; ./floor PORT WORKERS
  */
@@ -22,14 +27,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 enum { BUF = 65536 };
 
+enum { K_ECHO, K_SUB, K_PUB };
+
 typedef struct {
   int open; /* the upgrade was answered */
+  int kind, fd;
   size_t inlen;
   uint8_t in[BUF];
 } conn_t;
@@ -55,6 +64,7 @@ static int answer_upgrade(int fd, conn_t *c) {
                    "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", acc);
   if (write(fd, out, (size_t)n) != n) return -1;
   c->open = 1;
+  c->kind = !strncmp((char *)c->in, "GET /sub", 8) ? K_SUB : !strncmp((char *)c->in, "GET /pub", 8) ? K_PUB : K_ECHO;
   c->inlen = 0;
   return 0;
 }
@@ -82,10 +92,29 @@ static size_t echo_frames(conn_t *c, uint8_t *out) {
   return o;
 }
 
+static int nproc, me, (*peers)[2]; /* peers[i][0]: process i reads its datagrams there */
+static conn_t **subs;
+static size_t nsubs, capsubs;
+static conn_t peer_mark; /* epoll's data for this process's datagram socket */
+
+/* One message (payload p, n bytes) to every subscriber of this process: the frame built once. */
+static void fan_out(const uint8_t *p, size_t n) {
+  static uint8_t f[BUF + 16];
+  size_t hl = 2;
+  f[0] = 0x81;
+  if (n < 126) f[1] = (uint8_t)n;
+  else { f[1] = 126; f[2] = (uint8_t)(n >> 8); f[3] = (uint8_t)n; hl = 4; }
+  memcpy(f + hl, p, n);
+  for (size_t i = 0; i < nsubs; i++)
+    if (subs[i] && write(subs[i]->fd, f, hl + n) < 0 && errno != EAGAIN) subs[i] = NULL;
+}
+
 static void serve(int lfd) {
   int ep = epoll_create1(0);
   struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = NULL };
   epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+  struct epoll_event pev = { .events = EPOLLIN, .data.ptr = &peer_mark };
+  epoll_ctl(ep, EPOLL_CTL_ADD, peers[me][0], &pev);
   static uint8_t out[BUF + 64];
   for (;;) {
     struct epoll_event evs[256];
@@ -97,26 +126,50 @@ static void serve(int lfd) {
         if (fd < 0) continue;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        c = calloc(1, sizeof *c + sizeof(int));
-        memcpy(c + 1, &fd, sizeof fd);
+        c = calloc(1, sizeof *c);
+        c->fd = fd;
         struct epoll_event cev = { .events = EPOLLIN, .data.ptr = c };
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
         continue;
       }
-      int fd;
-      memcpy(&fd, c + 1, sizeof fd);
+      if (c == &peer_mark) {
+        ssize_t r = recv(peers[me][0], out, BUF, MSG_DONTWAIT);
+        if (r > 0) fan_out(out, (size_t)r);
+        continue;
+      }
+      int fd = c->fd;
       ssize_t r = read(fd, c->in + c->inlen, BUF - 1 - c->inlen);
       if (r <= 0) {
         if (r < 0 && errno == EAGAIN) continue;
+        for (size_t k = 0; k < nsubs; k++) if (subs[k] == c) subs[k] = NULL;
         close(fd); free(c);
         continue;
       }
       c->inlen += (size_t)r;
       if (!c->open) {
-        if (answer_upgrade(fd, c) < 0) { close(fd); free(c); }
+        if (answer_upgrade(fd, c) < 0) { close(fd); free(c); continue; }
+        if (c->kind == K_SUB) {
+          if (nsubs == capsubs && !(subs = realloc(subs, (capsubs = capsubs ? capsubs * 2 : 1024) * sizeof *subs)))
+            abort();
+          subs[nsubs++] = c;
+        }
         continue;
       }
       size_t o = echo_frames(c, out);
+      if (c->kind == K_SUB) continue;
+      if (c->kind == K_PUB) { /* each whole message: to the other processes, then to our own */
+        for (size_t off = 0; off < o;) {
+          size_t n = out[off + 1] & 0x7f, hl = 2;
+          if (n == 126) { n = (size_t)out[off + 2] << 8 | out[off + 3]; hl = 4; }
+          if ((out[off] & 0x0f) == 1) {
+            for (int k = 0; k < nproc; k++)
+              if (k != me) send(peers[k][1], out + off + hl, n, MSG_DONTWAIT);
+            fan_out(out + off + hl, n);
+          }
+          off += hl + n;
+        }
+        continue;
+      }
       if (o && write(fd, out, o) < 0 && errno != EAGAIN) { close(fd); free(c); }
     }
   }
@@ -129,10 +182,14 @@ int main(int argc, char **argv) {
   struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1])),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
   if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 4096) < 0) { perror("floor"); return 1; }
-  int w = atoi(argv[2]);
+  nproc = atoi(argv[2]);
+  if (nproc < 1) nproc = 1;
   signal(SIGPIPE, SIG_IGN);
-  for (int i = 0; i < w; i++)
-    if (fork() == 0) { serve(lfd); _exit(0); }
+  peers = calloc((size_t)nproc, sizeof *peers);
+  for (int i = 0; i < nproc; i++)
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, peers[i]) < 0) { perror("floor"); return 1; }
+  for (int i = 0; i < nproc; i++)
+    if (fork() == 0) { prctl(PR_SET_PDEATHSIG, SIGTERM); me = i; serve(lfd); _exit(0); }
   while (wait(NULL) > 0) {}
   return 0;
 }
