@@ -121,7 +121,7 @@ local function target_of(url)
 end
 _M.target_of = target_of
 
-local CLIENT_STATUS = { ["client body: too large"] = 413, ["client body: timeout"] = 408,
+local FAILURE_STATUS = { ["client body: too large"] = 413, ["client body: timeout"] = 408,
   ["client body: closed"] = 400, draining = 503 }
 local REASON = { [400] = "400 Bad Request\n", [408] = "408 Request Timeout\n", [413] = "413 Content Too Large\n",
   [502] = "502 Bad Gateway\n", [503] = "503 Service Unavailable\n" }
@@ -169,7 +169,7 @@ function _M.pass(req, res, upstream, opts)
       res.finished = true
       return nil, err, false
     end
-    if not res.finished then answer(res, CLIENT_STATUS[err] or 502) end
+    if not res.finished then answer(res, FAILURE_STATUS[err] or 502) end
     return nil, err, false
   end
   res.headersSent, res.finished = true, true
