@@ -3,7 +3,8 @@
  * pass.start hands a request to http_pass.c and returns at once; the calling coroutine then waits
  * (sched.wait), and the `done` callback registered with pass.on wakes it with the outcome. The
  * coroutine is pinned by a registry ref from start to done; nothing else crosses the boundary per
- * request (the request's packed headers go to C as the string the dispatcher already holds). */
+ * request (the request's packed headers go to C as the string the dispatcher already holds). A tunnel
+ * (after an upstream's 101) is C's alone: the exchange is done once it begins. */
 #include "bind_pass.h"
 
 #include <arpa/inet.h>
@@ -109,7 +110,9 @@ static uint64_t pass_ms(lua_State *L, int i) {
  * framed it: its Content-Length, else chunked), nil when there is none. max_body (11: the largest
  * response body, nil for any). Then pool_size (12), idle_ms,
  * connect_ms, send_ms, read_ms (16), extra header lines (17), names to drop (18), xff (19, boolean),
- * host (20: Host when the client sent none). */
+ * host (20: Host when the client sent none), tunnel_ms (21: a tunnel's idle time), http11 (22, boolean:
+ * only an HTTP/1.1 request may ask for an upgrade, RFC 9110 7.8). A bodiless GET whose headers ask
+ * for an upgrade asks the upstream for it too. */
 static int pass_start(lua_State *L) {
   http_conn_t *c = bind_http_conn(L, 1);
   uint32_t gen = lua_isnil(L, 2) ? (c != NULL ? http_conn_gen(c) : 0) : (uint32_t)luaL_checknumber(L, 2);
@@ -132,6 +135,7 @@ static int pass_start(lua_State *L) {
   r.extra = luaL_optlstring(L, 17, NULL, &r.extra_len);
   r.drop = luaL_optstring(L, 18, NULL);
   r.host = luaL_optstring(L, 20, NULL);
+  up.tunnel_ms = pass_ms(L, 21);
   if (c == NULL) {
     lua_pushnil(L);
     lua_pushliteral(L, "client closed");
@@ -146,6 +150,8 @@ static int pass_start(lua_State *L) {
     r.body = len >= 0 ? HTTP_PASS_BODY_LENGTH : HTTP_PASS_BODY_CHUNKED;
     r.body_len = len >= 0 ? (uint64_t)len : 0;
   }
+  if (lua_toboolean(L, 22) && strcmp(r.method, "GET") == 0 && r.body_len == 0 && r.body != HTTP_PASS_BODY_CHUNKED)
+    r.upgrade = http_pass_upgrade_of(r.headers, r.headers_len, &r.upgrade_len);
   lua_pushvalue(L, 3);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
   const char *why;
@@ -160,8 +166,15 @@ static int pass_start(lua_State *L) {
   return 1;
 }
 
+/* pass.drain(): the worker drains: its tunnels close, and no new one opens. */
+static int pass_drain(lua_State *L) {
+  (void)L;
+  http_pass_drain();
+  return 0;
+}
+
 void bind_pass_open(lua_State *L, uv_loop_t *loop) {
-  static const luaL_Reg fns[] = {{"on", pass_on}, {"start", pass_start}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"on", pass_on}, {"start", pass_start}, {"drain", pass_drain}, {NULL, NULL}};
   bind_pass.L = L;
   http_pass_init(loop, pass_done);
   bind_module_open(L, "moonfork.core.pass", fns);

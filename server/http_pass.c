@@ -14,30 +14,20 @@
  * oldest beyond the pool's size, and any idle longer than its idle time, are closed. A pooled
  * connection that fails before any response byte is retried once on a fresh one when the request can
  * be sent again (an idempotent method, its body whole). Exchange memory is kept on a free list: the hot path allocates
- * nothing it can reuse. */
+ * nothing it can reuse.
+ *
+ * A 101 to a request that asked for an upgrade ends the exchange another way: its connection and the
+ * client's become a tunnel (http_pass_tunnel.c). A 101 nobody asked for is the upstream's failure. */
 #include "http_pass.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "http_pass_internal.h"
 #include "httpc_parse.h"
-#include "net_connect.h"
-#include "writeq.h"
 
 #define PASS_HIGH_WATER (256 * 1024) /* upstream send queue: over it, the client's body waits */
-
-typedef struct pass_pool_s pass_pool_t;
-
-typedef struct pass_up_s {
-  net_connect_stream_t h;
-  uv_connect_t creq;
-  writeq_t q;
-  pass_pool_t *pool;
-  http_pass_t *x;                /* the exchange using it; NULL while pooled */
-  struct pass_up_s *prev, *next; /* the pool's idle list, most recent first */
-  uint64_t idle_at;
-} pass_up_t;
 
 struct pass_pool_s {
   char *name;
@@ -64,10 +54,11 @@ struct http_pass_s {
   int body_mode;
   struct sockaddr_storage addr;
   char path[108];
-  uint64_t connect_ms, send_ms, read_ms, max_body;
+  uint64_t connect_ms, send_ms, read_ms, max_body, tunnel_ms;
   http_pass_t *prev, *next; /* the active list (or the free list, next only) */
   unsigned streaming : 1, req_done : 1, headed : 1, sent : 1, reused : 1, retried : 1, up_full : 1,
-      client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1, starting : 1, idempotent : 1;
+      client_full : 1, wait_body : 1, got : 1, busy : 1, is_unix : 1, is_head : 1, starting : 1, idempotent : 1,
+      upgrade : 1;
   const char *start_err; /* the exchange ended during http_pass_start: why */
 };
 
@@ -76,6 +67,7 @@ static struct {
   http_pass_done_cb done;
   pass_pool_t *pools;
   http_pass_t *active, *spare;
+  int draining; /* no new tunnels */
 } pass;
 
 static void pass_end(http_pass_t *x, const char *err, int reusable);
@@ -87,6 +79,7 @@ static void pass_timer(http_pass_t *x, uint64_t ms);
 void http_pass_init(uv_loop_t *loop, http_pass_done_cb done) {
   pass.loop = loop;
   pass.done = done;
+  http_pass_tunnel_init(loop);
 }
 
 /* ---- upstream connections and their pools -------------------------------------------------- */
@@ -382,6 +375,8 @@ int http_pass_start(http_conn_t *c, uint32_t gen, const http_pass_req_t *r, cons
   x->send_ms = up->send_ms;
   x->read_ms = up->read_ms;
   x->max_body = up->max_body;
+  x->tunnel_ms = up->tunnel_ms;
+  x->upgrade = r->upgrade != NULL;
   httpc_parse_start(&x->p, x->is_head, x->max_body, 0);
   pass_link(x);
   x->starting = 1; /* a failure now is returned, not called back */
@@ -441,17 +436,40 @@ static int pass_respond(http_pass_t *x, int final) {
   return 0;
 }
 
+/* The upstream switched protocols: to a request that asked for it, the client's connection becomes a
+ * tunnel (http_pass_tunnel.c) and the exchange ends with status 101; else (or while draining) it
+ * fails. rest: what the upstream sent after its head. */
+static void pass_upgrade(http_pass_t *x, const char *rest, size_t n) {
+  size_t hl;
+  const char *h = http_parse_headers(&x->p.parse, &hl);
+  pass_up_t *u = x->up;
+  int sent = 0;
+  if (!x->upgrade || pass.draining) {
+    pass_end(x, x->upgrade ? "draining" : "upstream switched protocols", 0);
+    return;
+  }
+  x->status = 101;
+  x->up = NULL; /* the tunnel's from here on, whatever happens */
+  const char *err = http_pass_tunnel_start(u, x->c, x->gen, h, hl, x->tunnel_ms, rest, n, &sent);
+  x->sent = sent;
+  pass_end(x, err, 0);
+}
+
 /* Feeds bytes from the upstream; DONE ends the exchange (a 1xx starts the parser again). */
 static void pass_feed(http_pass_t *x, const char *data, size_t n) {
   char err[200];
   while (1) {
     size_t used;
     int r = httpc_parse_feed(&x->p, data, n, &used);
-    if (r == HTTP_PARSE_ERROR || r == HTTP_PARSE_UPGRADE) {
-      pass_end(x, r == HTTP_PARSE_UPGRADE ? "upstream switched protocols" : httpc_parse_error(&x->p, err, sizeof err), 0);
+    if (r == HTTP_PARSE_ERROR) {
+      pass_end(x, httpc_parse_error(&x->p, err, sizeof err), 0);
       return;
     }
     int status = x->p.headed ? http_parse_status(&x->p.parse) : 0;
+    if (r == HTTP_PARSE_UPGRADE || (r == HTTP_PARSE_DONE && status == 101)) { /* never an interim answer */
+      pass_upgrade(x, data + used, n - used);
+      return;
+    }
     if (r == HTTP_PARSE_DONE && status < 200) { /* an interim answer: the real one follows */
       httpc_parse_start(&x->p, x->is_head, x->max_body, 0);
       data += used;
@@ -547,6 +565,11 @@ int http_pass_on_body(http_conn_t *c) {
   if (x == NULL) return 0;
   if (x->wait_body) pass_pump(x);
   return 1;
+}
+
+void http_pass_drain(void) {
+  pass.draining = 1;
+  http_pass_tunnel_close_all();
 }
 
 void http_pass_on_conn_closed(http_conn_t *c) {

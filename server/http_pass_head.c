@@ -3,7 +3,10 @@
  *
  * Pure functions over the packed header blocks the parser stores (http_parse.h), so the rules a proxy
  * must keep (hop-by-hop headers stop here, in both directions, with every header a Connection header
- * names: RFC 9110 7.6.1) are unit-tested without a socket (test/test_http_pass_head.c). */
+ * names: RFC 9110 7.6.1) are unit-tested without a socket (test/test_http_pass_head.c,
+ * test_http_pass_upgrade.c). An upgrade is the one exception, made the way nginx's WebSocket recipe
+ * makes it: the client's Upgrade value goes on with "Connection: upgrade", and a 101 comes back with
+ * its Upgrade header and "Connection: upgrade". */
 #include "http_pass.h"
 
 #include <stdlib.h>
@@ -115,6 +118,9 @@ int http_pass_request_head(mf_buf_t *out, const http_pass_req_t *r) {
   }
   if (!host && r->host && mf_buf_appendf(out, "Host: %s\r\n", r->host) != 0) return -1;
   if (r->remote && pass_xff(out, r->headers, r->headers_len, r->remote) != 0) return -1;
+  if (r->upgrade && (mf_buf_append(out, "Upgrade: ", 9) != 0 || mf_buf_append(out, r->upgrade, r->upgrade_len) != 0 ||
+                     mf_buf_append(out, "\r\nConnection: upgrade\r\n", 23) != 0))
+    return -1;
   if (r->extra_len && mf_buf_append(out, r->extra, r->extra_len) != 0) return -1;
   if (r->body == HTTP_PASS_BODY_LENGTH) {
     char num[24], *p = num + sizeof num;
@@ -126,6 +132,32 @@ int http_pass_request_head(mf_buf_t *out, const http_pass_req_t *r) {
   }
   if (r->body == HTTP_PASS_BODY_CHUNKED && mf_buf_append(out, "Transfer-Encoding: chunked\r\n", 28) != 0) return -1;
   return mf_buf_append(out, "\r\n", 2);
+}
+
+const char *http_pass_upgrade_of(const char *headers, size_t len, size_t *vlen) {
+  size_t off = 0, nl, vl;
+  const char *hn, *v;
+  if (!pass_named(headers, len, "upgrade", 7)) return NULL;
+  while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1)
+    if (vl > 0 && pass_is(hn, nl, "upgrade")) {
+      *vlen = vl;
+      return v;
+    }
+  return NULL;
+}
+
+int http_pass_upgrade_head(mf_buf_t *out, const char *headers, size_t len) {
+  size_t off = 0, nl, vl;
+  const char *hn, *v;
+  int named = pass_names_any(headers, len);
+  while (http_headers_next(headers, len, &off, &hn, &nl, &v, &vl) == 1) {
+    int upgrade = pass_is(hn, nl, "upgrade"); /* hop-by-hop, but the 101 is about it */
+    if ((!upgrade && (pass_is_hop(hn, nl) || (named && pass_named(headers, len, hn, nl)))) || pass_is(hn, nl, "date") ||
+        pass_is(hn, nl, "content-length"))
+      continue;
+    if (pass_line(out, hn, nl, v, vl) != 0) return -1;
+  }
+  return mf_buf_append(out, "Connection: upgrade\r\n", 21);
 }
 
 int http_pass_response_head(mf_buf_t *out, const char *headers, size_t len, int64_t *clen) {

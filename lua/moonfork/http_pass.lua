@@ -6,7 +6,9 @@
 -- waits once. Returns status, nil, true when the response went through; nil, err, sent when it
 -- failed: sent false means nothing reached the client, which got a 502 (or the 400/408/413 its own
 -- body deserved, err "client body: ..."); sent true means the response had begun, and the client's
--- connection was cut (a truncated body must not look complete).
+-- connection was cut (a truncated body must not look complete). A bodiless GET that asks for an
+-- upgrade (WebSocket) asks the upstream too; its 101 makes the client's connection a tunnel to the
+-- upstream, relayed in C from then on: pass returns 101, nil, true at once.
 local sched = require "moonfork.sched"
 local cpass = package.loaded["moonfork.core.pass"] or {}
 
@@ -19,6 +21,15 @@ local start = cpass.start
 local _M = {}
 
 if cpass.on then cpass.on(wake) end -- done(co, status, err, sent) wakes the waiting coroutine
+
+-- A draining worker closes its tunnels (they would not outlive --grace) and opens no new one. This
+-- module is loaded at the first pass: the drain may have begun already.
+local moonfork = package.loaded.moonfork
+if cpass.drain and type(moonfork) == "table" and moonfork.on then
+  local drain = cpass.drain
+  moonfork.on("drain", function() drain() end)
+  if moonfork.draining then drain() end
+end
 
 local SLASH = byte("/")
 
@@ -48,7 +59,7 @@ end
 
 -- opts table -> its settings, worked out once (an opts table is usually built once and reused)
 local settings = setmetatable({}, { __mode = "k" })
-local DEFAULTS = { pool = 64, idle = 60000, connect = 10000, send = 10000, read = 10000, xff = true }
+local DEFAULTS = { pool = 64, idle = 60000, connect = 10000, send = 10000, read = 10000, xff = true, tunnel = 60000 }
 
 local function ms(v, name, default)
   if v == nil then return default end
@@ -92,6 +103,7 @@ local function settings_of(opts)
     read = ms(opts.readTimeout, "readTimeout", t), extra = header_lines(opts.headers),
     drop = drop_list(opts.removeHeaders), xff = opts.forwardedFor ~= false,
     max_body = opts.maxBody ~= nil and ms(opts.maxBody, "maxBody") or nil,
+    tunnel = ms(opts.tunnelTimeout, "tunnelTimeout", 60000),
   }
   settings[opts] = s
   return s
@@ -109,10 +121,10 @@ local function target_of(url)
 end
 _M.target_of = target_of
 
-local CLIENT_STATUS = { ["client body: too large"] = 413, ["client body: timeout"] = 408,
-  ["client body: closed"] = 400 }
+local FAILURE_STATUS = { ["client body: too large"] = 413, ["client body: timeout"] = 408,
+  ["client body: closed"] = 400, draining = 503 }
 local REASON = { [400] = "400 Bad Request\n", [408] = "408 Request Timeout\n", [413] = "413 Content Too Large\n",
-  [502] = "502 Bad Gateway\n" }
+  [502] = "502 Bad Gateway\n", [503] = "503 Service Unavailable\n" }
 
 local function answer(res, status)
   res:writeHead(status, { ["Content-Type"] = "text/plain", ["Content-Length"] = #REASON[status],
@@ -147,7 +159,8 @@ function _M.pass(req, res, upstream, opts)
   local ok
   if addr then
     ok, err = start(res._conn, nil, running(), req.method, target, req._head, body, u.name, addr, u.port, s.max_body,
-      s.pool, s.idle, s.connect, s.send, s.read, s.extra, s.drop, s.xff, u.hostport)
+      s.pool, s.idle, s.connect, s.send, s.read, s.extra, s.drop, s.xff, u.hostport, s.tunnel,
+      req.httpVersion == "1.1")
   end
   local status, sent = nil, false
   if ok then status, err, sent = wait() end
@@ -156,7 +169,7 @@ function _M.pass(req, res, upstream, opts)
       res.finished = true
       return nil, err, false
     end
-    if not res.finished then answer(res, CLIENT_STATUS[err] or 502) end
+    if not res.finished then answer(res, FAILURE_STATUS[err] or 502) end
     return nil, err, false
   end
   res.headersSent, res.finished = true, true
