@@ -10,18 +10,24 @@
 -- id it was told on its stdin.
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
+local socket = require "socket"
 
 local CHAT = os.getenv("CHAT_SPEC_SCRIPT") or (helpers.ROOT .. "/examples/chat/server.lua")
 local WSLOAD = helpers.ROOT .. "/bench/ws/wsload"
 local decode, char, byte = helpers.json_decode, string.char, string.byte
 
 -- Starts the chat with the fd limit raised to the hard limit (1,000 sockets and then some), through
--- a wrapper script in place of the binary, as helpers.start_env does for the environment.
-local function start_chat(workers, extra)
+-- a wrapper script in place of the binary, as helpers.start_env does for the environment (env: name ->
+-- value, for the server).
+local function start_chat(workers, extra, env)
   local dir = helpers.mktempdir()
   local wrapper = dir .. "/moonfork"
   local f = assert(io.open(wrapper, "w"))
-  f:write('#!/bin/sh\nulimit -n "$(ulimit -Hn)" 2>/dev/null\nexec ' .. helpers.shell_quote(helpers.BIN) .. ' "$@"\n')
+  local vars = {}
+  for k, v in pairs(env or {}) do vars[#vars + 1] = helpers.shell_quote(k .. "=" .. v) .. " " end
+  table.sort(vars)
+  f:write('#!/bin/sh\nulimit -n "$(ulimit -Hn)" 2>/dev/null\nexec env ' .. table.concat(vars)
+    .. helpers.shell_quote(helpers.BIN) .. ' "$@"\n')
   f:close()
   os.execute("chmod +x " .. helpers.shell_quote(wrapper))
   local bin = helpers.BIN
@@ -158,6 +164,45 @@ local function all_have(clients, n)
   end
 end
 
+-- Sends a post on conn without waiting for its answer (read it with take_post).
+local function send_post(conn, user, text)
+  assert(conn:send(helpers.build_request("POST", "/messages", { { "Content-Type", "application/json" } },
+    cjson.encode({ user = user, text = text }))))
+end
+
+local function take_post(conn)
+  local r = assert(conn:receive())
+  assert.equal(201, r.status, r.body)
+  return decode(r.body).id
+end
+
+-- Each client's ids are exactly since+1 .. last, and each text is the one posted with that id.
+local function assert_exact(clients, last, texts)
+  for i, cl in ipairs(clients) do
+    assert.are.same(range(cl.since + 1, last), cl:ids(), "client " .. i .. " (since " .. cl.since .. ")")
+    for _, m in ipairs(cl.msgs) do assert.equal(texts[m.id], m.text, "client " .. i .. ", id " .. m.id) end
+  end
+end
+
+-- The bytes the kernel holds to send on the server's end of client connection conn (the server
+-- listens on `port`): /proc/net/tcp's tx_queue, or nil when the connection is not there.
+local function kernel_send_queue(port, conn)
+  local _, cport = conn.sock:getsockname()
+  local pat = string.format(":%04X %%x+:%04X %%x%%x (%%x+):", port, tonumber(cport))
+  local q = (helpers.read_file("/proc/net/tcp") or ""):match(pat)
+  return q and tonumber(q, 16)
+end
+
+-- A connection whose receive buffer is as small as the kernel allows (a client that reads slowly
+-- fills it, and then the server's send queue, after a few messages).
+local function small_window_conn(port)
+  local sock = assert(socket.tcp4())
+  assert(sock:setoption("recv-buffer-size", 4096))
+  sock:settimeout(helpers.DEADLINE)
+  assert(sock:connect("127.0.0.1", port))
+  return setmetatable({ sock = sock, buf = "", eof = false }, helpers.Conn)
+end
+
 ---------------------------------------------------------------------------------------------------
 
 describe("chat over WebSocket", function()
@@ -208,6 +253,142 @@ describe("chat over WebSocket", function()
       assert.are.same(range(6, 11), b:ids())
       assert.equal("while away 1", b.msgs[1].text)
       assert.are.same(range(1, 11), whole:ids())
+    end)
+
+    -- The fan-out: in C (each socket joins the worker's channel once caught up from the log) by
+    -- default, the Lua loop over sockets with CHAT_WS_FANOUT=lua; both must give the same result.
+    for _, fanout in ipairs { "c", "lua" } do
+    it("gives every socket on both workers each of many messages once and in order, posted from both (" .. fanout .. ")", function()
+      local srv = start_chat(2, nil, { CHAT_WS_FANOUT = fanout })
+      local clients = {}
+      for i = 1, 6 do
+        clients[i] = ws_client(helpers.conn_on(srv, i % 2 + 1, "/style.css", "HEAD"), "/ws?since=0")
+        clients[i].since = 0
+      end
+      assert.is_true(helpers.run_clients(clients, function()
+        for _, cl in ipairs(clients) do if not cl.head then return false end end
+        return true
+      end, 10), "not every WebSocket was upgraded")
+      -- 300 posts, four in flight at a time on connections held by both workers
+      local posters = {}
+      for i = 1, 4 do posters[i] = helpers.conn_on(srv, i % 2 + 1, "/style.css", "HEAD") end
+      local texts, last, n = {}, 0, 0
+      for _ = 1, 75 do
+        local sent = {}
+        for i, p in ipairs(posters) do
+          n = n + 1
+          sent[i] = "message " .. n
+          send_post(p, "user" .. i, sent[i])
+        end
+        for i, p in ipairs(posters) do
+          local id = take_post(p)
+          texts[id] = sent[i]
+          last = math.max(last, id)
+        end
+        for _, cl in ipairs(clients) do cl:step() end
+      end
+      assert.equal(300, last)
+      assert.is_true(helpers.run_clients(clients, all_have(clients, last), 30), "not every client got " .. last .. " messages")
+      assert_exact(clients, last, texts)
+    end)
+
+    it("gives a socket that connects while messages are being posted each message after its ?since= exactly once (" .. fanout .. ")", function()
+      local srv = start_chat(2, nil, { CHAT_WS_FANOUT = fanout })
+      local pool = {} -- connections held by each worker, upgraded one at a time between posts
+      for i = 1, 16 do pool[i] = helpers.conn_on(srv, i % 2 + 1, "/style.css", "HEAD") end
+      local posters = {}
+      for i = 1, 4 do posters[i] = helpers.conn_on(srv, i % 2 + 1, "/style.css", "HEAD") end
+      local clients, texts, last, n = {}, {}, 0, 0
+      local function post_round()
+        local sent = {}
+        for i, p in ipairs(posters) do
+          n = n + 1
+          sent[i] = "message " .. n
+          send_post(p, "user" .. i, sent[i])
+        end
+        return function()
+          for i, p in ipairs(posters) do
+            local id = take_post(p)
+            texts[id] = sent[i]
+            last = math.max(last, id)
+          end
+        end
+      end
+      for r = 1, 16 do
+        -- four posts are on their way while this socket upgrades, catches up and joins. It asks for
+        -- everything, or what follows a few ids back, or the newest id acknowledged so far (which its
+        -- worker may not have yet), or two ids past that (a position past every worker's newest
+        -- message, which the channel's members do not share: it must not be sent the two before it)
+        local answers = post_round()
+        local since = ({ 0, math.max(0, last - 3), last, last + 2 })[r % 4 + 1]
+        local cl = ws_client(pool[r], "/ws?since=" .. since)
+        cl.since = since
+        clients[#clients + 1] = cl
+        answers()
+        for _, c in ipairs(clients) do c:step() end
+      end
+      for _ = 1, 5 do post_round()() end
+      assert.equal(84, last)
+      assert.is_true(helpers.run_clients(clients, function()
+        for _, cl in ipairs(clients) do
+          if #cl.msgs < last - cl.since then return false end
+        end
+        return true
+      end, 30), "not every client reached id " .. last)
+      -- and nothing more comes: one more post is each one's next message
+      local final = assert(post(srv, "final", "the last one"))
+      texts[final] = "the last one"
+      assert.is_true(helpers.run_clients(clients, function()
+        for _, cl in ipairs(clients) do
+          if #cl.msgs < final - cl.since then return false end
+        end
+        return true
+      end, 30), "not every client got the final message")
+      assert_exact(clients, final, texts)
+    end)
+    end
+
+    it("closes a member that does not read with 1008 once its queue is over the high-water mark; it resumes with ?since= its last id and misses nothing", function()
+      local srv = start_chat(1)
+      local slow = ws_client(small_window_conn(srv.port), "/ws?since=0")
+      local fast = ws_client(srv:connect(), "/ws?since=0")
+      assert.is_true(helpers.run_clients({ slow, fast }, function() return slow.head and fast.head end, 10))
+      -- messages of about 2,000 four-byte characters (8 KB), which `fast` reads as they come and `slow`
+      -- does not read at all, posted until the kernel's send queue for `slow` has not grown for 64
+      -- posts in a row: the last 512 KB (at least 63 of them: a post is answered just before its
+      -- message is written to the members) went to the server's own queue, over its 256 KiB mark
+      -- (unless `slow` was closed before). (The kernel's queue for it can grow for a while after it
+      -- first stops: its buffer grows as it goes.)
+      local text = string.rep("\240\159\152\128", 1990)
+      local texts, poster, n, queued, flat = {}, srv:connect(), 0, -1, 0
+      while flat < 64 and n < 5000 do
+        n = n + 1
+        send_post(poster, "flood", text .. n)
+        texts[take_post(poster)] = text .. n
+        fast:step()
+        local q = assert(kernel_send_queue(srv.port, slow.conn), "the slow connection is not in /proc/net/tcp")
+        flat = q == queued and flat + 1 or 0
+        queued = q
+      end
+      assert.is_true(helpers.run_clients({ fast }, all_have({ fast }, n), 30), "the reader did not get " .. n .. " messages")
+      -- now `slow` reads: a prefix of the messages, then the close frame
+      assert.is_true(helpers.run_clients({ slow }, function() return slow.closed end, 30),
+        "the slow member was not closed; it got " .. #slow.msgs .. " of " .. n)
+      assert.equal(1008, slow.close_code)
+      local got = #slow.msgs
+      assert.is_true(got < n, "the slow member got every message before it was closed")
+      slow.since, fast.since = 0, 0
+      assert_exact({ slow }, got, texts)
+      -- as the page does: back with its last id
+      local back = ws_client(srv:connect(), "/ws?since=" .. got)
+      back.since = got
+      assert.is_true(helpers.run_clients({ back }, all_have({ back }, n - got), 30))
+      assert.equal(n + 1, assert(post(srv, "after", "after")))
+      texts[n + 1] = "after"
+      assert.is_true(helpers.run_clients({ back, fast }, function()
+        return #back.msgs >= n + 1 - got and #fast.msgs >= n + 1
+      end, 30))
+      assert_exact({ back, fast }, n + 1, texts)
     end)
 
     it("answers a bad ?since= with 400 and a JSON error, without upgrading", function()

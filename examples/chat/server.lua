@@ -258,24 +258,71 @@ local function events(req, res)
 end
 
 -- WebSocket: GET /ws?since=ID. Every message after ID, then each new one as it comes, one text frame
--- each, with the JSON the other transports send. A client over the high-water mark is not sent more
--- until its "drain". On a reload or stop the worker closes every socket with 1001 (moonfork does it):
--- the page reconnects with ?since= its last id, to a worker that stays.
-local sockets = {} -- ws -> { last = id sent, paused = waiting for drain }
+-- each, with the JSON the other transports send. On a reload or stop the worker closes every socket
+-- with 1001 (moonfork does it): the page reconnects with ?since= its last id, to a worker that stays.
+--
+-- The fan-out is C's (server/ws_chan.c), as for SSE: a socket first catches up from the log here, one
+-- ws:send per message; over the high-water mark (ws:send says false) it is sent no more until its
+-- "drain". Once it has everything up to the channel's position (ws_pub_last, the newest message the
+-- channel's members have) and nothing over the mark, it joins this worker's channel "chat" and leaves
+-- the Lua loop; each new message is then sent to the members once, from the log's listener, in the
+-- callback that grew the log (ws_publish_new, worker-local: every worker gets every message from the
+-- log). Nothing runs between the catch-up's last send and the join, and the channel's position moves
+-- only when the members are sent the messages up to it: a socket can neither miss nor repeat one.
+-- A member whose queue is over the mark when a message comes is closed by ws_chan with 1008 ("subscriber
+-- too slow"); the page comes back with its last id. A socket whose position is not the channel's (its
+-- ?since is past this worker's newest message) stays on the Lua loop (fan_pass) until it reaches it.
+-- CHAT_WS_FANOUT=lua keeps every socket on the Lua loop (sent with ws:send, paused until "drain"), for
+-- the bench to compare.
+local WS_IN_C = os.getenv("CHAT_WS_FANOUT") ~= "lua"
+local sockets = {} -- ws -> { last = id sent, paused = waiting for drain }, for the sockets on the Lua loop
+local ws_pub_last -- (C fan-out) the newest message the members of "chat" have; nil until one joins
 
+-- (C fan-out) Sends the channel's members every message after ws_pub_last, one frame each.
+local function ws_publish_new()
+  local kept = log.log
+  local newest = kept[#kept]
+  if ws_pub_last == nil or not newest or newest.id == ws_pub_last or not log:is_after(newest.id, ws_pub_last) then
+    return
+  end
+  local ws = moonfork.websocket
+  if ws.subscribers("chat") > 0 then
+    if newest.prev == ws_pub_last then
+      ws.publishLocal("chat", newest.json)
+    else
+      for _, m in ipairs(log:after(ws_pub_last)) do ws.publishLocal("chat", m.json) end
+    end
+  end
+  ws_pub_last = newest.id
+end
+
+-- (C fan-out) A socket that has every message up to the channel's position joins the channel and
+-- leaves the Lua loop. (With no member, the channel takes this socket's position.)
+local function ws_join(ws, st)
+  ws_publish_new() -- the members are brought to the newest message first
+  if ws_pub_last == nil or moonfork.websocket.subscribers("chat") == 0 then ws_pub_last = st.last end
+  if st.last ~= ws_pub_last then return end
+  local ok, err = ws:subscribe("chat")
+  if ok ~= nil or err == "closed" then sockets[ws] = nil end -- (out of memory: it stays on the loop)
+end
+
+-- Sends `ws` what it lacks (on the Lua loop: everything after its last id, in order), then, caught up
+-- and not over the high-water mark, makes it a member of the channel (C fan-out).
 local function ws_push(ws)
   local st = sockets[ws]
   if not st or st.paused then return end
   local kept = log.log
   local newest = kept[#kept]
-  if not newest or newest.id == st.last or not log:is_after(newest.id, st.last) then return end
-  local list = newest.prev == st.last and { newest } or log:after(st.last)
-  for i = 1, #list do
-    local ok = ws:send(list[i].json)
-    if ok == nil then sockets[ws] = nil return end -- closed
-    st.last = list[i].id
-    if ok == false then st.paused = true return end
+  if newest and newest.id ~= st.last and log:is_after(newest.id, st.last) then
+    local list = newest.prev == st.last and { newest } or log:after(st.last)
+    for i = 1, #list do
+      local ok = ws:send(list[i].json)
+      if ok == nil then sockets[ws] = nil return end -- closed
+      st.last = list[i].id
+      if ok == false then st.paused = true return end
+    end
   end
+  if WS_IN_C then ws_join(ws, st) end
 end
 
 local function websocket(req, res)
@@ -298,7 +345,7 @@ local function websocket(req, res)
     if closed then return end
     if moonfork.draining then return ws:close(1001, "going away") end
     sockets[ws] = st
-    ws_push(ws) -- the backlog
+    ws_push(ws) -- the backlog (and, in C, the channel)
   end
   if log.synced then return start() end
   waiter = log:wait(function()
@@ -340,7 +387,9 @@ else
 end
 log:attach()
 
--- The fan-out: each new message goes to every stream and every WebSocket, in slices of FANOUT_SLICE
+-- The fan-out in Lua: each new message goes to every stream and every WebSocket on the Lua loop (all of
+-- them with CHAT_SSE_FANOUT=lua and CHAT_WS_FANOUT=lua; with the C channels, only the few that are not
+-- members: catching up, waiting for "drain", or ahead of this worker), in slices of FANOUT_SLICE
 -- with a loop turn between them, so that while a worker writes to its thousands of streams it still
 -- reads posts and mesh messages, and the leader numbers the next post at once. The turn is
 -- moonfork.sleep(0), which ends after the worker has polled for input.
@@ -377,10 +426,9 @@ local function fan_out()
 end
 
 log:listen(function()
-  if SSE_IN_C then
-    publish_new()
-    if next(sockets) == nil and next(solo) == nil then return end
-  end
+  if SSE_IN_C then publish_new() end
+  if WS_IN_C then ws_publish_new() end
+  if next(sockets) == nil and next(SSE_IN_C and solo or streams) == nil then return end
   if fanning then again = true return end
   fanning = true
   moonfork.setTimeout(0, fan_out)

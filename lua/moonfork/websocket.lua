@@ -123,10 +123,11 @@ local REDIS_CHANNEL = "moonfork.websocket" -- nodes:publish's channel for every 
 local nodes -- this worker's mesh (moonfork.mesh), once needed
 local remote -- with --redis: this worker's subscription, started at its first ws:subscribe
 
-local function channel(name, what)
+-- The channel name checked; raises at the level of the caller's caller (or `level`).
+local function channel(name, what, level)
   if type(name) == "number" then name = tostring(name) end
   if type(name) ~= "string" or #name < 1 or #name > CHANNEL_MAX then
-    error(what .. ": the channel must be a string of 1 to " .. CHANNEL_MAX .. " bytes", 3)
+    error(what .. ": the channel must be a string of 1 to " .. CHANNEL_MAX .. " bytes", level or 3)
   end
   return name
 end
@@ -164,18 +165,22 @@ function WS:unsubscribe(name)
   return unsubscribe(self, channel(name, "ws:unsubscribe(name)"))
 end
 
+-- The checked arguments of a publish: the channel, the data (a string), the opcode. `fname` names the
+-- function in errors, raised at its caller's level.
+local function publish_args(fname, name, data, kind)
+  name = channel(name, fname .. "(name, data)", 4)
+  if type(data) == "number" then data = tostring(data) end
+  if type(data) ~= "string" then error(fname .. "(name, data): data must be a string", 3) end
+  if kind == nil or kind == "text" then return name, data, OP_TEXT end
+  if kind == "binary" then return name, data, OP_BINARY end
+  error(fname .. "(name, data, kind): kind must be \"text\" or \"binary\"", 3)
+end
+
 -- Sends data to every subscriber of `name` in every worker (and, with --redis, every host): true, or
 -- nil, err when Redis failed.
 function _M.publish(name, data, kind)
-  name = channel(name, "websocket.publish(name, data)")
-  if type(data) == "number" then data = tostring(data) end
-  if type(data) ~= "string" then error("websocket.publish(name, data): data must be a string", 2) end
-  local op = OP_TEXT
-  if kind == "binary" then
-    op = OP_BINARY
-  elseif kind ~= nil and kind ~= "text" then
-    error("websocket.publish(name, data, kind): kind must be \"text\" or \"binary\"", 2)
-  end
+  local op
+  name, data, op = publish_args("websocket.publish", name, data, kind)
   if core.redis_url then
     local n, err = mesh():publish(REDIS_CHANNEL, envelope(name, data, op))
     if n == nil then return nil, err end
@@ -184,6 +189,16 @@ function _M.publish(name, data, kind)
   mesh():broadcast(envelope(name, data, op)) -- first: the other workers write while this one does
   cpublish(name, data, op)
   return true
+end
+
+-- Sends data to every subscriber of `name` in THIS worker only (no mesh, no Redis) and returns how many
+-- it was written to: moonfork.http.publish's twin. For a script that keeps a log in every worker and
+-- publishes from the callback that grew it: a socket that catches up from the log and then subscribes
+-- neither misses nor repeats a message (the chat's WebSockets, examples/chat/server.lua).
+function _M.publishLocal(name, data, kind)
+  local op
+  name, data, op = publish_args("websocket.publishLocal", name, data, kind)
+  return cpublish(name, data, op)
 end
 
 -- Subscribers of `name` in this worker.
