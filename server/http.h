@@ -75,8 +75,14 @@ void http_server_set_draining(http_server_t *srv);
 /* Appends a combined-format line per response to fd (-1: none, after writing out what is buffered).
  * The fd is the caller's. */
 void http_server_set_access_log(http_server_t *srv, int fd);
-/* Open connections: HTTP's and the WebSockets taken over from them (what --max-connections bounds). */
+/* Open connections: HTTP's and those taken over from them, WebSockets and proxied tunnels (what
+ * --max-connections bounds). */
 size_t http_server_conn_count(const http_server_t *srv);
+/* A connection taken over from HTTP (a WebSocket, a tunnel through moonfork.http.pass) still counts
+ * against --max-connections, in the accept balance and in the status until it closes, as nginx's
+ * worker_connections counts every connection: whoever takes a socket calls http_taken(1), and
+ * http_taken(-1) once it has closed it (the worker's server may then accept again). */
+void http_taken(int delta);
 uint64_t http_server_requests(const http_server_t *srv);
 /* Calls on_limit when the response count reaches n (0: never). */
 void http_server_set_request_limit(http_server_t *srv, uint64_t n);

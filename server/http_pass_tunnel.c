@@ -49,6 +49,7 @@ static void tunnel_release(pass_tunnel_t *t) {
   if (--t->refs > 0) return;
   mf_buf_free(&t->early);
   free(t);
+  http_taken(-1); /* counted since http_pass_tunnel_start */
 }
 
 static void tunnel_closed(uv_handle_t *h) { tunnel_release(h->data); }
@@ -209,6 +210,7 @@ const char *http_pass_tunnel_start(pass_up_t *u, http_conn_t *c, uint32_t gen, c
   t->up = u;
   t->idle_ms = idle_ms;
   t->refs = 3;
+  http_taken(1);
   uv_timer_init(tunnel.loop, &t->timer);
   t->timer.data = t;
   mf_buf_init(&t->early);

@@ -4,8 +4,9 @@
  * connections per wake-up, stepping back when the scoreboard shows a less loaded worker (see
  * on_listener). Connections themselves live in http_conn.c; this file keeps their list and count, so
  * it knows when a drain is over and when it may accept again after --max-connections. A WebSocket
- * (ws_conn.c) was one of our connections before its upgrade and counts as one until it closes, as
- * nginx's worker_connections counts every connection: see server_count. */
+ * (ws_conn.c) or a proxied tunnel (http_pass_tunnel.c) was one of our connections before its upgrade
+ * and counts as one until it closes, as nginx's worker_connections counts every connection: see
+ * http_taken and server_count. */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,10 +35,15 @@ static void server_accept(http_server_t *srv) {
   uv_poll_start(&srv->listener, UV_READABLE, on_listener);
 }
 
+/* Connections taken over from HTTP and not closed yet (http_taken), and the server told of each that
+ * closes (a worker has one). */
+static size_t taken;
+static http_server_t *taken_srv;
+
 /* The connections that count against --max-connections, in the accept balance and in the status:
- * HTTP's and the WebSockets taken over from them. (An upgrade counts twice from ws_conn_new until its
- * HTTP side has closed, a turn of the loop or two: an instant early, never late.) */
-static size_t server_count(const http_server_t *srv) { return srv->nconns + ws_conn_count(); }
+ * HTTP's and those taken over from them. (An upgrade counts twice from its taking until its HTTP side
+ * has closed, a turn of the loop or two: an instant early, never late.) */
+static size_t server_count(const http_server_t *srv) { return srv->nconns + taken; }
 
 /* The counts in this worker's scoreboard entry, kept current for the master and the other workers. */
 static void server_board(http_server_t *srv) {
@@ -104,10 +110,11 @@ void http_server_conn_gone(http_server_t *srv) {
   server_drained(srv);
 }
 
-static void on_ws_gone(void *arg) {
-  http_server_t *srv = arg;
-  server_board(srv);
-  http_server_conn_gone(srv);
+void http_taken(int delta) {
+  taken = delta < 0 && taken == 0 ? 0 : taken + (size_t)(ssize_t)delta;
+  if (taken_srv == NULL) return;
+  server_board(taken_srv);
+  if (delta < 0) http_server_conn_gone(taken_srv);
 }
 
 /* ---- request states ------------------------------------------------------------------------- */
@@ -221,7 +228,7 @@ http_server_t *http_server_new(uv_loop_t *loop, const mf_config_t *cfg, int fd, 
   uv_unref((uv_handle_t *)&srv->accept_retry);
   srv->listener.data = srv;
   srv->listen_fd = fd;
-  ws_conn_on_gone(on_ws_gone, srv);
+  taken_srv = srv;
   return srv;
 
 fail_listener:

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "log.h"
 #include "util.h"
 #include "writeq.h"
@@ -65,7 +66,6 @@ static struct {
   uv_timer_t tick;
   uint32_t tick_ms, ticking;
   void (*on_gone)(void);
-  void (*on_each_gone)(void *arg), *each_gone_arg; /* ws_conn_on_gone's: told of every connection gone */
   ws_conn_t *corked;      /* the connection whose input is being handled: its frames gather in cork */
   mf_buf_t cork;
   uv_idle_t idle;         /* runs ws.later */
@@ -111,7 +111,6 @@ void ws_init(uv_loop_t *loop, const ws_callbacks_t *cb, void *data) {
 static uint32_t now32(void) { return (uint32_t)uv_now(ws.loop); }
 
 size_t ws_conn_count(void) { return ws.count; }
-void ws_conn_on_gone(void (*fn)(void *arg), void *arg) { ws.on_each_gone = fn, ws.each_gone_arg = arg; }
 
 void **ws_conn_ud(ws_conn_t *c) { return &c->ud; }
 
@@ -142,6 +141,7 @@ ws_conn_t *ws_conn_new(const ws_options_t *o) {
   if (ws.head) ws.head->prev = c;
   ws.head = c;
   ws.count++;
+  http_taken(1);
   uint32_t shortest = c->idle_ms && (!c->ping_ms || c->idle_ms < c->ping_ms) ? c->idle_ms : c->ping_ms;
   tick_start(shortest ? (shortest / 4 < 10 ? 10 : shortest / 4 > 1000 ? 1000 : shortest / 4) : 1000);
   return c;
@@ -159,7 +159,7 @@ static void conn_free(ws_conn_t *c) {
   ws_deflate_free(c->z);
   free(c);
   ws.count--;
-  if (ws.on_each_gone) ws.on_each_gone(ws.each_gone_arg);
+  http_taken(-1);
   if (ws.count == 0) {
     uv_timer_stop(&ws.tick);
     ws.ticking = 0;

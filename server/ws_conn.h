@@ -67,9 +67,6 @@ int *ws_conn_refs(ws_conn_t *c);
 void **ws_conn_subs(ws_conn_t *c);
 /* Open connections (those that did not hear on_close yet and those still closing). */
 size_t ws_conn_count(void);
-/* fn(arg) runs each time a connection is gone (ws_conn_count fell by one): the HTTP server counts
- * WebSockets among its connections until then (http_server.c). One listener; NULL: none. */
-void ws_conn_on_gone(void (*fn)(void *arg), void *arg);
 /* The worker drains: every connection gets close 1001; on_gone runs once none is left (at once when
  * there are none). */
 void ws_drain(void (*on_gone)(void));

@@ -166,6 +166,30 @@ describe("moonfork.http.pass upgrades", function()
       assert.are.equal("bye", c:read_until_close()) -- sent after the client's FIN, then the upstream's
     end)
 
+    it("counts a tunnel as a connection until it closes (--max-connections, status)", function()
+      local up = start_raw_upstream()
+      local path = helpers.mktempdir() .. "/control.sock"
+      local proxy = start_proxy(up.port, nil, { "--max-connections", "1", "--control", path })
+      proxy:wait_log("control socket: " .. helpers.escape_pattern(path))
+      local function connections()
+        local st, out, err = helpers.ctl(path, nil, "status", "--json")
+        assert.are.equal(0, st, err)
+        return helpers.json_decode(out).workers[1].connections
+      end
+      local c = open_tunnel(proxy)
+      -- the client's HTTP side is gone once the tunnel has it; the tunnel still counts
+      assert.is_truthy(helpers.wait_for(function() return connections() == 1 end))
+      local waiting = proxy:connect() -- at the limit: not taken while the tunnel is open
+      assert(waiting:send(helpers.build_request("GET", "/plain", {})))
+      assert(c:send("ping"))
+      assert.are.equal("ping", c:read_n(4, deadline())) -- the worker went round its loop meanwhile
+      assert.are.equal(1, connections())
+      c:close()
+      up.wait_event("eof /tunnel")
+      local resp = assert(waiting:receive()) -- taken once the tunnel closed
+      assert.is_number(resp.status)
+    end)
+
     it("stops reading the upstream while the client does not read (backpressure), and loses nothing", function()
       local up = start_raw_upstream()
       local proxy = start_proxy(up.port)
